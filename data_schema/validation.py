@@ -1,0 +1,127 @@
+"""Row validation with errors that say which table, row, column and value were wrong."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from data_schema.tables import schema
+
+_INT_RANGES = {
+    pa.int32(): (-(2**31), 2**31 - 1),
+    pa.int64(): (-(2**63), 2**63 - 1),
+}
+
+
+class SchemaError(ValueError):
+    """A row that does not fit its table's schema."""
+
+
+def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
+    where = f"{table}: row {index}, column {field.name!r}"
+    if value is None:
+        if not field.nullable:
+            raise SchemaError(f"{where} is required but was missing")
+        return None
+    t = field.type
+    if pa.types.is_string(t):
+        if not isinstance(value, str):
+            raise SchemaError(f"{where} must be a string, got {type(value).__name__} {value!r:.80}")
+        return value
+    if pa.types.is_boolean(t):
+        if not isinstance(value, bool):
+            raise SchemaError(f"{where} must be true or false, got {value!r:.80}")
+        return value
+    if pa.types.is_integer(t):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif hasattr(value, "__index__") and not isinstance(value, bool):
+                value = int(value.__index__())
+            else:
+                raise SchemaError(f"{where} must be an integer, got {type(value).__name__} {value!r:.80}")
+        lo, hi = _INT_RANGES.get(t, (-(2**63), 2**63 - 1))
+        if not lo <= value <= hi:
+            raise SchemaError(f"{where} = {value} is outside the {t} range [{lo}, {hi}]")
+        return value
+    if pa.types.is_floating(t):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy scalars
+            except (TypeError, ValueError):
+                raise SchemaError(f"{where} must be a number, got {type(value).__name__} {value!r:.80}") from None
+        value = float(value)
+        if math.isnan(value) or math.isinf(value):
+            return value  # NaN and ±Inf are data
+        return value
+    if pa.types.is_timestamp(t):
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                raise SchemaError(f"{where} must be timezone-aware (UTC), got a naive datetime")
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        raise SchemaError(f"{where} must be a datetime or Unix seconds, got {value!r:.80}")
+    if pa.types.is_list(t):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise SchemaError(f"{where} must be a list, got {type(value).__name__}")
+        item_field = pa.field(field.name, t.value_type, nullable=True)
+        return [_check_value(table, index, item_field, v) for v in value]
+    return value
+
+
+def validate_rows(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check and normalise rows (dicts) for `table`; raise SchemaError naming the problem.
+
+    Unknown columns are refused (a typo would silently vanish otherwise); missing nullable
+    columns become None; ints are range-checked; NaN and ±Inf floats pass unchanged.
+    """
+    sch = schema(table)
+    names = set(sch.names)
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise SchemaError(f"{table}: row {i} must be a mapping of column to value, got {type(row).__name__}")
+        extra = set(row) - names
+        if extra:
+            raise SchemaError(
+                f"{table}: row {i} has unknown column(s) {sorted(extra)}; known columns: {', '.join(sch.names)}"
+            )
+        out.append({f.name: _check_value(table, i, f, row.get(f.name)) for f in sch})
+    return out
+
+
+def rows_to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Validated rows as an Arrow table of exactly the table's schema."""
+    checked = validate_rows(table, rows)
+    return pa.Table.from_pylist(checked, schema=schema(table))
+
+
+def conform(table: str, data: pa.Table) -> pa.Table:
+    """Cast an Arrow table to the table's schema (missing nullable columns become null).
+
+    Used for files of an older writer or of another tool; raises SchemaError when a
+    required column is missing or a column cannot be cast.
+    """
+    sch = schema(table)
+    cols = []
+    for f in sch:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SchemaError(f"{table}: column {f.name!r} has type {col.type}, expected {f.type}: {exc}") from None
+            if not f.nullable and col.null_count:
+                raise SchemaError(f"{table}: column {f.name!r} is required but has {col.null_count} missing value(s)")
+            cols.append(col)
+        elif f.nullable:
+            cols.append(pa.nulls(data.num_rows, f.type))
+        else:
+            raise SchemaError(f"{table}: required column {f.name!r} is missing (columns present: {data.column_names})")
+    return pa.Table.from_arrays(cols, schema=sch)
