@@ -1,0 +1,492 @@
+"""`Archive`: an archive's live files as DuckDB views, and the query helpers the app and CLI use.
+
+Views live in an in-memory DuckDB database: one per table over an explicit list of complete
+files (never a glob, so an in-progress file can never break a query), `runs`/`attempts`
+keeping the latest state per key (raw logs as `runs_log`/`attempts_log`), `journey_metrics`
+(the run as its attempts stitched together), `incidents` and `chunk_incidents`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from data_schema import TABLES, schema
+from telemetry import curves
+from telemetry.catalog import Catalog, LiveFile, Snapshot
+from telemetry.errors import ArchiveError, QueryError, UnknownRunError
+
+# Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
+INCIDENT_KINDS = (
+    "nan", "inf", "loss_spike", "grad_spike", "oom", "gpu_xid", "gpu_throttle", "straggler", "data_chunk_skipped",
+)
+_LOGGED_STATE = {"runs": ("run_id",), "attempts": ("run_id", "attempt")}
+_EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+
+
+# -- views ---------------------------------------------------------------------------------
+def duck_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "VARCHAR"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t):
+        return duck_type(t.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def qident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_source_sql(table: str, files: Sequence[LiveFile]) -> str:
+    """SELECT of a table's schema columns (plus any extra ones) over exactly these files."""
+    sch = schema(table)
+    if not files:
+        cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in sch)
+        return f"SELECT {cols} WHERE false"
+    column_sets = {f.columns for f in files}
+    present = set().union(*column_sets)
+    cols = [qident(f.name) if f.name in present else f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in sch]
+    cols += [qident(c) for c in sorted(present - set(sch.names))]
+    src = curves.read_parquet_sql([f.local for f in files], union_by_name=len(column_sets) > 1)
+    return f"SELECT {', '.join(cols)} FROM {src}"
+
+
+def _latest_state_sql(table: str) -> str:
+    keys = _LOGGED_STATE[table]
+    cols = [c for c in schema(table).names if c not in keys]
+    # per column the latest non-null value: a partial update row (e.g. "crashed") keeps the rest
+    aggs = ", ".join(f"arg_max({qident(c)}, _order) AS {qident(c)}" for c in cols)
+    key_cols = ", ".join(keys)
+    return (
+        f"SELECT {key_cols}, {aggs} FROM (SELECT *, coalesce(updated_at, {_EPOCH}) AS _order FROM {table}_log) "
+        f"GROUP BY {key_cols}"
+    )
+
+
+JOURNEY_SQL = """
+WITH spans AS (SELECT run_id, attempt, min(step) AS lo, max(step) AS hi FROM metrics GROUP BY run_id, attempt)
+SELECT m.* FROM metrics m
+WHERE NOT EXISTS (
+    SELECT 1 FROM spans s WHERE s.run_id = m.run_id AND s.attempt > m.attempt AND m.step BETWEEN s.lo AND s.hi)
+"""
+
+INCIDENTS_SQL = f"""
+SELECT e.run_id, r.name AS run_name, e.attempt, a.seed, e.rank, e.step, e.wall_time, e.kind, e.severity, e.message,
+       coalesce(e.data_chunk, (
+           SELECT min(d.chunk_id) FROM data_chunks d
+           WHERE d.run_id = e.run_id AND (d.attempt IS NULL OR d.attempt = e.attempt)
+             AND e.step BETWEEN d.first_step AND d.last_step)) AS data_chunk,
+       e.sample_ids, e.layer, e.details_json
+FROM events e
+LEFT JOIN attempts a ON a.run_id = e.run_id AND a.attempt = e.attempt
+LEFT JOIN runs r ON r.run_id = e.run_id
+WHERE e.kind IN ({", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)})
+"""
+
+CHUNK_INCIDENTS_SQL = """
+SELECT data_chunk, count(*) AS n_incidents, count(DISTINCT (run_id, attempt)) AS n_attempts,
+       count(DISTINCT run_id) AS n_runs, count(DISTINCT seed) AS n_seeds,
+       list(DISTINCT seed ORDER BY seed) FILTER (seed IS NOT NULL) AS seeds,
+       list(DISTINCT kind ORDER BY kind) AS kinds, list(DISTINCT run_id ORDER BY run_id) AS runs,
+       min(step) AS first_step, max(step) AS last_step
+FROM incidents WHERE data_chunk IS NOT NULL
+GROUP BY data_chunk
+"""
+
+
+def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
+    """(Re)create every view of the archive in `con` over the snapshot's files."""
+    for table in TABLES:
+        name = f"{table}_log" if table in _LOGGED_STATE else table
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {table_source_sql(table, snap.files.get(table, []))}")
+    for table in _LOGGED_STATE:
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {_latest_state_sql(table)}")
+    con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {JOURNEY_SQL}")
+    con.execute(f"CREATE OR REPLACE VIEW incidents AS {INCIDENTS_SQL}")
+    con.execute(f"CREATE OR REPLACE VIEW chunk_incidents AS {CHUNK_INCIDENTS_SQL}")
+
+
+def new_connection() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET parquet_metadata_cache = true")  # segments are immutable: footers parse once
+    return con
+
+
+# -- the archive ---------------------------------------------------------------------------
+class Archive:
+    """A flightlog archive opened for reading (local folder, s3://, memory://, http(s)://, ...)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        storage_options: dict | None = None,
+        recover: bool = True,
+        cache_dir: str | None = None,
+    ):
+        self._catalog = Catalog(url, storage_options=storage_options, cache_dir=cache_dir)
+        self.url = self._catalog.url
+        self.info = self._catalog.check_exists_and_version()
+        self.problems: list[str] = []
+        self.recovery: Any = None
+        if recover and self._catalog.listable:
+            self._recover(storage_options)
+        self._lock = threading.RLock()
+        self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        self._ranges: dict[tuple, tuple[float, float] | None] = {}
+        self.con = new_connection()
+        self._snap = Snapshot(files={})
+        self.refresh()
+
+    def _recover(self, storage_options: dict | None) -> None:
+        try:
+            from telemetry.recovery import recover as _recover
+        except ImportError:
+            return
+        if self._catalog.local:
+            import os
+
+            if not os.access(self._catalog.root, os.W_OK):
+                return
+        try:
+            try:
+                self.recovery = _recover(self.url, storage_options=storage_options)
+            except TypeError:
+                self.recovery = _recover(self.url)
+        except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading
+            self.problems.append(f"recovery failed: {exc}")
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    @property
+    def version(self) -> str:
+        """Hash of the live file list: changes whenever a file appears or goes."""
+        return self._snap.version
+
+    @property
+    def local_root(self) -> str:
+        """The local folder DuckDB reads: the archive itself, or its cache for remote archives."""
+        return self._catalog.local_root
+
+    def refresh(self) -> bool:
+        """Re-scan the archive; rebuild the views when the live files changed. True if they did."""
+        snap = self._catalog.scan()
+        with self._lock:
+            changed = snap.version != self._snap.version or not self._snap.files
+            self._snap = snap
+            self.problems = [p for p in self.problems if p.startswith("recovery")] + snap.problems
+            if changed:
+                create_views(self.con, snap)
+                self._spans.clear()
+                self._ranges.clear()
+        return changed
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- raw SQL ----------------------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            return self.con.cursor()
+
+    def sql(self, query: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
+        """Run SQL over the archive's views (trusted callers: no sandbox). QueryError on failure."""
+        cur = self._cursor()
+        try:
+            return cur.execute(query, params).to_arrow_table() if params else cur.sql(query).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {exc}") from None
+        finally:
+            cur.close()
+
+    def _df(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        cur = self._cursor()
+        try:
+            return cur.execute(query, params or []).df()
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {exc}") from None
+        finally:
+            cur.close()
+
+    # -- runs -------------------------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        """One row per run: run_id, name, project, status, created_at, steps, tokens, attempts,
+        ranks, last_loss, incidents (newest first)."""
+        kinds = ", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)
+        return self._df(f"""
+WITH ids AS (
+    SELECT run_id FROM runs UNION SELECT DISTINCT run_id FROM metrics UNION SELECT DISTINCT run_id FROM attempts),
+m AS (
+    SELECT run_id, max(step) AS steps,
+           max(value) FILTER (WHERE name = 'tokens_seen' AND isfinite(value)) AS tokens,
+           count(DISTINCT rank) AS metric_ranks,
+           arg_max(value, (step, attempt, -rank)) FILTER (WHERE name = 'loss') AS last_loss
+    FROM metrics GROUP BY run_id),
+a AS (SELECT run_id, count(*) AS attempts FROM attempts GROUP BY run_id),
+k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM ranks GROUP BY run_id),
+e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}) GROUP BY run_id)
+SELECT ids.run_id, r.name, r.project, r.status, r.created_at, m.steps, m.tokens,
+       coalesce(a.attempts, 0) AS attempts, coalesce(k.ranks, m.metric_ranks, 0) AS ranks,
+       m.last_loss, coalesce(e.incidents, 0) AS incidents
+FROM ids LEFT JOIN runs r USING (run_id) LEFT JOIN m USING (run_id) LEFT JOIN a USING (run_id)
+LEFT JOIN k USING (run_id) LEFT JOIN e USING (run_id)
+ORDER BY r.created_at DESC NULLS LAST, ids.run_id
+""")
+
+    def resolve_run(self, run: str) -> str:
+        """A run's name or id -> its run_id; UnknownRunError (listing known runs) otherwise."""
+        run = str(run)
+        known = self._df("SELECT run_id, name FROM runs UNION SELECT DISTINCT run_id, NULL FROM metrics")
+        ids = set(known["run_id"])
+        if run in ids:
+            return run
+        by_name = sorted(set(known.loc[known["name"] == run, "run_id"]))
+        if len(by_name) == 1:
+            return by_name[0]
+        if len(by_name) > 1:
+            raise UnknownRunError(f"run name {run!r} is ambiguous: it names runs {', '.join(by_name)}; pass a run id")
+        try:
+            from data_schema import run_id_from_name
+
+            slug = run_id_from_name(run)
+            if slug in ids:
+                return slug
+        except ValueError:
+            pass
+        listing = sorted(ids)
+        hint = f"known runs: {', '.join(listing)}" if 0 < len(listing) <= 20 else (
+            f"{len(listing)} runs are known; `flightlog runs` lists them" if listing else "the archive holds no runs yet"
+        )
+        raise UnknownRunError(f"unknown run {run!r} in {self.url}: {hint}")
+
+    def _run_files(self, table: str, run_id: str) -> list[LiveFile]:
+        return [f for f in self._snap.files.get(table, []) if f.key.run_id == run_id]
+
+    def _run_source(self, table: str, run_id: str) -> str:
+        """The table's rows of one run, reading only that run's files (filtered before anything)."""
+        return f"({table_source_sql(table, self._run_files(table, run_id))})"
+
+    def metric_names(self, run: str) -> list[str]:
+        run_id = self.resolve_run(run)
+        df = self._df(f"SELECT DISTINCT name FROM {self._run_source('metrics', run_id)} ORDER BY name")
+        return list(df["name"])
+
+    # -- journey ----------------------------------------------------------------------------
+    def attempt_spans(self, run: str) -> dict[int, tuple[int, int]]:
+        """{attempt: (min step, max step)} over all metrics of the run (footer stats when possible)."""
+        run_id = self.resolve_run(run)
+        key = (self.version, run_id)
+        cached = self._spans.get(key)
+        if cached is not None:
+            return cached
+        files = self._run_files("metrics", run_id)
+        spans: dict[int, tuple[int, int]] = {}
+        if all(f.key.kind == "segment" and f.step_range is not None for f in files):
+            for f in files:
+                if f.rows == 0:
+                    continue
+                a, (lo, hi) = int(f.key.attempt), f.step_range  # type: ignore[arg-type, misc]
+                old = spans.get(a)
+                spans[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+        else:
+            df = self._df(
+                f"SELECT attempt, min(step) AS lo, max(step) AS hi FROM {self._run_source('metrics', run_id)} GROUP BY attempt"
+            )
+            spans = {int(r.attempt): (int(r.lo), int(r.hi)) for r in df.itertuples()}
+        self._spans[key] = spans
+        return spans
+
+    def _where(self, run_id: str, *, rank: int | None, attempt: int | None, journey: bool) -> list[str]:
+        where = []
+        if rank is not None:
+            where.append(f"rank = {int(rank)}")
+        if attempt is not None:
+            where.append(f"attempt = {int(attempt)}")
+        elif journey:
+            pred = curves.journey_predicate(self.attempt_spans(run_id))
+            if pred != "TRUE":
+                where.append(pred)
+        return where
+
+    def metrics(
+        self,
+        run: str,
+        names: Sequence[str] | str | None = None,
+        *,
+        lo: int | None = None,
+        hi: int | None = None,
+        rank: int | None = None,
+        attempt: int | None = None,
+        journey: bool = True,
+    ) -> pd.DataFrame:
+        """Raw metric rows of a run (long format), ordered by name, step, rank."""
+        run_id = self.resolve_run(run)
+        where = self._where(run_id, rank=rank, attempt=attempt, journey=journey)
+        params: list[Any] = []
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            where.append(f"name IN ({', '.join('?' for _ in names)})")
+            params += names
+        if lo is not None:
+            where.append(f"step >= {int(lo)}")
+        if hi is not None:
+            where.append(f"step <= {int(hi)}")
+        cond = " AND ".join(where) or "TRUE"
+        return self._df(
+            f"SELECT * FROM {self._run_source('metrics', run_id)} WHERE {cond} ORDER BY name, step, attempt, rank", params
+        )
+
+    def curve(
+        self,
+        run: str,
+        name: str,
+        *,
+        x: str = "step",
+        buckets: int = 2000,
+        lo: float | None = None,
+        hi: float | None = None,
+        rank: int | None = None,
+        journey: bool = True,
+    ) -> pd.DataFrame:
+        """A metric downsampled to at most `buckets` buckets over [lo, hi] of x (step, tokens, time).
+
+        One row per non-empty bucket: bucket, x_lo, x_hi, min, max, mean (finite values only),
+        first, last (by x), count, nan_count, posinf_count, neginf_count.
+        """
+        if x not in curves.X_KINDS:
+            raise QueryError(f"unknown x {x!r}: use one of {', '.join(curves.X_KINDS)}")
+        if not isinstance(buckets, int) or buckets < 1:
+            raise QueryError(f"buckets must be a positive integer, got {buckets!r}")
+        run_id = self.resolve_run(run)
+        source = self._run_source("metrics", run_id)
+        where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=journey)
+        points = curves.points_sql(source, x=x, where=where)
+        if lo is None or hi is None:
+            key = (self.version, run_id, name, x, rank, journey)
+            if key not in self._ranges:
+                r = self._df(curves.range_sql(points, x=x))
+                vals = r.iloc[0]
+                self._ranges[key] = None if pd.isna(vals["lo"]) else (float(vals["lo"]), float(vals["hi"]))
+            data_range = self._ranges[key]
+            if data_range is None:
+                return _empty_curve(x)
+            lo = data_range[0] if lo is None else lo
+            hi = data_range[1] if hi is None else hi
+        if x == "time":
+            lo, hi = _time_bound(lo), _time_bound(hi)
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
+            return _empty_curve(x)
+        return self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets))
+
+    def events(
+        self,
+        run: str | None = None,
+        kinds: Sequence[str] | str | None = None,
+        lo: int | None = None,
+        hi: int | None = None,
+    ) -> pd.DataFrame:
+        where, params = [], []
+        source = "events"
+        if run is not None:
+            source = self._run_source("events", self.resolve_run(run))
+        if kinds is not None:
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            where.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+            params += kinds
+        if lo is not None:
+            where.append(f"step >= {int(lo)}")
+        if hi is not None:
+            where.append(f"step <= {int(hi)}")
+        cond = " AND ".join(where) or "TRUE"
+        return self._df(f"SELECT * FROM {source} WHERE {cond} ORDER BY step NULLS LAST, wall_time, rank", params)
+
+    def incidents(self, run: str | None = None) -> pd.DataFrame:
+        """Incident events with their data chunk and the attempt's seed."""
+        if run is None:
+            return self._df("SELECT * FROM incidents ORDER BY run_id, step NULLS LAST, attempt")
+        return self._df("SELECT * FROM incidents WHERE run_id = ? ORDER BY step NULLS LAST, attempt", [self.resolve_run(run)])
+
+    def chunk_incidents(self, run: str | None = None) -> pd.DataFrame:
+        """Incidents per data chunk across attempts and seeds: a chunk failing in every order stands out."""
+        if run is None:
+            return self._df("SELECT * FROM chunk_incidents ORDER BY n_incidents DESC, data_chunk")
+        sql = CHUNK_INCIDENTS_SQL.replace("WHERE data_chunk IS NOT NULL", "WHERE data_chunk IS NOT NULL AND run_id = ?")
+        return self._df(f"{sql} ORDER BY n_attempts DESC, n_incidents DESC, data_chunk", [self.resolve_run(run)])
+
+    def attempt_lineage(self, run: str) -> pd.DataFrame:
+        """Per attempt: first/last step, where it resumed from, how it ended, and its abandoned steps."""
+        run_id = self.resolve_run(run)
+        spans = self.attempt_spans(run_id)
+        pred = curves.journey_predicate(spans)
+        return self._df(f"""
+WITH m AS (SELECT attempt, step, {pred} AS kept FROM {self._run_source('metrics', run_id)}),
+s AS (SELECT attempt, min(step) AS first_step, max(step) AS last_step,
+             count(DISTINCT step) FILTER (WHERE NOT kept) AS abandoned_steps FROM m GROUP BY attempt),
+a AS (SELECT attempt, resumed_from_step, resumed_from_checkpoint, end_status, started_at, ended_at, seed, reason
+      FROM attempts WHERE run_id = ?)
+SELECT coalesce(a.attempt, s.attempt) AS attempt, s.first_step, s.last_step, a.resumed_from_step, a.end_status,
+       coalesce(s.abandoned_steps, 0) AS abandoned_steps, a.resumed_from_checkpoint, a.started_at, a.ended_at,
+       a.seed, a.reason
+FROM s FULL JOIN a ON a.attempt = s.attempt
+ORDER BY 1
+""", [run_id])
+
+
+def _time_bound(value: Any) -> int:
+    """A time bound (Timestamp, datetime, epoch seconds or epoch microseconds) -> epoch microseconds."""
+    if isinstance(value, (pd.Timestamp,)) or hasattr(value, "timestamp"):
+        ts = pd.Timestamp(value)
+        if ts.tzinfo is None:
+            ts = ts.tz_localize("UTC")
+        return int(ts.value // 1000)
+    v = float(value)
+    return int(v) if abs(v) > 1e14 else int(v * 1_000_000)  # seconds unless it already looks like µs
+
+
+def _empty_curve(x: str) -> pd.DataFrame:
+    x_dtype = "datetime64[us, UTC]" if x == "time" else ("int64" if x == "step" else "float64")
+    cols = {
+        "bucket": "int64", "x_lo": x_dtype, "x_hi": x_dtype, "min": "float64", "max": "float64", "mean": "float64",
+        "first": "float64", "last": "float64", "count": "int64", "nan_count": "int64",
+        "posinf_count": "int64", "neginf_count": "int64",
+    }
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
+
+
+def open_archive(url: str | None = None, **kwargs: Any) -> Archive:
+    """Archive(url) with ArchiveError for anything that is the user's input (used by CLI and app)."""
+    try:
+        return Archive(url, **kwargs)
+    except ArchiveError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ArchiveError(f"cannot open archive {url}: {exc}") from None
+
+
+__all__ = ["INCIDENT_KINDS", "Archive", "create_views", "new_connection", "open_archive"]

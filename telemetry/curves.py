@@ -1,0 +1,100 @@
+"""SQL for downsampled curves and the journey filter (no DuckDB connection here, only text).
+
+A curve is one aggregate query over the run's own files, filtered by name before grouping:
+each bucket keeps min/max/mean over finite values, first/last by x, and counts of NaN, +Inf
+and -Inf, so a single spike or a single NaN survives any bucket count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+X_KINDS = ("step", "tokens", "time")
+TOKENS_METRIC = "tokens_seen"
+
+
+def quote_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def file_list(paths: Iterable[str]) -> str:
+    return "[" + ", ".join(quote_str(p) for p in paths) + "]"
+
+
+def read_parquet_sql(paths: list[str], *, union_by_name: bool = True) -> str:
+    union = "true" if union_by_name else "false"
+    return f"read_parquet({file_list(paths)}, union_by_name={union}, hive_partitioning=false)"
+
+
+def journey_predicate(spans: Mapping[int, tuple[int, int]]) -> str:
+    """SQL predicate keeping a (attempt, step) row unless a later attempt's step span covers it."""
+    clauses = []
+    for later, (lo, hi) in sorted(spans.items()):
+        if any(a < later for a in spans):
+            clauses.append(f"(attempt < {int(later)} AND step BETWEEN {int(lo)} AND {int(hi)})")
+    return f"NOT ({' OR '.join(clauses)})" if clauses else "TRUE"
+
+
+def x_expression(x: str) -> tuple[str, str]:
+    """(SQL of x as a number for bucketing, SQL of x as shown) for x in X_KINDS."""
+    if x == "step":
+        return "step", "step"
+    if x == "time":
+        return "epoch_us(wall_time)", "wall_time"
+    if x == "tokens":
+        return "x_tokens", "x_tokens"
+    raise ValueError(f"unknown x {x!r}: use one of {', '.join(X_KINDS)}")
+
+
+def points_sql(source: str, *, x: str, where: list[str]) -> str:
+    """Rows (attempt, rank, step, wall_time, value[, x_tokens]) of one metric, filtered first."""
+    cond = " AND ".join(where) if where else "TRUE"
+    base = f"SELECT attempt, rank, step, wall_time, value FROM {source} WHERE {cond}"
+    if x != "tokens":
+        return base
+    # tokens: the tokens_seen value logged at the same (attempt, step), any rank
+    tok_where = [w for w in where if not w.startswith("name =")] + [f"name = {quote_str(TOKENS_METRIC)}", "isfinite(value)"]
+    tokens = (
+        f"SELECT attempt, step, max(value) AS x_tokens FROM {source} WHERE {' AND '.join(tok_where)} "
+        "GROUP BY attempt, step"
+    )
+    return f"SELECT p.*, t.x_tokens FROM ({base}) p JOIN ({tokens}) t USING (attempt, step)"
+
+
+def range_sql(points: str, *, x: str) -> str:
+    xnum, _ = x_expression(x)
+    return f"SELECT min({xnum}) AS lo, max({xnum}) AS hi FROM ({points})"
+
+
+def bucket_expression(x: str, lo: float, hi: float, buckets: int) -> str:
+    xnum, _ = x_expression(x)
+    if x in ("step", "time"):
+        lo_i, hi_i = int(lo), int(hi)
+        # integer arithmetic: exact and faster than floor() on doubles
+        return f"(({xnum} - {lo_i}) * {int(buckets)}) // ({hi_i - lo_i + 1})"
+    width = (float(hi) - float(lo)) + 1.0
+    return f"CAST(floor(({xnum} - {float(lo)!r}) * {int(buckets)} / {width!r}) AS BIGINT)"
+
+
+def curve_sql(points: str, *, x: str, lo: float, hi: float, buckets: int) -> str:
+    xnum, xshow = x_expression(x)
+    bucket = bucket_expression(x, lo, hi, buckets)
+    lo_lit, hi_lit = (int(lo), int(hi)) if x in ("step", "time") else (float(lo), float(hi))
+    return f"""
+SELECT bucket, min(xs) AS x_lo, max(xs) AS x_hi,
+       min(fv) AS "min", max(fv) AS "max", avg(fv) AS mean,
+       arg_min(value, xn) AS first, arg_max(value, xn) AS last,
+       count(*) AS count, sum(is_nan)::BIGINT AS nan_count, sum(is_pinf)::BIGINT AS posinf_count,
+       sum(is_ninf)::BIGINT AS neginf_count
+FROM (
+    SELECT {bucket} AS bucket, {xnum} AS xn, {xshow} AS xs, value,
+           CASE WHEN isfinite(value) THEN value END AS fv,
+           isnan(value)::BIGINT AS is_nan,
+           (value = 'inf'::DOUBLE)::BIGINT AS is_pinf,
+           (value = '-inf'::DOUBLE)::BIGINT AS is_ninf
+    FROM ({points})
+    WHERE {xnum} BETWEEN {lo_lit!r} AND {hi_lit!r}
+)
+GROUP BY bucket
+ORDER BY bucket
+"""

@@ -1,0 +1,130 @@
+"""One place that turns an archive URL into (fsspec filesystem, root path), and atomic writes.
+
+Every file a reader can see must be complete: on a local disk a file is written under a
+temp name (data_schema.layout.temp_name, which never matches a reader's suffix), fsynced
+and renamed into place; on object stores a single put of the whole bytes is atomic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from data_schema.layout import ROOT_FILE, join, temp_name
+from data_schema.tables import FORMAT_VERSION
+from telemetry.errors import ArchiveError, FormatVersionError
+
+DEFAULT_ARCHIVE = "./flightlog-archive"
+
+
+def default_archive_url() -> str:
+    """`$FLIGHTLOG_ARCHIVE`, or `./flightlog-archive`."""
+    return os.environ.get("FLIGHTLOG_ARCHIVE") or DEFAULT_ARCHIVE
+
+
+def open_fs(url: str | os.PathLike | None, storage_options: dict[str, Any] | None = None
+            ) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path inside it) for a local path or any fsspec URL."""
+    url = default_archive_url() if url is None else url
+    if isinstance(url, os.PathLike) or "://" not in str(url):
+        return LocalFileSystem(), str(Path(url).expanduser().resolve())
+    try:
+        fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise ArchiveError(f"cannot open archive {url!r}: {exc}") from None
+    if is_local(fs):
+        root = str(Path(root).resolve())
+    return fs, root.rstrip("/") or root
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes | memoryview, *, fsync: bool = True) -> None:
+    """Write `data` at `path` so that no reader ever sees a partial file."""
+    if is_local(fs):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = temp_name(path, uuid.uuid4().hex[:12])
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return
+    fs.pipe_file(path, bytes(data))
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    return fs.cat_file(path)
+
+
+def remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete a file; a file that is already gone is not an error."""
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def list_files(fs: fsspec.AbstractFileSystem, root: str, folder: str, *, detail: bool = False
+               ) -> dict[str, dict[str, Any]]:
+    """Files under `root/folder`, recursively, keyed by their path relative to `root`.
+
+    A missing folder is empty. Listing caches are dropped first: other processes write here.
+    """
+    base = join(root, folder)
+    try:
+        fs.invalidate_cache(base)
+    except Exception:  # noqa: BLE001 - a cache that cannot be invalidated is still a cache
+        pass
+    try:
+        found = fs.find(base, detail=True)
+    except FileNotFoundError:
+        return {}
+    prefix = root.rstrip("/") + "/"
+    out: dict[str, dict[str, Any]] = {}
+    for path, info in found.items():
+        if info.get("type", "file") != "file":
+            continue
+        path = path if not is_local(fs) else path.replace(os.sep, "/")
+        rel = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
+        out[rel] = info if detail else {}
+    return out
+
+
+def ensure_root_file(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Create `flightlog.json` if missing; refuse an archive of a newer format."""
+    path = join(root, ROOT_FILE)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        body = json.dumps({"format_version": FORMAT_VERSION, "created_at": now}).encode()
+        atomic_write_bytes(fs, path, body)
+        return
+    try:
+        version = int(json.loads(raw).get("format_version", 1))
+    except (ValueError, AttributeError, TypeError):
+        return  # an unreadable root file does not stop writing; verify reports it
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"archive {root!r} has format version {version}, newer than this flightlog's {FORMAT_VERSION}: "
+            "upgrade flightlog to write into it"
+        )

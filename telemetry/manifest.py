@@ -1,0 +1,51 @@
+"""`_manifest/manifest.json`: every live segment with its size and row count, for readers of
+archives that cannot list (http). Staged and temp files are never live."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from data_schema.layout import MANIFEST_FILE, SEGMENT_SUFFIX, is_temp, join, parse_path
+from data_schema.tables import FORMAT_VERSION
+from telemetry.fs import atomic_write_bytes, list_files, open_fs
+
+
+def live_segments(fs: fsspec.AbstractFileSystem, root: str) -> list[dict[str, Any]]:
+    """Every Parquet file outside "_" folders: table segments, compacted segments, LOD tables."""
+    out = []
+    for rel, info in sorted(list_files(fs, root, "", detail=True).items()):
+        top = rel.split("/", 1)[0]
+        if top.startswith("_") or not rel.endswith(SEGMENT_SUFFIX) or is_temp(rel) or "/" not in rel:
+            continue
+        key = parse_path(rel)
+        with fs.open(join(root, rel), "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        out.append({"path": rel, "size": int(info.get("size") or 0), "rows": rows,
+                    "table": key.table if key else top, "run_id": key.run_id if key else None})
+    return out
+
+
+def write_manifest(url: str | os.PathLike | None, storage_options: dict | None = None) -> dict[str, Any]:
+    """List the archive's live segments into `_manifest/manifest.json` (atomically); return it."""
+    fs, root = open_fs(url, storage_options)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "files": live_segments(fs, root),
+    }
+    atomic_write_bytes(fs, join(root, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """The manifest of the archive at `root`, or None when it has none."""
+    try:
+        return json.loads(fs.cat_file(join(root, MANIFEST_FILE)))
+    except FileNotFoundError:
+        return None

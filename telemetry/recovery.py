@@ -1,0 +1,218 @@
+"""Turn the write-ahead of dead writers into Parquet, and mark their runs crashed.
+
+Idempotent and safe while writers live:
+- a staged file whose (table, run, attempt, file rank) already has a segment with seq >= its
+  seq was converted before (a crash between "segment written" and "staged deleted"): it is
+  deleted, not converted again;
+- a writer's staged files are left alone while its heartbeat (`_staging/_live/...`) is
+  fresher than 3 of its flush intervals: that writer will put them into its own next
+  segment, and converting them here would double their rows (`force=True` overrides, for
+  a writer known dead). A writer that finds its staged files gone (recovery took it for
+  dead during a long stall) leaves those batches out of its segment;
+- an attempt whose latest `attempts` row has no end_status and no live writer gets a row
+  with end_status 'crashed', and its run a 'crashed' `runs` row unless a later attempt exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from data_schema.layout import FileKey, is_temp, join, parse_path, partition_dir, segment_path
+from data_schema.tables import TABLES, schema
+from telemetry import staging
+from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
+
+_HEARTBEAT_INTERVALS = 3.0
+_TEMP_AGE_S = 300.0
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    converted_batches: int = 0
+    segments_written: int = 0
+    runs_marked_crashed: int = 0
+    skipped: int = 0                  # staged files left alone: their writer is alive
+    staged_deleted: int = 0           # staged files removed (converted now or before)
+    truncated_files: int = 0          # staged files with a torn tail (complete batches kept)
+    attempts_marked_crashed: int = 0
+    temps_removed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def recover(url: str | os.PathLike | None = None, *, storage_options: dict | None = None, force: bool = False,
+            remove_temp: bool = False, temp_age_s: float = _TEMP_AGE_S) -> RecoveryReport:
+    """Convert staged batches of dead writers to segments; mark their attempts/runs crashed."""
+    fs, root = open_fs(url, storage_options)
+    report = RecoveryReport()
+    live = set() if force else _live_writers(fs, root)
+    staged = list_files(fs, root, staging.STAGING_DIR)
+    groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}
+    for rel in staged:
+        key = parse_path(rel)
+        if key is not None and key.kind == "staged":
+            groups.setdefault((key.table, key.run_id, key.attempt, key.rank), []).append((key, rel))
+    partitions: dict[tuple[str, str], dict[str, Any]] = {}
+    for (table, run_id, attempt, rank), files in sorted(groups.items()):
+        if (run_id, attempt, rank) in live:
+            report.skipped += len(files)
+            continue
+        if (table, run_id) not in partitions:
+            partitions[(table, run_id)] = list_files(fs, root, partition_dir(table, run_id))
+        covered = _max_segment_seq(partitions[(table, run_id)], attempt, rank)
+        _convert_group(fs, root, table, run_id, attempt, rank, files, covered, report)
+    _mark_crashed(fs, root, live, report)
+    if remove_temp:
+        _remove_old_temps(fs, root, temp_age_s, report)
+    return report
+
+
+def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
+    """(run_id, attempt, file rank) of writers whose heartbeat is fresh; stale heartbeats are removed."""
+    live = set()
+    now = time.time()
+    for rel in list_files(fs, root, staging.LIVE_DIR):
+        path = join(root, rel)
+        try:
+            hb = staging.parse_heartbeat(fs.cat_file(path))
+        except FileNotFoundError:
+            continue
+        if hb is None:
+            continue
+        if now - hb["updated_at"] <= _HEARTBEAT_INTERVALS * hb["flush_interval_s"]:
+            live.add((hb["run_id"], hb["attempt"], hb["rank"]))
+        else:
+            remove(fs, path)
+    return live
+
+
+def _max_segment_seq(files: dict[str, Any], attempt: int, rank: int) -> int:
+    seqs = [k.seq for k in map(parse_path, files) if k and k.kind == "segment" and k.attempt == attempt
+            and k.rank == rank and k.seq is not None]
+    return max(seqs, default=-1)
+
+
+def _convert_group(fs, root: str, table: str, run_id: str, attempt: int, rank: int,
+                   files: list[tuple[FileKey, str]], covered: int, report: RecoveryReport) -> None:
+    todo = []
+    for key, rel in files:
+        if key.seq is not None and key.seq <= covered:
+            remove(fs, join(root, rel))  # already in a segment
+            report.staged_deleted += 1
+        else:
+            todo.append((key, rel))
+    if not todo:
+        return
+    parts: list[pa.Table] = []
+    for _key, rel in sorted(todo, key=lambda kr: kr[0].seq or 0):
+        try:
+            dec = staging.decode_staged(fs.cat_file(join(root, rel)), table)
+        except FileNotFoundError:
+            continue  # another recovery got there first
+        if dec.truncated:
+            report.truncated_files += 1
+        if dec.data is None or dec.data.num_rows == 0:
+            continue
+        consts = dec.constants
+        try:
+            parts.append(staging.full_table(
+                table, dec.data, run_id=consts.get("run_id", run_id),
+                attempt=int(consts.get("attempt", attempt)), rank=int(consts.get("rank", rank))))
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            report.problems.append(f"{rel}: unreadable staged batch ({exc}); left in place")
+            return
+        report.converted_batches += dec.batches
+    seq = max(k.seq or 0 for k, _ in todo)
+    if parts:
+        data = pa.concat_tables(parts)
+        path = join(root, segment_path(table, run_id, attempt, rank, seq))
+        atomic_write_bytes(fs, path, memoryview(staging.segment_bytes(data)))
+        report.segments_written += 1
+    for _key, rel in todo:
+        remove(fs, join(root, rel))
+        report.staged_deleted += 1
+
+
+def _read_rows(fs, root: str, table: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for rel in list_files(fs, root, table):
+        key = parse_path(rel)
+        if key is None or key.kind == "staged":
+            continue
+        try:
+            rows.extend(staging.read_segment(fs.cat_file(join(root, rel))).to_pylist())
+        except (FileNotFoundError, pa.ArrowException):
+            continue
+    return rows
+
+
+def _latest(rows: list[dict[str, Any]], *key: str) -> dict[tuple, dict[str, Any]]:
+    out: dict[tuple, dict[str, Any]] = {}
+    floor = dt.datetime.min.replace(tzinfo=dt.UTC)
+    for r in rows:
+        k = tuple(r[c] for c in key)
+        if k not in out or (r.get("updated_at") or floor) >= (out[k].get("updated_at") or floor):
+            out[k] = r
+    return out
+
+
+def _mark_crashed(fs, root: str, live: set[tuple[str, int, int]], report: RecoveryReport) -> None:
+    attempts = _latest(_read_rows(fs, root, "attempts"), "run_id", "attempt")
+    if not attempts:
+        return
+    runs = _latest(_read_rows(fs, root, "runs"), "run_id")
+    live_attempts = {(r, a) for r, a, _rank in live}
+    top_attempt: dict[str, int] = {}
+    for run_id, attempt in attempts:
+        top_attempt[run_id] = max(top_attempt.get(run_id, -1), attempt)
+    now = dt.datetime.now(dt.UTC)
+    for (run_id, attempt), row in sorted(attempts.items()):
+        if row.get("end_status") is not None or (run_id, attempt) in live_attempts:
+            continue
+        _append_row(fs, root, "attempts", run_id, attempt,
+                    {**row, "ended_at": now, "end_status": "crashed", "updated_at": now})
+        report.attempts_marked_crashed += 1
+        run_row = runs.get((run_id,))
+        if attempt == top_attempt[run_id] and run_row is not None and run_row.get("status") == "running":
+            _append_row(fs, root, "runs", run_id, attempt, {**run_row, "status": "crashed", "updated_at": now})
+            report.runs_marked_crashed += 1
+
+
+def _append_row(fs, root: str, table: str, run_id: str, attempt: int, row: dict[str, Any]) -> None:
+    """One state row as a new segment after every file of that (attempt, rank 0)."""
+    seqs = [-1]
+    for folder in (partition_dir(table, run_id), f"{staging.STAGING_DIR}/{partition_dir(table, run_id)}"):
+        for rel in list_files(fs, root, folder):
+            key = parse_path(rel)
+            if key and key.attempt == attempt and key.rank == 0 and key.seq is not None:
+                seqs.append(key.seq)
+    data = pa.Table.from_pylist([row], schema=schema(table))
+    path = join(root, segment_path(table, run_id, attempt, 0, max(seqs) + 1))
+    atomic_write_bytes(fs, path, memoryview(staging.segment_bytes(data)))
+
+
+def _remove_old_temps(fs, root: str, age_s: float, report: RecoveryReport) -> None:
+    now = time.time()
+    for top in (*TABLES, staging.STAGING_DIR, "_manifest", "metrics_lod"):
+        for rel, info in list_files(fs, root, top, detail=True).items():
+            if not is_temp(rel):
+                continue
+            mtime = _mtime(info)
+            if mtime is not None and now - mtime >= age_s:
+                remove(fs, join(root, rel))
+                report.temps_removed += 1
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    for k in ("mtime", "LastModified", "last_modified", "created"):
+        v = info.get(k)
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, dt.datetime):
+            return v.timestamp()
+    return None

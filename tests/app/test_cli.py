@@ -1,0 +1,131 @@
+"""The flightlog CLI: commands over a real archive, exit codes, and no traceback for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from app.cli import main
+from telemetry import Writer
+
+
+@pytest.fixture()
+def archive(tmp_path, monkeypatch) -> str:
+    url = str(tmp_path / "archive")
+    for seed, start in ((1, 0), (2, 4)):
+        with Writer(url, run="cli run", seed=seed, resumed_from_step=start or None) as w:
+            for s in range(start, start + 8):
+                w.metrics(s, {"loss": float(s), "tokens_seen": 10.0 * s})
+            w.event("nan", step=start + 2, data_chunk=5)
+    monkeypatch.delenv("FLIGHTLOG_ARCHIVE", raising=False)
+    return url
+
+
+def test_runs_lists_the_runs(archive, capsys):
+    assert main(["runs", "--archive", archive]) == 0
+    out = capsys.readouterr().out
+    assert "cli-run" in out and "cli run" in out and "finished" in out
+
+
+def test_archive_defaults_to_the_environment_variable(archive, capsys, monkeypatch):
+    monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive)
+    assert main(["runs", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["run_id"] == "cli-run"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+def test_sql_prints_results_in_each_format(archive, capsys, fmt):
+    assert main(["sql", "SELECT step, value FROM journey_metrics WHERE name = 'loss' ORDER BY step",
+                 "--archive", archive, "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "csv":
+        assert out.splitlines()[0] == '"step","value"' and len(out.splitlines()) == 13
+    elif fmt == "json":
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["step"] for r in rows] == list(range(12))
+    else:
+        assert "step" in out and "11" in out
+
+
+def test_sql_writes_parquet_to_a_file(archive, tmp_path):
+    out = tmp_path / "out.parquet"
+    assert main(["sql", "SELECT * FROM metrics", "--archive", archive, "--format", "parquet", "--output", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 32
+
+
+def test_sql_is_read_only_even_for_the_owner(archive, capsys, tmp_path):
+    assert main(["sql", f"COPY (SELECT 1) TO '{tmp_path}/x.csv'", "--archive", archive]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flightlog: error: ") and "read-only" in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_sql_timeout_stops_a_runaway_query(archive, capsys):
+    assert main(["sql", "SELECT count(*) FROM range(1000000000000)", "--archive", archive, "--timeout", "0.3"]) == 2
+    assert "stopped after 0.3 s" in capsys.readouterr().err
+
+
+def test_bad_sql_is_one_line_and_exit_code_2(archive, capsys):
+    assert main(["sql", "SELECT * FROM nope", "--archive", archive]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nope" in err and "Traceback" not in err
+
+
+def test_missing_archive_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main(["runs", "--archive", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flightlog: error: no flightlog archive at") and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_run_lists_known_runs(archive, capsys):
+    assert main(["incidents", "no such run", "--archive", archive]) == 2
+    assert "known runs: cli-run" in capsys.readouterr().err
+
+
+def test_incidents_per_chunk_across_attempts_and_seeds(archive, capsys):
+    assert main(["incidents", "cli run", "--archive", archive]) == 0
+    out = capsys.readouterr().out
+    assert "chunk 5: 2 incident(s) in 2 attempt(s), seeds [1, 2]" in out and "fails in every attempt" in out
+
+
+def test_verify_ok_and_problems_exit_1(archive, capsys):
+    assert main(["verify", archive]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    folder = os.path.join(archive, "metrics", "run_id=cli-run")
+    with open(os.path.join(folder, "part-a0-r0-00000999.parquet"), "wb") as fh:
+        fh.write(b"no footer")
+    assert main(["verify", archive]) == 1
+    err = capsys.readouterr().err
+    assert "1 problem(s)" in err and "part-a0-r0-00000999.parquet" in err
+
+
+def test_index_recovers_and_writes_the_manifest(archive, capsys):
+    pytest.importorskip("telemetry.manifest")
+    assert main(["index", archive, "--quiet"]) == 0
+    assert os.path.exists(os.path.join(archive, "_manifest", "manifest.json"))
+    assert main(["verify", archive]) == 0
+
+
+def test_demo_without_the_trainer_says_what_to_install_or_runs(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert main(["demo"]) == 2
+    assert "pip install 'flightlog[train]'" in capsys.readouterr().err
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    exe = shutil.which("flightlog") or os.path.join(os.path.dirname(sys.executable), "flightlog")
+    env = {**os.environ, "FLIGHTLOG_ARCHIVE": str(tmp_path / "nowhere")}
+    proc = subprocess.run([exe, "runs"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("flightlog: error: no flightlog archive") and "Traceback" not in proc.stderr
+    proc = subprocess.run([exe, "sql", "SELEC 1"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

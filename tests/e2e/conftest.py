@@ -1,0 +1,35 @@
+"""Fixtures for end-to-end runs: a fresh archive per test and a tiny reference-trainer config.
+
+Tiny means 2 layers, d_model 64, seq 32: a step costs milliseconds, so a multi-process run's
+time is mostly process start-up (about 3-5 s per launch on 2 cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An archive folder of this test only; $FLIGHTLOG_ARCHIVE points at it so nothing lands in the cwd."""
+    url = str(tmp_path / "archive")
+    monkeypatch.setenv("FLIGHTLOG_ARCHIVE", url)
+    return url
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, archive: str):
+    """Factory of small TrainConfigs recording into `archive` (keyword overrides win)."""
+    pytest.importorskip("torch")
+    from trainer_hooks.reference.train import TrainConfig
+
+    def make(**overrides):
+        base = dict(
+            archive=archive, n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16,
+            num_chunks=6, steps=16, warmup_steps=2, log_every=1000, checkpoint_dir=str(tmp_path / "checkpoints"),
+        )
+        return TrainConfig(**{**base, **overrides})
+
+    return make

@@ -1,0 +1,163 @@
+"""Sync-free hand-off of per-step scalars from the training thread to a drainer thread.
+
+On CUDA the training thread copies each step's device scalars into a preallocated device
+tensor of slots (`copy_`, stream-ordered), copies the slots into one of a ring of pinned
+host buffers with `non_blocking=True`, and records a CUDA event. The drainer thread waits
+on that event (`event.synchronize()` blocks the drainer, never the trainer), reads the
+pinned buffer and hands plain floats to a callback. Nothing on the training thread reads
+a device value, so no host-device synchronization is added (guarantee 2).
+
+On CPU there is nothing to wait for: the training thread only keeps references to the
+step's tensors (fresh results such as the loss and the per-parameter grad norms, which the
+loop does not modify afterwards) and the drainer reads them. That keeps the per-step host
+cost at a deque append.
+
+Values handed over may be a tensor, a list of tensors (per-parameter norms, combined with
+a square root of sums of squares on the drainer), a Python number, or None.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+_log = logging.getLogger("flightlog.hooks")
+
+DrainFn = Callable[[list[float | None], Any], None]
+
+
+def _norm_of_norms(norms: Sequence[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(n) ** 2 for n in norms))
+
+
+def _host_value(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return _norm_of_norms(v)
+    return float(v)
+
+
+class DeviceBuffer:
+    """A ring of step records between the training thread (`stage`) and a drainer thread.
+
+    `stage` never blocks: when the drainer is `ring` steps behind, the step is dropped and
+    counted in `dropped`. `on_drain(values, payload)` runs on the drainer thread with the
+    staged values as floats (None where nothing was staged) and the payload unchanged.
+    """
+
+    def __init__(self, device: torch.device | str, on_drain: DrainFn, *, slots: int = 32, ring: int = 256,
+                 poll_s: float = 0.05, on_error: Callable[[str, BaseException], None] | None = None) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.slots = slots
+        self.ring = ring
+        self.dropped = 0
+        self._on_drain = on_drain
+        self._on_error = on_error
+        self._poll_s = poll_s
+        self._pending: collections.deque = collections.deque()
+        self._next = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        if self.cuda:
+            self._slots = torch.zeros(slots, dtype=torch.float32, device=self.device)
+            self._views = [self._slots[i] for i in range(slots)]  # cached: indexing costs a view per call
+            self._pinned = [torch.zeros(slots, dtype=torch.float32, pin_memory=True) for _ in range(ring)]
+            self._events = [torch.cuda.Event() for _ in range(ring)]
+        self._thread = threading.Thread(target=self._run, name="flightlog-drainer", daemon=True)
+        self._thread.start()
+
+    # ---- training thread ---------------------------------------------------------------------
+
+    def stage(self, values: Sequence[Any], payload: Any) -> bool:
+        """Hand one step's values over; returns False (and counts) when dropped."""
+        pending = self._pending
+        if len(pending) >= self.ring or self._stop.is_set():
+            self.dropped += 1
+            return False
+        if not self.cuda:
+            pending.append((None, values, payload))
+            return True
+        if len(values) > self.slots:
+            raise ValueError(f"{len(values)} device values in one step; the buffer has {self.slots} slots")
+        k = self._next
+        self._next = (k + 1) % self.ring
+        kinds = []
+        for i, v in enumerate(values):
+            if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                self._views[i].copy_(v.detach().reshape(()))
+                kinds.append(None)
+            elif isinstance(v, (list, tuple)):
+                self._views[i].copy_(torch.linalg.vector_norm(torch.stack(list(v)).float()))
+                kinds.append(None)
+            else:
+                kinds.append(v)  # host value (number, CPU tensor or None): read on the drainer
+        self._pinned[k].copy_(self._slots, non_blocking=True)
+        self._events[k].record()
+        pending.append((k, kinds, payload))
+        return True
+
+    # ---- drainer thread ----------------------------------------------------------------------
+
+    def _take(self, item: tuple) -> tuple[list[float | None], Any]:
+        k, values, payload = item
+        if k is None:
+            return [_host_value(v) for v in values], payload
+        self._events[k].synchronize()  # blocks this thread only
+        host = self._pinned[k].tolist()
+        return [host[i] if v is None else _host_value(v) for i, v in enumerate(values)], payload
+
+    def _drain_once(self) -> bool:
+        pending = self._pending
+        if not pending:
+            return False
+        item = pending[0]
+        try:
+            values, payload = self._take(item)
+            self._on_drain(values, payload)
+        except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer
+            if self._on_error is not None:
+                self._on_error("drainer", exc)
+            else:
+                _log.warning("flightlog: drainer failed: %r", exc)
+        finally:
+            pending.popleft()  # frees the ring slot only after it was read
+        return True
+
+    def _run(self) -> None:
+        while True:
+            while self._drain_once():
+                pass
+            with self._idle:
+                self._idle.notify_all()
+            if self._stop.is_set() and not self._pending:
+                return
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every staged step was handed to `on_drain` (used by close and tests)."""
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending or not self._thread.is_alive(), timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain what is staged, then stop the thread. Idempotent."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,203 @@
+"""NaN/Inf forensics and spike detection.
+
+Detection runs on the drainer thread from values already copied to the host, so it adds no
+host-device synchronization. The layer probe is the only part on the training thread: when
+armed, a forward hook on every submodule folds "is this output finite?" into one device
+scalar holding the index (in execution order) of the first module whose output was not
+finite. Forward hooks fire when a module *returns*, so children report before their parent
+and the first index is the innermost, earliest module that produced a non-finite value.
+
+The probe is off by default (`nan_layer_probe_every=0`). After the first non-finite step it
+is armed for good, so every later non-finite step names its layer. The event of that first
+step waits for the first probed step: it carries the layer seen there and says so in
+`details_json` (`layer_probe_step`), because the value at the first step was found only
+after the fact. `nan_layer_probe_every=N` also probes every N-th step, which names the layer
+of the very step that went non-finite when it is probed.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_FIRST_NONE = float(2**24)  # "no module yet"; exact in float32, larger than any call count we record
+
+
+def _floating_tensors(out: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() or out.is_complex():
+            yield out
+    elif depth < 3 and isinstance(out, (list, tuple)):
+        for o in out:
+            yield from _floating_tensors(o, depth + 1)
+    elif depth < 3 and isinstance(out, dict):
+        for o in out.values():
+            yield from _floating_tensors(o, depth + 1)
+
+
+class LayerProbe:
+    """Forward hooks that find the first module whose output holds NaN or Inf (training thread)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._modules = [(name or type(model).__name__, m) for name, m in model.named_modules()]
+        self._handles: list = []
+        self._first: torch.Tensor | None = None
+        self._calls: list[str] = []
+        self.armed_for_good = False
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self._modules]
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._first = None
+        self._calls = []
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module: torch.nn.Module, args: Any, out: Any) -> None:
+            bads = [~torch.isfinite(t).all() for t in _floating_tensors(out)]
+            if not bads:
+                return
+            index = len(self._calls)
+            self._calls.append(name)
+            bad = bads[0] if len(bads) == 1 else torch.stack(bads).any()
+            if self._first is None:
+                self._first = torch.full((), _FIRST_NONE, device=bad.device)
+            # Keep the first bad index: min(first, index if bad else NONE), all on device.
+            cand = torch.where(bad, torch.full_like(self._first, float(index)), self._first)
+            self._first = torch.minimum(self._first, cand)
+        return hook
+
+    def take(self) -> tuple[torch.Tensor | None, tuple[str, ...]] | None:
+        """End of a step: (device index of first bad call, call names) or None when not armed."""
+        if not self._handles:
+            return None
+        first, calls = self._first, tuple(self._calls)
+        self._first, self._calls = None, []
+        return first, calls
+
+
+def layer_from_probe(first: float | None, calls: tuple[str, ...]) -> str | None:
+    if first is None or not math.isfinite(first) or first >= _FIRST_NONE:
+        return None
+    i = int(first)
+    return calls[i] if 0 <= i < len(calls) else None
+
+
+class SpikeDetector:
+    """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes)."""
+
+    def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20) -> None:
+        self.window: collections.deque[float] = collections.deque(maxlen=window)
+        self.zscore = zscore
+        self.min_points = min_points
+
+    def update(self, value: float) -> dict[str, float] | None:
+        """Add `value`; return the statistics when it is a spike, else None. Non-finite values are skipped."""
+        if value is None or not math.isfinite(value):
+            return None
+        spike = None
+        if len(self.window) >= self.min_points:
+            med = statistics.median(self.window)
+            mad = statistics.median(abs(v - med) for v in self.window)
+            # 1.4826 * MAD estimates sigma for normal data; a flat window falls back to a tiny scale.
+            scale = 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
+            z = (value - med) / scale
+            if z > self.zscore:
+                spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(self.window)}
+        self.window.append(value)
+        return spike
+
+
+def _json_float(v: float | None) -> float | str | None:
+    return v if v is None or math.isfinite(v) else str(v)
+
+
+@dataclass(slots=True)
+class StepFacts:
+    """What the drainer knows about one finished step."""
+
+    step: int
+    loss: float | None
+    grad_norm: float | None
+    loss_scale: float | None
+    data_chunk: int | None
+    sample_ids: list[int] | None
+    probed: bool = False
+    layer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Forensics:
+    """Turns step facts into `nan`/`inf`/`loss_spike`/`grad_spike` events (drainer thread)."""
+
+    def __init__(self, emit: Callable[..., None], request_probe: Callable[[], None], *, spike_window: int = 100,
+                 spike_zscore: float = 6.0, spike_min_points: int = 20, seed: int | None = None) -> None:
+        self._emit = emit
+        self._request_probe = request_probe
+        self._seed = seed
+        self._spikes = {
+            "loss": SpikeDetector(window=spike_window, zscore=spike_zscore, min_points=spike_min_points),
+            "grad_norm": SpikeDetector(window=spike_window, zscore=spike_zscore, min_points=spike_min_points),
+        }
+        self._waiting: list[tuple[StepFacts, dict]] = []  # non-finite steps waiting for a probed step
+        self.nonfinite_steps = 0
+
+    def observe(self, f: StepFacts) -> None:
+        bad_name, bad_value = None, None
+        for name, v in (("loss", f.loss), ("grad_norm", f.grad_norm)):
+            if v is not None and not math.isfinite(v):
+                bad_name, bad_value = name, v
+                break
+        if f.probed and self._waiting:
+            for wf, details in self._waiting:
+                details["layer_probe_step"] = f.step
+                details["layer_probe_step_finite"] = bad_name is None
+                self._nonfinite_event(wf, details, f.layer if bad_name is not None else None)
+            self._waiting = []
+        if bad_name is not None:
+            self.nonfinite_steps += 1
+            details = {"metric": bad_name, "loss": _json_float(f.loss), "grad_norm": _json_float(f.grad_norm),
+                       "loss_scale": _json_float(f.loss_scale), "seed": self._seed, **f.extra}
+            if f.probed:
+                details["layer_probe_step"] = f.step
+                self._nonfinite_event(f, details, f.layer)
+            else:
+                self._waiting.append((f, details))
+                self._request_probe()
+            return
+        for name, v in (("loss", f.loss), ("grad_norm", f.grad_norm)):
+            spike = self._spikes[name].update(v)
+            if spike is not None:
+                kind = "loss_spike" if name == "loss" else "grad_spike"
+                self._emit(kind, step=f.step, severity="warning", data_chunk=f.data_chunk, sample_ids=f.sample_ids,
+                           message=f"{name} {v:.6g} is {spike['zscore']:.1f} robust sigmas above the median "
+                                   f"{spike['median']:.6g} of the last {spike['window']} steps",
+                           details={**spike, "metric": name, "seed": self._seed})
+
+    def _nonfinite_event(self, f: StepFacts, details: dict, layer: str | None) -> None:
+        value = details["loss"] if details["metric"] == "loss" else details["grad_norm"]
+        kind = "nan" if value == "nan" else "inf"
+        where = f" first non-finite output: {layer}" if layer else ""
+        self._emit(kind, step=f.step, severity="error", data_chunk=f.data_chunk, sample_ids=f.sample_ids,
+                   layer=layer, message=f"{details['metric']} is {value} at step {f.step}{where}", details=details)
+
+    def close(self) -> None:
+        """Emit non-finite events still waiting for a probed step (the run ended first)."""
+        for wf, details in self._waiting:
+            details["layer_probe_step"] = None
+            self._nonfinite_event(wf, details, None)
+        self._waiting = []

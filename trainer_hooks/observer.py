@@ -1,0 +1,545 @@
+"""The Observer: per-step capture from optimizer/model hooks, with no host-device sync.
+
+    obs = trainer_hooks.attach(model, optimizer, run="my-run", archive="./archive")
+    for batch in loader:
+        loss = model(batch).loss
+        loss.backward()
+        obs.record_loss(loss, tokens=batch_tokens)
+        optimizer.step(); optimizer.zero_grad(); scheduler.step()
+    obs.close()
+
+Step boundaries come from `optimizer.register_step_post_hook`; the pre-hook computes the
+grad norm on device (`torch._foreach_norm`) unless the trainer hands one to `grad_norm()`;
+a forward pre-hook on the model marks the start of a step (data_wait_s). Everything the
+training thread does per step is: a few tensor references, Python numbers and one
+`DeviceBuffer.stage`. The drainer thread turns each step into `metrics` rows, checks for
+NaN/Inf and spikes (forensics.py), tracks data chunks and mirrors to another logger.
+A failure inside any hook is caught here: one log line, an `events` row of kind
+`hook_error`, and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import torch
+
+from trainer_hooks import checkpoints as ckpt
+from trainer_hooks.config import ObserverConfig
+from trainer_hooks.device_buffer import DeviceBuffer
+from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
+from trainer_hooks.nvml_sampler import NvmlSampler
+from trainer_hooks.topology import agree_attempt, discover
+
+_log = logging.getLogger("flightlog.hooks")
+_perf = time.perf_counter
+_STEP, _LOG = 0, 1  # payload kinds
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _ids_list(ids: Any) -> list[int] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, torch.Tensor):
+        return [int(i) for i in ids.reshape(-1).tolist()]
+    if hasattr(ids, "tolist"):  # numpy
+        ids = ids.tolist()
+    return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+class Observer:
+    """Captures one rank's training telemetry into a `telemetry.Writer`. Build it with `attach()`."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, run: str, archive: str | None = None,
+                 config: Any = None, options: ObserverConfig | None = None, scaler: Any = None,
+                 device_mesh: Any = None, writer: Any = None, nvml: Any = None) -> None:
+        self.cfg = cfg = options or ObserverConfig()
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.device = _model_device(model)
+        self._cuda = self.device.type == "cuda"
+        self.topology = topo = discover(device_mesh=device_mesh, rank=cfg.rank, local_rank=cfg.local_rank,
+                                        world_size=cfg.world_size, tp_size=cfg.tp_size, pp_size=cfg.pp_size,
+                                        device=self.device)
+        self._own_writer = writer is None
+        self.writer = writer if writer is not None else self._open_writer(run, archive, config, topo)
+        self.writer.rank_info(local_rank=topo.local_rank, host=topo.host, gpu_uuid=topo.gpu_uuid,
+                              dp_rank=topo.dp_rank, tp_rank=topo.tp_rank, pp_rank=topo.pp_rank)
+        self._errors: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._closed = False
+
+        # ---- training-thread state (touched only by hooks on the training thread)
+        self._step = cfg.start_step
+        self._tokens_total = cfg.start_tokens
+        self._open = False
+        self._t_start: float | None = None
+        self._t_end: float | None = None
+        self._data_wait: float | None = None
+        self._loss: torch.Tensor | None = None
+        self._loss_f = 0.0
+        self._n_loss = 0
+        self._tokens = 0
+        self._gn: Any = None
+        self._gn_given = False
+        self._chunk: int | None = None
+        self._ids: Any = None
+        self._extras: list[tuple[int, str, Any]] = []
+        self._groups = optimizer.param_groups
+        self._params = [p for g in self._groups for p in g["params"]]
+        self._n_groups = len(self._groups)
+        self._probe = LayerProbe(model)
+        self._probe_for_good = False  # set by the drainer after the first non-finite step
+
+        # ---- drainer-thread state
+        self._cur_chunk: tuple[int, int, int, int] | None = None  # chunk, first_step, last_step, tokens
+        self._tokens_seen = cfg.start_tokens
+        self.forensics = Forensics(self._emit, self._want_probe, spike_window=cfg.spike_window,
+                                   spike_zscore=cfg.spike_zscore, spike_min_points=cfg.spike_min_points, seed=cfg.seed)
+        self._buf = DeviceBuffer(self.device, self._on_drain, ring=cfg.ring_size, on_error=self._hook_error)
+        self._audits: list = []
+
+        self._hooks = [optimizer.register_step_pre_hook(self._pre_step),
+                       optimizer.register_step_post_hook(self._post_step),
+                       model.register_forward_pre_hook(self._on_forward)]
+        self._scaler_update = None
+        if scaler is not None and hasattr(scaler, "update"):
+            self._wrap_scaler(scaler)
+        self.sampler: NvmlSampler | None = None
+        if cfg.sample_gpu:
+            self._start_sampler(nvml)
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def _open_writer(self, run: str, archive: str | None, config: Any, topo: Any) -> Any:
+        from telemetry import Writer  # noqa: PLC0415 - keeps `import trainer_hooks` light
+
+        cfg = self.cfg
+        if is_dataclass(config) and not isinstance(config, type):
+            config = asdict(config)
+        elif config is not None and not isinstance(config, dict):
+            config = dict(vars(config))
+        if archive is None:
+            archive = os.environ.get("FLIGHTLOG_ARCHIVE", "./flightlog-archive")
+        common = dict(rank=topo.rank, world_size=topo.world_size, project=cfg.project, config=config,
+                      host=topo.host, framework=cfg.framework, dp_size=topo.dp_size, tp_size=topo.tp_size,
+                      pp_size=topo.pp_size, resumed_from_step=cfg.resumed_from_step,
+                      resumed_from_checkpoint=cfg.resumed_from_checkpoint, seed=cfg.seed, reason=cfg.reason,
+                      storage_options=cfg.storage_options, writer_config=cfg.writer_config)
+        attempt = cfg.attempt
+        if attempt is None:
+            # Rank 0 discovers the attempt number in the archive; every rank uses rank 0's.
+            first = Writer(archive, run, attempt=None, **common) if topo.rank == 0 else None
+            attempt = agree_attempt(first.attempt if first is not None else None)
+            if first is not None:
+                return first
+        return Writer(archive, run, attempt=attempt, **common)
+
+    def _start_sampler(self, nvml: Any) -> None:
+        topo = self.topology
+        uuids = [topo.gpu_uuid] if topo.gpu_uuid else None
+        if uuids is None and topo.local_rank != 0:
+            return  # CPU ranks: local rank 0 samples the host once for the node
+        try:
+            self.sampler = NvmlSampler(self.writer, nvml=nvml, gpu_uuids=uuids, interval_s=self.cfg.gpu_sample_interval_s,
+                                       ecc_interval_s=self.cfg.ecc_interval_s, host_metrics=topo.local_rank == 0,
+                                       step_fn=lambda: self._step, on_error=self._hook_error).start()
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("nvml_sampler", exc)
+
+    def _wrap_scaler(self, scaler: Any) -> None:
+        update = scaler.update
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            # GradScaler skips optimizer.step() on inf/NaN grads: no post-hook fired, close the step here.
+            if self._open and self._n_loss and not self._closed:
+                try:
+                    self._end_step(skipped=True)
+                except Exception as exc:  # noqa: BLE001
+                    self._hook_error("scaler_update", exc)
+            return update(*args, **kwargs)
+
+        self._scaler_update = update
+        scaler.update = wrapped
+
+    # ---- public API (training thread) ----------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        """The step in progress (or the next one, between steps)."""
+        return self._step
+
+    @property
+    def run_id(self) -> str:
+        return self.writer.run_id
+
+    @property
+    def attempt(self) -> int:
+        return self.writer.attempt
+
+    @property
+    def rank(self) -> int:
+        return self.topology.rank
+
+    def record_loss(self, loss: Any, tokens: Any = None) -> None:
+        """This micro-batch's loss (tensor, float, or an output with `.loss`) and token count.
+
+        Several calls before one optimizer step (gradient accumulation) are averaged. A loss
+        tensor with several elements counts as its mean.
+        """
+        try:
+            if not self._open:
+                self._on_forward(None, None)
+            if not isinstance(loss, (torch.Tensor, int, float)) and hasattr(loss, "loss"):
+                loss = loss.loss
+            if isinstance(loss, torch.Tensor):
+                t = loss.detach()
+                if t.numel() != 1:
+                    t = t.float().mean()
+                self._loss = t if self._loss is None else self._loss + t
+            else:
+                self._loss_f += float(loss)
+            self._n_loss += 1
+            if tokens is not None:
+                self._tokens += int(tokens) if not isinstance(tokens, torch.Tensor) else self._host_int(tokens)
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("record_loss", exc)
+
+    def grad_norm(self, value: Any) -> None:
+        """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value)."""
+        self._gn = value.detach() if isinstance(value, torch.Tensor) else float(value)
+        self._gn_given = True
+
+    def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
+        """The data chunk and sample ids of the batch being trained on (kept until changed)."""
+        try:
+            if isinstance(chunk, torch.Tensor):
+                chunk = self._host_int(chunk)
+            self._chunk = None if chunk is None else int(chunk)
+            if isinstance(sample_ids, torch.Tensor) and sample_ids.device.type != "cpu":
+                self._warn_once("ids", "flightlog: sample_ids on the GPU are not recorded (reading them would "
+                                "sync); pass the dataloader's CPU ids")
+                sample_ids = None
+            self._ids = sample_ids
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("set_batch", exc)
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        """Log extra scalars: Python/numpy numbers or 0-d/1-element tensors on any device.
+
+        A tensor with several elements is refused (one warning per name, nothing written):
+        reduce it yourself (`x.mean()`, `x.max()`) so the curve says which statistic it is.
+        `step=None` means the step in progress, or the step just finished between steps.
+        """
+        try:
+            if step is None:
+                step = self._step if self._open or self._step == self.cfg.start_step else self._step - 1
+            for name, v in values.items():
+                if isinstance(v, torch.Tensor):
+                    if v.numel() != 1:
+                        self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got a tensor of {v.numel()} "
+                                        "elements; log a scalar such as .mean() or .max(); skipped")
+                        continue
+                    v = v.detach().reshape(())
+                    v = v.clone() if v.device.type != "cpu" else float(v)  # CPU: read now (no sync)
+                elif isinstance(v, (int, float)) or hasattr(v, "__float__"):
+                    if getattr(v, "size", 1) != 1:
+                        self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got an array of {v.size} "
+                                        "elements; log a scalar; skipped")
+                        continue
+                    v = float(v.item() if hasattr(v, "item") else v)
+                else:
+                    self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got {type(v).__name__}, not a "
+                                    "number; skipped")
+                    continue
+                self._extras.append((int(step), str(name), v))
+            if not self._open:
+                self._stage_extras()
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("log", exc)
+
+    def checkpoint_saved(self, path_or_state: Any, *, step: int | None = None, tokens: int | None = None,
+                         _loaded: Any = None) -> None:
+        """Audit a checkpoint just written (a path, audited in the background) or a state dict."""
+        try:
+            step = self._last_step() if step is None else step
+            tokens = self._tokens_total if tokens is None else tokens
+            chunk, mw = self._chunk, self.cfg.master_weights_dtype
+            if isinstance(path_or_state, (str, os.PathLike)):
+                path = os.fspath(path_or_state)
+                pre = ckpt.audit_object(_loaded, master_weights_dtype=mw, uri=path) if _loaded is not None else None
+
+                def job() -> None:
+                    try:
+                        a = ckpt.audit_file(path, master_weights_dtype=mw, loaded=pre)
+                        if pre is not None:
+                            pre.bytes, pre.sha256 = a.bytes, a.sha256
+                            a = pre
+                        self._record_checkpoint(a, step, tokens, chunk)
+                    except Exception as exc:  # noqa: BLE001
+                        self._hook_error("checkpoint_audit", exc)
+
+                import threading  # noqa: PLC0415
+
+                t = threading.Thread(target=job, name="flightlog-ckpt-audit", daemon=True)
+                t.start()
+                self._audits.append(t)
+            else:
+                self._record_checkpoint(ckpt.audit_object(path_or_state, master_weights_dtype=mw), step, tokens, chunk)
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("checkpoint_saved", exc)
+
+    def checkpoint_loaded(self, path: Any, *, step: int | None = None) -> None:
+        """Record that training resumed from `path` (a `checkpoint_loaded` event)."""
+        try:
+            uri = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+            self.writer.event("checkpoint_loaded", step=self._step if step is None else step, severity="info",
+                              message=f"loaded checkpoint {uri or '(in memory)'}", data_chunk=self._chunk,
+                              details={"uri": uri, "resumed_step": step})
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("checkpoint_loaded", exc)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every finished step reached the writer, then flush the writer."""
+        self._buf.flush(timeout)
+        for t in self._audits:
+            t.join(timeout)
+        return self.writer.flush(timeout)
+
+    def close(self, status: str = "finished", timeout: float = 30.0) -> None:
+        """Remove the hooks, drain the last steps, end the attempt. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for h in self._hooks:
+                h.remove()
+            self._probe.disarm()
+            if self._scaler_update is not None:
+                self.scaler.update = self._scaler_update
+            self._stage_extras()
+            self._buf.close(timeout)
+            self.forensics.close()
+            self._end_chunk()
+            if self.sampler is not None:
+                self.sampler.stop()
+            for t in self._audits:
+                t.join(timeout)
+            if self._buf.dropped:
+                self.writer.event("dropped_records", severity="warning", step=self._last_step(),
+                                  message=f"{self._buf.dropped} steps dropped: the drainer fell behind",
+                                  details={"steps": self._buf.dropped})
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("close", exc)
+        if self._own_writer:
+            self.writer.close(status, timeout)
+
+    def __enter__(self) -> Observer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("crashed" if exc_type is not None else "finished")
+
+    # ---- hooks (training thread) ---------------------------------------------------------------
+
+    def _on_forward(self, module: Any, args: Any) -> None:
+        if self._open:
+            return
+        try:
+            self._open = True
+            t = self._t_start = _perf()
+            self._data_wait = None if self._t_end is None else t - self._t_end
+            every = self.cfg.nan_layer_probe_every
+            if self._probe_for_good or (every and self._step % every == 0):
+                self._probe.arm()
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("forward_pre_hook", exc)
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._gn_given:
+            return
+        try:
+            if len(self._groups) != self._n_groups:
+                self._params = [p for g in self._groups for p in g["params"]]
+                self._n_groups = len(self._groups)
+            grads = [p.grad for p in self._params if p.grad is not None]
+            # The per-parameter norms stay on device; CPU: the drainer combines them.
+            self._gn = torch._foreach_norm(grads) if grads else None
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("grad_norm", exc)
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._end_step(skipped=False)
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("step_post_hook", exc)
+            self._open, self._step = False, self._step + 1
+
+    def _end_step(self, skipped: bool) -> None:
+        t = _perf()
+        start = self._t_end if self._t_end is not None else self._t_start
+        scale = None
+        if self.scaler is not None:
+            s = getattr(self.scaler, "_scale", None)
+            if s is not None:
+                scale = float(s) if s.device.type == "cpu" else s  # CPU: read now, update() changes it in place
+        mem = None
+        if self._cuda:
+            mem = (torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device))
+        probe = self._probe.take()
+        gn = None if skipped else self._gn
+        values = (self._loss, gn, scale, probe[0] if probe else None)
+        payload = (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
+                   None if start is None else t - start, self._data_wait, [g["lr"] for g in self._groups],
+                   mem, self._chunk, self._ids, probe[1] if probe else None, skipped, time.time())
+        self._buf.stage(values, payload)
+        if probe is not None and not self._probe_for_good:
+            self._probe.disarm()
+        self._tokens_total += self._tokens
+        self._step += 1
+        self._t_end = t
+        self._open = False
+        self._loss, self._loss_f, self._n_loss, self._tokens = None, 0.0, 0, 0
+        self._gn, self._gn_given = None, False
+        if self._extras:
+            self._stage_extras()
+
+    def _stage_extras(self) -> None:
+        extras, self._extras = self._extras, []
+        slots = self._buf.slots
+        for i in range(0, len(extras), slots):
+            part = extras[i:i + slots]
+            self._buf.stage([v for _, _, v in part], (_LOG, [(s, n) for s, n, _ in part]))
+
+    def _last_step(self) -> int:
+        return self._step if self._step == self.cfg.start_step else self._step - 1
+
+    # ---- drainer thread --------------------------------------------------------------------------
+
+    def _on_drain(self, values: list[float | None], payload: tuple) -> None:
+        if payload[0] == _LOG:
+            for (step, name), v in zip(payload[1], values, strict=True):
+                self.writer.metric(step, name, v)
+            return
+        (_, step, n_loss, loss_f, tokens, step_time, data_wait, lrs, mem, chunk, ids, calls, skipped, wall) = payload
+        loss_sum, gn, scale, first_bad = values
+        m: dict[str, float] = {}
+        loss = None
+        if n_loss:
+            loss = m["loss"] = ((loss_sum or 0.0) + loss_f) / n_loss
+        if gn is not None:
+            m["grad_norm"] = gn
+        for i, lr in enumerate(lrs):
+            m["lr" if i == 0 else f"lr/group{i}"] = float(lr)
+        if scale is not None:
+            m["loss_scale"] = scale
+        if skipped:
+            m["step_skipped"] = 1.0
+        if step_time is not None:
+            m["step_time_s"] = step_time
+        if data_wait is not None:
+            m["data_wait_s"] = data_wait
+        self._tokens_seen += tokens
+        if tokens:
+            m["tokens_seen"] = float(self._tokens_seen)
+            if step_time:
+                m["tokens_per_s"] = tps = tokens / step_time
+                if self.cfg.model_flops_per_token and self.cfg.peak_flops:
+                    m["mfu"] = tps * self.cfg.model_flops_per_token / self.cfg.peak_flops
+        if mem is not None:
+            m["mem_allocated_bytes"], m["mem_reserved_bytes"] = float(mem[0]), float(mem[1])
+        self.writer.metrics(step, m, wall_time=wall)
+        self._track_chunk(step, chunk, tokens)
+        self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
+                                         sample_ids=_ids_list(ids), probed=calls is not None,
+                                         layer=layer_from_probe(first_bad, calls or ())))
+        if self.cfg.mirror is not None:
+            try:
+                self.cfg.mirror.log(m, step=step)
+            except Exception as exc:  # noqa: BLE001
+                self._hook_error("mirror", exc)
+
+    def _track_chunk(self, step: int, chunk: int | None, tokens: int) -> None:
+        cur = self._cur_chunk
+        if cur is not None and cur[0] == chunk:
+            self._cur_chunk = (cur[0], cur[1], step, cur[3] + tokens)
+            return
+        self._end_chunk()
+        if chunk is not None:
+            self._cur_chunk = (chunk, step, step, tokens)
+            self.writer.event("data_chunk_start", step=step, data_chunk=chunk, message=f"data chunk {chunk} starts")
+
+    def _end_chunk(self) -> None:
+        if self._cur_chunk is not None:
+            chunk, first, last, tokens = self._cur_chunk
+            self.writer.data_chunk(chunk, first_step=first, last_step=last, tokens=tokens or None)
+            self._cur_chunk = None
+
+    def _want_probe(self) -> None:
+        self._probe_for_good = True  # read by the training thread at the next forward
+
+    # ---- failures and records -----------------------------------------------------------------------
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.writer.event(kind, **fields)
+
+    def _record_checkpoint(self, a: ckpt.CheckpointAudit, step: int, tokens: int | None, chunk: int | None) -> None:
+        self.writer.checkpoint(step=step, tokens_seen=tokens, uri=a.uri, bytes=a.bytes,
+                               has_optimizer_state=a.has_optimizer_state, weights_dtypes=a.weights_dtypes,
+                               optimizer_dtypes=a.optimizer_dtypes, data_chunk=chunk, sha256=a.sha256,
+                               problems=a.problems)
+        msg = f"checkpoint at step {step}" + (f": {', '.join(a.problems)}" if a.problems else "")
+        self.writer.event("checkpoint_saved", step=step, severity="warning" if a.problems else "info", message=msg,
+                          data_chunk=chunk, details={"uri": a.uri, "bytes": a.bytes, "sha256": a.sha256,
+                                                     "problems": a.problems, "error": a.error})
+
+    def _host_int(self, t: torch.Tensor) -> int:
+        if t.device.type != "cpu":
+            raise ValueError("a GPU tensor here would force a host-device sync; pass a Python int or CPU tensor")
+        return int(t)
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _log.warning(msg)
+
+    def _hook_error(self, where: str, exc: BaseException) -> None:
+        """A telemetry failure: one log line per place, an events row, never an exception."""
+        n = self._errors.get(where, 0) + 1
+        self._errors[where] = n
+        if n == 1:
+            _log.warning("flightlog: %s failed (%s: %s); training continues", where, type(exc).__name__, exc)
+        if n <= 10 or math.log10(n).is_integer():
+            try:
+                self.writer.event("hook_error", step=self._step, severity="error", message=f"{where}: {exc!r}"[:500],
+                                  details={"where": where, "error": repr(exc)[:2000], "count": n})
+            except Exception:  # noqa: BLE001 - the writer itself is broken: the log line must do
+                pass
+
+
+def attach(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, run: str, archive: str | None = None,
+           config: Any = None, scaler: Any = None, device_mesh: Any = None, writer: Any = None, nvml: Any = None,
+           **options: Any) -> Observer:
+    """Start recording `model`/`optimizer` into `archive` as run `run`.
+
+    `config` is the training configuration (dict, dataclass or namespace) stored with the run.
+    `options` are ObserverConfig fields (or pass `options=ObserverConfig(...)`). Live objects:
+    `scaler` (a GradScaler, for loss_scale and skipped steps), `device_mesh` (dp/tp/pp names),
+    `writer` (an open telemetry.Writer to use instead of opening one), `nvml` (a module standing
+    in for pynvml).
+    """
+    opts = options.pop("options", None)
+    if opts is not None and options:
+        raise TypeError("pass ObserverConfig fields either as keywords or as options=ObserverConfig(...), not both")
+    opts = opts if opts is not None else ObserverConfig(**options)
+    return Observer(model, optimizer, run=run, archive=archive, config=config, options=opts, scaler=scaler,
+                    device_mesh=device_mesh, writer=writer, nvml=nvml)

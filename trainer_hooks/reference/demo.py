@@ -1,0 +1,183 @@
+"""`flightlog demo`: record a small but eventful training run, index it, summarise it, open the app.
+
+About a minute on a laptop CPU: the reference GPT trains on 2 data-parallel ranks (gloo) with
+flightlog attached, and meets the troubles LLM360's Amber met:
+
+1. one data chunk is corrupted: each of its batches gives a NaN loss (the step is skipped);
+2. a checkpoint is saved without optimizer state;
+3. the job crashes (every rank SIGKILLed) after a checkpoint; a second launch resumes from the
+   last checkpoint as attempt 1, and hits the corrupted chunk again.
+
+Then the archive is recovered and indexed, a summary says what flightlog saw, and the journey
+app opens on it (`--no-ui`: print the command instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+from trainer_hooks.reference.data import TokenStream
+from trainer_hooks.reference.train import TrainConfig, launch
+
+
+def _default_archive() -> str:
+    return os.environ.get("FLIGHTLOG_ARCHIVE") or "./flightlog-archive"
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str, seed: int = 0) -> TrainConfig:
+    """The demo's first launch: where it checkpoints, which chunk is corrupted, when it crashes."""
+    if steps < 20:
+        raise ValueError(f"--steps must be at least 20 for the demo's story to fit, got {steps}")
+    shape = (dict(n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16)
+             if quick else dict(n_layer=4, n_head=4, d_model=128, seq_len=128, micro_batch=8, chunk_sequences=64))
+    every = max(4, steps // 5)
+    crash_at = 2 * every + every // 2  # half-way between the 2nd and 3rd checkpoint
+    cfg = TrainConfig(
+        run=run, archive=archive, dp=2, tp=1, steps=steps, seed=seed, warmup_steps=max(2, steps // 20),
+        checkpoint_every=every, checkpoint_dir=checkpoint_dir, save_without_optimizer_at=every // 2,
+        crash_at_step=crash_at, log_every=max(1, steps // 10), **shape,
+    )
+    # Corrupt the chunk read between the last checkpoint and the crash: both attempts read it.
+    data = TokenStream(cfg.data_config())
+    poisoned, _ = data.chunk_at(2 * every + 1)  # step N reads batch N - 1; this is step 2*every + 2
+    return dataclasses.replace(cfg, poison_chunk=poisoned)
+
+
+def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[str, bool]:
+    """The summary text, and whether flightlog pointed at the corrupted chunk."""
+    from telemetry import Archive
+
+    archive = Archive(archive_url)
+    try:
+        run_id = archive.resolve_run(run)
+        runs = archive.runs()
+        row = runs[runs["run_id"] == run_id].iloc[0]
+        events = archive.events(run_id)
+        incidents = events[events["kind"].isin(["nan", "inf", "loss_spike", "grad_spike"])]
+        nonfinite = events[events["kind"].isin(["nan", "inf"])]
+        chunks = sorted({int(c) for c in nonfinite["data_chunk"].dropna()})
+        lineage = archive.attempt_lineage(run_id)
+        ckpts = archive.sql("SELECT step, has_optimizer_state FROM checkpoints WHERE run_id = ? ORDER BY step",
+                            [run_id]).to_pylist()
+    finally:
+        archive.close()
+    lines = [
+        f"run {run_id}: status {row['status']}, {int(row['steps'])} steps, {int(row['attempts'])} attempt(s), "
+        f"{int(row['ranks'])} rank(s), last loss {float(row['last_loss']):.3f}",
+    ]
+    for a in lineage.itertuples():
+        resumed = f", resumed from step {int(a.resumed_from_step)}" if a.resumed_from_step == a.resumed_from_step \
+            and a.resumed_from_step is not None else ""
+        lines.append(f"  attempt {a.attempt}: steps {a.first_step}-{a.last_step}, {a.end_status}{resumed}")
+    kinds = incidents["kind"].value_counts().to_dict()
+    lines.append("incidents: " + (", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())) or "none"))
+    lines.append("events: " + ", ".join(f"{k} x{v}" for k, v in sorted(events["kind"].value_counts().to_dict().items())))
+    found = expected_chunk is not None and chunks == [expected_chunk]
+    if chunks:
+        layers = sorted({str(v) for v in nonfinite["layer"].dropna()})
+        lines.append(f"non-finite losses came from data chunk(s) {chunks} (first non-finite layer: "
+                     f"{', '.join(layers) or 'unknown'}); the corrupted chunk was {expected_chunk}: "
+                     + ("found" if found else "NOT found"))
+    else:
+        lines.append(f"no non-finite loss was recorded; the corrupted chunk was {expected_chunk}: NOT found")
+    no_opt = [c["step"] for c in ckpts if c["has_optimizer_state"] is False]
+    lines.append(f"checkpoints: {len(ckpts)} recorded, without optimizer state at step(s) {no_opt or 'none'}")
+    lines.append(f"archive: {archive_url}")
+    return "\n".join(lines), found
+
+
+def _index(archive_url: str) -> None:
+    from telemetry import recover
+
+    recover(archive_url)  # the crashed attempt's staged (write-ahead) data becomes Parquet
+    try:
+        from telemetry.manifest import write_manifest
+    except ImportError:  # older telemetry: readers list folders instead
+        return
+    write_manifest(archive_url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flightlog demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--archive", default=None, help="archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 400; 40 with --quick)")
+    p.add_argument("--quick", action="store_true", help="a tiny model and few steps (~15 s), for tests")
+    p.add_argument("--run", default=None, help="run name (default: demo-<timestamp>)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where checkpoints go (default: flightlog-checkpoints/<run> next to a local archive)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ui", action="store_true", help="do not start the journey app at the end")
+    p.add_argument("--port", type=int, default=8501, help="port of the journey app")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    archive = args.archive or _default_archive()
+    run = args.run or "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.checkpoint_dir:
+        ckpt_dir = args.checkpoint_dir
+    elif _is_local(archive):
+        ckpt_dir = str(Path(archive.removeprefix("file://")).resolve().parent / "flightlog-checkpoints" / run)
+    else:
+        import tempfile
+
+        ckpt_dir = str(Path(tempfile.gettempdir()) / "flightlog-checkpoints" / run)
+    try:
+        cfg = plan(args.steps or (40 if args.quick else 400), quick=args.quick, run=run, archive=archive,
+                   checkpoint_dir=ckpt_dir, seed=args.seed)
+    except ValueError as err:
+        print(f"flightlog demo: {err}", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+    print(f"flightlog demo: run {run!r}, {cfg.steps} steps on {cfg.dp} data-parallel CPU ranks, archive {archive}")
+    print(f"  checkpoints every {cfg.checkpoint_every} steps (one without optimizer state at step "
+          f"{cfg.save_without_optimizer_at}), a crash after step {cfg.crash_at_step}, one corrupted data chunk",
+          flush=True)
+    code = launch(cfg)
+    if code == 0:
+        print("flightlog demo: the first launch was meant to crash but finished", file=sys.stderr)
+        return 1
+    resume_step = int((Path(ckpt_dir) / "latest_checkpointed_iteration.txt").read_text())
+    print(f"\n-- attempt 0 died (exit code {code}); resuming from the checkpoint of step {resume_step} --\n",
+          flush=True)
+    code = launch(dataclasses.replace(cfg, crash_at_step=None, resume_from=ckpt_dir))
+    if code:
+        print(f"flightlog demo: the resumed launch failed (exit code {code})", file=sys.stderr)
+        return 1
+    train_s = time.perf_counter() - t0
+
+    _index(archive)
+    text, found = summarize(archive, run, cfg.poison_chunk)
+    print(f"\n== flightlog demo summary ({train_s:.0f} s of training) ==\n{text}")
+    print(f"\nexplore: flightlog incidents {run} --archive {archive}\n"
+          f"         flightlog sql \"SELECT kind, step, data_chunk, layer FROM events WHERE run_id = '{run}'\" "
+          f"--archive {archive}", flush=True)
+    if not found:
+        print("flightlog demo: flightlog did not point at the corrupted chunk (see the summary above)", file=sys.stderr)
+        return 1
+    if args.no_ui:
+        print(f"open the journey app: flightlog ui {archive}")
+        return 0
+    try:
+        from app.ui.server import serve  # the app is a layer above: imported only to open it
+    except ImportError:
+        print(f"the journey app is not installed here; with it: flightlog ui {archive}")
+        return 0
+    result = serve(archive, port=args.port, open_browser=True)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""The reference Megatron-style trainer: data and tensor parallel, checkpoints, resume, injected faults.
+
+Reads top to bottom, nanoGPT-like. flightlog's capture is the handful of `obs.` lines, the
+same few lines a user adds to their own loop. Run it with `flightlog train --help`, or:
+
+    python -m trainer_hooks.reference.train --dp 2 --steps 200 --poison-chunk 3
+
+Ranks are laid out as in Megatron-LM: tensor-parallel ranks are neighbours
+(rank = dp_rank * tp + tp_rank). Checkpoints use Megatron's folder layout
+(`iter_0000100/mp_rank_00/model_optim_rng.pt` + `latest_checkpointed_iteration.txt`).
+Steps count from 1; a checkpoint at step N holds the state after N steps, and a run resumed
+from it continues at step N + 1 as a new attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from trainer_hooks.reference.data import POISON_TOKEN, DataConfig, TokenStream
+from trainer_hooks.reference.model import GPT, GPTConfig, TPGroup
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """Everything one training launch needs; `main(argv)` exposes every field as --flag."""
+
+    run: str = _opt("reference", "run name in the archive (a resumed launch uses the same name)")
+    archive: str | None = _opt(None, "archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
+    observe: bool = _opt(True, "attach flightlog's hooks (--no-observe trains without recording)")
+    # model
+    n_layer: int = _opt(4, "transformer blocks")
+    n_head: int = _opt(4, "attention heads (divisible by tp)")
+    d_model: int = _opt(128, "model width")
+    seq_len: int = _opt(128, "tokens per sequence")
+    # data
+    micro_batch: int = _opt(8, "sequences per data-parallel rank per step")
+    chunk_sequences: int = _opt(64, "sequences per numbered data chunk (a multiple of micro_batch * dp)")
+    num_chunks: int | None = _opt(None, "use only the first N data chunks (epochs cycle over them)")
+    shuffle: bool = _opt(True, "shuffle the chunk order per epoch with the seed")
+    poison_chunk: int | None = _opt(None, "corrupt this data chunk: each of its batches gives a non-finite loss")
+    # optimization
+    steps: int = _opt(200, "total optimizer steps (also when resuming)")
+    lr: float = _opt(3e-3, "peak learning rate")
+    min_lr: float = _opt(3e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _opt(20, "linear warm-up steps")
+    weight_decay: float = _opt(0.1, "AdamW weight decay")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)")
+    skip_nonfinite: bool = _opt(True, "skip the optimizer step when the gradient norm is non-finite (Megatron)")
+    # parallelism and hardware
+    dp: int = _opt(1, "data-parallel size")
+    tp: int = _opt(1, "tensor-parallel size (1 or 2)")
+    device: str = _opt("cpu", "cpu or cuda")
+    seed: int = _opt(0, "seed of weights and data order")
+    # checkpoints and faults
+    checkpoint_every: int = _opt(0, "save a checkpoint every N steps (0: never)")
+    checkpoint_dir: str = _opt("checkpoints", "where checkpoints go (Megatron layout)")
+    resume_from: str | None = _opt(None, "checkpoint folder (its latest iteration) or an iter_* folder to resume")
+    save_without_optimizer_at: int | None = _opt(None, "at this step save a checkpoint WITHOUT optimizer state")
+    crash_at_step: int | None = _opt(None, "simulate a crash: every rank SIGKILLs itself after this step")
+    log_every: int = _opt(10, "print a progress line every N steps (rank 0)")
+
+    def __post_init__(self) -> None:
+        positive = ("n_layer", "n_head", "d_model", "seq_len", "micro_batch", "chunk_sequences", "steps", "dp", "tp")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tp not in (1, 2):
+            raise ValueError(f"tp must be 1 or 2 for the reference model, got {self.tp}")
+        if self.n_head % self.tp:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by tp ({self.tp})")
+        if self.chunk_sequences % (self.micro_batch * self.dp):
+            raise ValueError(
+                f"chunk_sequences ({self.chunk_sequences}) must be a multiple of micro_batch * dp "
+                f"({self.micro_batch * self.dp}) so that a step never straddles two data chunks"
+            )
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device: use --device cpu")
+        if self.checkpoint_every < 0 or self.log_every < 1 or self.warmup_steps < 0:
+            raise ValueError("checkpoint_every and warmup_steps must be >= 0, log_every >= 1")
+        if not (self.lr > 0 and self.min_lr >= 0):
+            raise ValueError("lr must be > 0 and min_lr >= 0")
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.dp
+
+    def model_config(self) -> GPTConfig:
+        return GPTConfig(
+            seq_len=self.seq_len, n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model,
+            poison_token=POISON_TOKEN,
+        )
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(
+            seq_len=self.seq_len, global_batch=self.global_batch, chunk_sequences=self.chunk_sequences,
+            num_chunks=self.num_chunks, shuffle=self.shuffle, seed=self.seed, poison_chunk=self.poison_chunk,
+        )
+
+
+# -----------------------------------------------------------------------------
+# Learning rate, gradients
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
+
+
+def allreduce_gradients(model: torch.nn.Module, dp_group: dist.ProcessGroup | None, dp: int) -> None:
+    """Average gradients over the data-parallel group in one flat bucket (one collective, not one per tensor)."""
+    if dp == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat, group=dp_group)
+    flat /= dp
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(chunk.view_as(g))
+
+
+def clip_grad_norm(model: GPT, max_norm: float) -> torch.Tensor:
+    """The global gradient norm (clipped to `max_norm` unless 0), correct under tensor parallelism.
+
+    With TP=1 this is torch's clip_grad_norm_. With TP=2 each rank holds a slice of the sharded
+    weights, so their squared norms are summed over the TP group; replicated weights count once."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if model.tp.size == 1:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    sharded = sum((p.grad.float().pow(2).sum() for p in params if getattr(p, "tensor_parallel", False)), torch.zeros(()))
+    dist.all_reduce(sharded, group=model.tp.group)
+    replicated = sum((p.grad.float().pow(2).sum() for p in params if not getattr(p, "tensor_parallel", False)), torch.zeros(()))
+    total = (sharded + replicated).sqrt()
+    if max_norm > 0:
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for p in params:
+            p.grad.mul_(coef)
+    return total
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints (Megatron layout)
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def checkpoint_path(root: str | Path, step: int, tp_rank: int) -> Path:
+    return Path(root) / f"iter_{step:07d}" / f"mp_rank_{tp_rank:02d}" / "model_optim_rng.pt"
+
+
+def save_checkpoint(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer | None, step: int, tokens: int,
+                    chunk: int) -> Path:
+    path = checkpoint_path(cfg.checkpoint_dir, step, model.tp.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "iteration": step,
+        "tokens_seen": tokens,
+        "data": {"position": step, "chunk": chunk, "seed": cfg.seed},  # batches depend on the step only
+        "model": model.state_dict(),
+        "rng": torch.get_rng_state(),
+        "config": dataclasses.asdict(cfg),
+        "tp_size": cfg.tp,
+        "dp_size": cfg.dp,
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a half-written checkpoint under the real name
+    return path
+
+
+def resolve_checkpoint(where: str, tp_rank: int) -> Path:
+    """A checkpoint root (its latest iteration), an iter_* folder, or a .pt file -> this TP rank's file."""
+    p = Path(where)
+    if p.is_file():
+        return p
+    if (p / TRACKER).is_file():
+        p = p / f"iter_{int((p / TRACKER).read_text().strip()):07d}"
+    f = p / f"mp_rank_{tp_rank:02d}" / "model_optim_rng.pt"
+    if not f.is_file():
+        raise FileNotFoundError(f"no checkpoint for TP rank {tp_rank} at {f}; pass a checkpoint folder or iter_* folder")
+    return f
+
+
+# -----------------------------------------------------------------------------
+# Observation: attach flightlog, or a do-nothing stand-in so the loop never asks "is logging on?"
+
+
+class _NoObserver:
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _attach(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, resumed_from: int | None,
+            resumed_from_checkpoint: str | None):
+    if not cfg.observe:
+        return _NoObserver()
+    import trainer_hooks  # only when observing: the trainer runs without flightlog's capture too
+
+    return trainer_hooks.attach(
+        model, optimizer, run=cfg.run, archive=cfg.archive, config=dataclasses.asdict(cfg),
+        attempt=None, resumed_from_step=resumed_from, resumed_from_checkpoint=resumed_from_checkpoint,
+        seed=cfg.seed, master_weights_dtype="float32", model_flops_per_token=model.flops_per_token(),
+        dp_size=cfg.dp, tp_size=cfg.tp, pp_size=1, framework="flightlog-reference",
+    )
+
+
+# -----------------------------------------------------------------------------
+# One rank's training
+
+
+def train(cfg: TrainConfig, rank: int = 0) -> None:
+    world = cfg.world_size
+    dp_rank, tp_rank = divmod(rank, cfg.tp)
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}") if cfg.device == "cuda" else torch.device("cpu")
+    tp, dp_group = TPGroup(), None
+    if world > 1:
+        if cfg.device == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo", rank=rank, world_size=world)
+        # Every rank creates every group, in the same order (torch.distributed requires it).
+        for d in range(cfg.dp):
+            ranks = [d * cfg.tp + t for t in range(cfg.tp)]
+            group = dist.new_group(ranks) if cfg.tp > 1 else None
+            if rank in ranks and cfg.tp > 1:
+                tp = TPGroup(cfg.tp, tp_rank, group)
+        for t in range(cfg.tp):
+            ranks = [d * cfg.tp + t for d in range(cfg.dp)]
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                dp_group = group
+
+    torch.manual_seed(cfg.seed)  # same seed on every rank: identical replicas, consistent TP slices
+    model = GPT(cfg.model_config(), tp).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms: no weight decay (as in GPT-3, Llama)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=cfg.device == "cuda",
+    )
+    data = TokenStream(cfg.data_config())
+
+    # Resume: model, optimizer (if the checkpoint has it), step; the data position follows from the step.
+    start, resumed_from, resumed_path = 1, None, None
+    if cfg.resume_from:
+        path = resolve_checkpoint(cfg.resume_from, tp_rank)
+        state = torch.load(path, map_location=device, weights_only=False)
+        if state.get("tp_size", 1) != cfg.tp:
+            raise ValueError(f"{path} was saved with tp={state.get('tp_size')}, this launch has tp={cfg.tp}")
+        model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        elif rank == 0:
+            print(f"warning: {path} has no optimizer state; AdamW moments restart from zero", flush=True)
+        resumed_from, resumed_path, start = state["iteration"], str(path), state["iteration"] + 1
+
+    obs = _attach(cfg, model, optimizer, resumed_from, resumed_path)
+    if resumed_from is not None:
+        obs.checkpoint_loaded(resumed_path, step=resumed_from)
+    try:
+        _loop(cfg, model, optimizer, data, obs, start, rank, dp_rank, dp_group)
+    except KeyboardInterrupt:
+        obs.close(status="killed")
+        raise
+    except BaseException:
+        obs.close(status="crashed")
+        raise
+    else:
+        obs.close(status="finished")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _loop(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, data: TokenStream, obs: Any,
+          start: int, rank: int, dp_rank: int, dp_group: dist.ProcessGroup | None) -> None:
+    device = next(model.parameters()).device
+    tokens_per_step = cfg.global_batch * cfg.seq_len
+    t_last, skipped = time.perf_counter(), 0
+    for step in range(start, cfg.steps + 1):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        batch = data.batch(step - 1, dp_rank, cfg.dp)  # step N reads batch N-1 of the stream
+        obs.set_batch(chunk=batch.chunk, sample_ids=batch.sample_ids)
+        inputs, targets = batch.inputs.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True)
+
+        _, loss = model(inputs, targets)
+        obs.record_loss(loss, tokens=batch.tokens)
+        loss.backward()
+        allreduce_gradients(model, dp_group, cfg.dp)
+        grad_norm = clip_grad_norm(model, cfg.grad_clip)
+        obs.grad_norm(grad_norm)
+
+        # Megatron skips the update when the gradient norm is inf/NaN. The norm is the same on every
+        # rank after the reductions above, so all ranks take the same branch without a vote.
+        if cfg.skip_nonfinite and not math.isfinite(grad_norm.item()):
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            obs.log({"lr": lr, "skipped_steps": skipped}, step=step)
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            obs.log({"lr": lr}, step=step)
+
+        tokens = step * tokens_per_step
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.save_without_optimizer_at:
+            with_optimizer = step != cfg.save_without_optimizer_at
+            if dp_rank == 0:  # one copy per TP slice, as in Megatron
+                path = save_checkpoint(cfg, model, optimizer if with_optimizer else None, step, tokens, batch.chunk)
+                obs.checkpoint_saved(str(path), step=step, tokens=tokens)
+            if dist.is_initialized():
+                dist.barrier()
+            if rank == 0:
+                (Path(cfg.checkpoint_dir) / TRACKER).write_text(str(step))
+
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            print(
+                f"step {step:5d}/{cfg.steps} | loss {loss.item():.4f} | lr {lr:.2e} | grad norm {grad_norm.item():.3f}"
+                f" | chunk {batch.chunk:3d} | {n * tokens_per_step / (now - t_last):8.0f} tok/s",
+                flush=True,
+            )
+            t_last = now
+
+        if step == cfg.crash_at_step:
+            print(f"rank {rank}: simulated crash after step {step} (SIGKILL)", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a node dying
+
+
+# -----------------------------------------------------------------------------
+# Launching ranks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, cfg: TrainConfig, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(cfg.world_size), LOCAL_WORLD_SIZE=str(cfg.world_size))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.world_size))  # ranks share the host's cores
+    train(cfg, rank)
+
+
+def launch(cfg: TrainConfig, grace_s: float = 10.0) -> int:
+    """Run every rank of `cfg` (dp * tp processes) and wait; 0 when all finished, else the first failure's
+    exit code (negative: killed by that signal). A single rank runs in this process."""
+    if cfg.world_size == 1:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        train(cfg, 0)
+        return 0
+    ctx = torch.multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, cfg, port), name=f"flightlog-rank{r}") for r in range(cfg.world_size)]
+    for p in procs:
+        p.start()
+    failed_at: float | None = None
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            p.join(timeout=0.2)
+        if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+            failed_at = time.monotonic()
+        # Survivors of a failed rank block in their next collective: stop them after a grace period.
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+    codes = [p.exitcode for p in procs]
+    return next((c for c in codes if c), 0)
+
+
+# -----------------------------------------------------------------------------
+# Command line: every TrainConfig field is a --flag
+
+
+def _parse_optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser(prog: str = "flightlog train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train the reference Megatron-style GPT with flightlog attached.")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            continue
+        args = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in args
+        kind = next(a for a in args if a is not type(None)) if optional else hint
+        parser.add_argument(flag, type=_parse_optional(kind) if optional else kind, default=f.default,
+                            help=f"{f.metadata['help']} (default: {f.default})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = TrainConfig(**vars(args))
+    except ValueError as err:
+        print(f"flightlog train: {err}", file=sys.stderr)
+        return 2
+    code = launch(cfg)
+    if code:
+        print(f"flightlog train: a rank exited with code {code}", file=sys.stderr)
+    return 1 if code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
