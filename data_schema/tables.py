@@ -70,6 +70,7 @@ RANKS = _schema(
     ("dp_rank", _I32),
     ("tp_rank", _I32),
     ("pp_rank", _I32),
+    ("updated_at", TS),
 )
 
 METRICS = _schema(

@@ -76,10 +76,12 @@ def bucket_expression(x: str, lo: float, hi: float, buckets: int) -> str:
     return f"CAST(floor(({xnum} - {float(lo)!r}) * {int(buckets)} / {width!r}) AS BIGINT)"
 
 
-def curve_sql(points: str, *, x: str, lo: float, hi: float, buckets: int) -> str:
+def curve_sql(points: str, *, x: str, lo: float, hi: float, buckets: int, clip: bool = True) -> str:
+    """The bucket aggregate; `clip=False` when [lo, hi] is the data's own range (no filter needed)."""
     xnum, xshow = x_expression(x)
     bucket = bucket_expression(x, lo, hi, buckets)
     lo_lit, hi_lit = (int(lo), int(hi)) if x in ("step", "time") else (float(lo), float(hi))
+    where = f"WHERE {xnum} BETWEEN {lo_lit!r} AND {hi_lit!r}" if clip else ""
     return f"""
 SELECT bucket, min(xs) AS x_lo, max(xs) AS x_hi,
        min(fv) AS "min", max(fv) AS "max", avg(fv) AS mean,
@@ -93,7 +95,7 @@ FROM (
            (value = 'inf'::DOUBLE)::BIGINT AS is_pinf,
            (value = '-inf'::DOUBLE)::BIGINT AS is_ninf
     FROM ({points})
-    WHERE {xnum} BETWEEN {lo_lit!r} AND {hi_lit!r}
+    {where}
 )
 GROUP BY bucket
 ORDER BY bucket

@@ -438,7 +438,8 @@ class Writer:
             with self._rank_lock:
                 rank_row, self._rank_row = self._rank_row, None
             if rank_row is not None:
-                rows.append(("ranks", rank_row))
+                # ranks is a state log like runs/attempts: readers keep the latest row per rank.
+                rows.append(("ranks", {**rank_row, "updated_at": _time()}))
         dropped = self.dropped_count
         if dropped > self._dropped_reported:
             delta = dropped - self._dropped_reported

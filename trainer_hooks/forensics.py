@@ -8,11 +8,12 @@ finite. Forward hooks fire when a module *returns*, so children report before th
 and the first index is the innermost, earliest module that produced a non-finite value.
 
 The probe is off by default (`nan_layer_probe_every=0`). After the first non-finite step it
-is armed for good, so every later non-finite step names its layer. The event of that first
-step waits for the first probed step: it carries the layer seen there and says so in
-`details_json` (`layer_probe_step`), because the value at the first step was found only
-after the fact. `nan_layer_probe_every=N` also probes every N-th step, which names the layer
-of the very step that went non-finite when it is probed.
+is armed for good, so every later non-finite step names its own layer. The event of a step
+that was not probed waits for the next probed step that is non-finite too and carries the
+layer seen there, saying so in `details_json` (`layer_probe_step`: the step the layer was
+observed at). It is written without a layer after PROBE_WAIT finite probed steps, or at
+close. `nan_layer_probe_every=N` also probes every N-th step, which names the layer of the
+very step that went non-finite when that step is probed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+PROBE_WAIT = 50  # finite probed steps a non-finite step's event waits for a layer before it is written
 _FIRST_NONE = float(2**24)  # "no module yet"; exact in float32, larger than any call count we record
 
 
@@ -157,17 +159,25 @@ class Forensics:
         self.nonfinite_steps = 0
 
     def observe(self, f: StepFacts) -> None:
-        bad_name, bad_value = None, None
-        for name, v in (("loss", f.loss), ("grad_norm", f.grad_norm)):
-            if v is not None and not math.isfinite(v):
-                bad_name, bad_value = name, v
-                break
+        bad_name = next((name for name, v in (("loss", f.loss), ("grad_norm", f.grad_norm))
+                         if v is not None and not math.isfinite(v)), None)
         if f.probed and self._waiting:
-            for wf, details in self._waiting:
-                details["layer_probe_step"] = f.step
-                details["layer_probe_step_finite"] = bad_name is None
-                self._nonfinite_event(wf, details, f.layer if bad_name is not None else None)
-            self._waiting = []
+            # Steps waiting for a layer take it from the next probed step that is non-finite too
+            # (a misbehaving chunk usually fails again); after PROBE_WAIT finite probed steps they go without.
+            done = []
+            for item in self._waiting:
+                wf, details = item
+                if bad_name is not None:
+                    details["layer_probe_step"] = f.step
+                    self._nonfinite_event(wf, details, f.layer)
+                    done.append(item)
+                else:
+                    details["finite_probed_steps"] = details.get("finite_probed_steps", 0) + 1
+                    if details["finite_probed_steps"] >= PROBE_WAIT:
+                        details["layer_probe_step"] = None
+                        self._nonfinite_event(wf, details, None)
+                        done.append(item)
+            self._waiting = [item for item in self._waiting if item not in done]
         if bad_name is not None:
             self.nonfinite_steps += 1
             details = {"metric": bad_name, "loss": _json_float(f.loss), "grad_norm": _json_float(f.grad_norm),

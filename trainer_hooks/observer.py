@@ -24,13 +24,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
 
 from trainer_hooks import checkpoints as ckpt
-from trainer_hooks.config import ObserverConfig
+from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
 from trainer_hooks.nvml_sampler import NvmlSampler
@@ -39,6 +39,74 @@ from trainer_hooks.topology import agree_attempt, discover
 _log = logging.getLogger("flightlog.hooks")
 _perf = time.perf_counter
 _STEP, _LOG = 0, 1  # payload kinds
+
+
+@dataclass(kw_only=True, slots=True)
+class ObserverConfig:
+    """What an Observer records and how; every field is a keyword of attach()."""
+
+    attempt: int | None = None
+    """Launch number of this run; None: rank 0 finds the next one in the archive and broadcasts it."""
+    rank: int | None = None
+    """Global rank; None: from Megatron, torch.distributed or $RANK."""
+    local_rank: int | None = None
+    world_size: int | None = None
+    tp_size: int = 1
+    """Tensor-parallel size, used when neither Megatron nor a DeviceMesh says (dp = world / (tp*pp))."""
+    pp_size: int = 1
+    project: str | None = None
+    framework: str = "pytorch"
+    seed: int | None = None
+    """The run's seed: stored on the attempt and in every NaN/spike event."""
+    start_step: int = 0
+    """Step number of the first optimizer step of this attempt (the resumed step on a restart)."""
+    start_tokens: int = 0
+    resumed_from_step: int | None = None
+    resumed_from_checkpoint: str | None = None
+    reason: str | None = None
+    master_weights_dtype: str | None = None
+    """E.g. "float32": checkpoints whose floating weights are another dtype get a `weights_not_fp32` problem."""
+    model_flops_per_token: float | None = None
+    """Training FLOPs per token (about 6 x parameters); with peak_flops gives `mfu`."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device (e.g. 989e12 for an H100 in bf16)."""
+    spike_window: int = 100
+    spike_zscore: float = 6.0
+    spike_min_points: int = 20
+    nan_layer_probe_every: int = 0
+    """Probe which layer goes non-finite every N steps; 0: only from the first non-finite step on."""
+    sample_gpu: bool = True
+    """Run the NVML/host sampler thread."""
+    gpu_sample_interval_s: float = 2.0
+    ecc_interval_s: float = 30.0
+    mirror: Any = None
+    """Also send each step's metrics to an object with `.log(dict, step=)` (e.g. a wandb run), off-thread."""
+    ring_size: int = 256
+    """Steps the drainer may fall behind before steps are dropped (and counted)."""
+    writer_config: Any = None
+    """A telemetry.WriterConfig for the Writer this Observer opens."""
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tp_size", "pp_size", "spike_window", "spike_min_points", "ring_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ObserverConfig.{name} must be an integer >= 1, got {v!r}")
+        for name in ("attempt", "rank", "local_rank", "start_step", "start_tokens", "nan_layer_probe_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"ObserverConfig.{name} must be an integer >= 0, got {v!r}")
+        for name in ("spike_zscore", "gpu_sample_interval_s", "ecc_interval_s", "model_flops_per_token", "peak_flops"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ValueError(f"ObserverConfig.{name} must be a number > 0, got {v!r}")
+        if self.master_weights_dtype is not None:
+            dt = getattr(torch, str(self.master_weights_dtype).removeprefix("torch."), None)
+            if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+                raise ValueError(f"ObserverConfig.master_weights_dtype must name a float dtype such as 'float32', "
+                                 f"got {self.master_weights_dtype!r}")
+        if self.mirror is not None and not callable(getattr(self.mirror, "log", None)):
+            raise ValueError("ObserverConfig.mirror must have a .log(metrics, step=) method (e.g. a wandb run)")
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -101,12 +169,13 @@ class Observer:
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
         # ---- drainer-thread state
-        self._cur_chunk: tuple[int, int, int, int] | None = None  # chunk, first_step, last_step, tokens
+        self._chunks = ChunkTracker(self.writer)
         self._tokens_seen = cfg.start_tokens
         self.forensics = Forensics(self._emit, self._want_probe, spike_window=cfg.spike_window,
                                    spike_zscore=cfg.spike_zscore, spike_min_points=cfg.spike_min_points, seed=cfg.seed)
         self._buf = DeviceBuffer(self.device, self._on_drain, ring=cfg.ring_size, on_error=self._hook_error)
-        self._audits: list = []
+        self._ckpt = ckpt.CheckpointRecorder(self.writer, master_weights_dtype=cfg.master_weights_dtype,
+                                             on_error=self._hook_error)
 
         self._hooks = [optimizer.register_step_pre_hook(self._pre_step),
                        optimizer.register_step_post_hook(self._post_step),
@@ -269,32 +338,11 @@ class Observer:
 
     def checkpoint_saved(self, path_or_state: Any, *, step: int | None = None, tokens: int | None = None,
                          _loaded: Any = None) -> None:
-        """Audit a checkpoint just written (a path, audited in the background) or a state dict."""
+        """Audit a checkpoint just written: a path (hashed and loaded in the background) or a state dict."""
         try:
-            step = self._last_step() if step is None else step
-            tokens = self._tokens_total if tokens is None else tokens
-            chunk, mw = self._chunk, self.cfg.master_weights_dtype
-            if isinstance(path_or_state, (str, os.PathLike)):
-                path = os.fspath(path_or_state)
-                pre = ckpt.audit_object(_loaded, master_weights_dtype=mw, uri=path) if _loaded is not None else None
-
-                def job() -> None:
-                    try:
-                        a = ckpt.audit_file(path, master_weights_dtype=mw, loaded=pre)
-                        if pre is not None:
-                            pre.bytes, pre.sha256 = a.bytes, a.sha256
-                            a = pre
-                        self._record_checkpoint(a, step, tokens, chunk)
-                    except Exception as exc:  # noqa: BLE001
-                        self._hook_error("checkpoint_audit", exc)
-
-                import threading  # noqa: PLC0415
-
-                t = threading.Thread(target=job, name="flightlog-ckpt-audit", daemon=True)
-                t.start()
-                self._audits.append(t)
-            else:
-                self._record_checkpoint(ckpt.audit_object(path_or_state, master_weights_dtype=mw), step, tokens, chunk)
+            self._ckpt.saved(path_or_state, step=self._last_step() if step is None else step,
+                             tokens=self._tokens_total if tokens is None else tokens, chunk=self._chunk,
+                             loaded=_loaded)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("checkpoint_saved", exc)
 
@@ -311,8 +359,7 @@ class Observer:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every finished step reached the writer, then flush the writer."""
         self._buf.flush(timeout)
-        for t in self._audits:
-            t.join(timeout)
+        self._ckpt.wait(timeout)
         return self.writer.flush(timeout)
 
     def close(self, status: str = "finished", timeout: float = 30.0) -> None:
@@ -329,11 +376,10 @@ class Observer:
             self._stage_extras()
             self._buf.close(timeout)
             self.forensics.close()
-            self._end_chunk()
+            self._chunks.end()
             if self.sampler is not None:
                 self.sampler.stop()
-            for t in self._audits:
-                t.join(timeout)
+            self._ckpt.wait(timeout)
             if self._buf.dropped:
                 self.writer.event("dropped_records", severity="warning", step=self._last_step(),
                                   message=f"{self._buf.dropped} steps dropped: the drainer fell behind",
@@ -458,7 +504,7 @@ class Observer:
         if mem is not None:
             m["mem_allocated_bytes"], m["mem_reserved_bytes"] = float(mem[0]), float(mem[1])
         self.writer.metrics(step, m, wall_time=wall)
-        self._track_chunk(step, chunk, tokens)
+        self._chunks.step(step, chunk, tokens)
         self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
                                          sample_ids=_ids_list(ids), probed=calls is not None,
                                          layer=layer_from_probe(first_bad, calls or ())))
@@ -468,22 +514,6 @@ class Observer:
             except Exception as exc:  # noqa: BLE001
                 self._hook_error("mirror", exc)
 
-    def _track_chunk(self, step: int, chunk: int | None, tokens: int) -> None:
-        cur = self._cur_chunk
-        if cur is not None and cur[0] == chunk:
-            self._cur_chunk = (cur[0], cur[1], step, cur[3] + tokens)
-            return
-        self._end_chunk()
-        if chunk is not None:
-            self._cur_chunk = (chunk, step, step, tokens)
-            self.writer.event("data_chunk_start", step=step, data_chunk=chunk, message=f"data chunk {chunk} starts")
-
-    def _end_chunk(self) -> None:
-        if self._cur_chunk is not None:
-            chunk, first, last, tokens = self._cur_chunk
-            self.writer.data_chunk(chunk, first_step=first, last_step=last, tokens=tokens or None)
-            self._cur_chunk = None
-
     def _want_probe(self) -> None:
         self._probe_for_good = True  # read by the training thread at the next forward
 
@@ -491,16 +521,6 @@ class Observer:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.writer.event(kind, **fields)
-
-    def _record_checkpoint(self, a: ckpt.CheckpointAudit, step: int, tokens: int | None, chunk: int | None) -> None:
-        self.writer.checkpoint(step=step, tokens_seen=tokens, uri=a.uri, bytes=a.bytes,
-                               has_optimizer_state=a.has_optimizer_state, weights_dtypes=a.weights_dtypes,
-                               optimizer_dtypes=a.optimizer_dtypes, data_chunk=chunk, sha256=a.sha256,
-                               problems=a.problems)
-        msg = f"checkpoint at step {step}" + (f": {', '.join(a.problems)}" if a.problems else "")
-        self.writer.event("checkpoint_saved", step=step, severity="warning" if a.problems else "info", message=msg,
-                          data_chunk=chunk, details={"uri": a.uri, "bytes": a.bytes, "sha256": a.sha256,
-                                                     "problems": a.problems, "error": a.error})
 
     def _host_int(self, t: torch.Tensor) -> int:
         if t.device.type != "cpu":

@@ -23,7 +23,7 @@ KILLED_WRITER = textwrap.dedent("""
     import sys, time, math
     from telemetry.writer import Writer, WriterConfig
     archive, log_path = sys.argv[1], sys.argv[2]
-    w = Writer(archive, "killed run", writer_config=WriterConfig(flush_interval_s=0.5, segment_interval_s=1.0))
+    w = Writer(archive, "killed run", writer_config=WriterConfig(flush_interval_s=0.5, segment_interval_s=3600))
     with open(log_path, "w", buffering=1) as log:
         step = 0
         while True:

@@ -10,8 +10,8 @@ import pytest
 
 from data_schema import rows_to_table, segment_path
 from telemetry import Writer
-from telemetry.verify import verify  # `from telemetry import verify` yields the module: see report
 from telemetry.errors import ArchiveNotFoundError
+from telemetry.verify import verify  # `from telemetry import verify` yields the module: see report
 
 
 @pytest.fixture()

@@ -39,7 +39,7 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
     if steps < 20:
         raise ValueError(f"--steps must be at least 20 for the demo's story to fit, got {steps}")
     shape = (dict(n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16)
-             if quick else dict(n_layer=4, n_head=4, d_model=128, seq_len=128, micro_batch=8, chunk_sequences=64))
+             if quick else dict(n_layer=4, n_head=4, d_model=128, seq_len=64, micro_batch=8, chunk_sequences=64))
     every = max(4, steps // 5)
     crash_at = 2 * every + every // 2  # half-way between the 2nd and 3rd checkpoint
     cfg = TrainConfig(
@@ -110,7 +110,7 @@ def _index(archive_url: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flightlog demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--archive", default=None, help="archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 400; 40 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 300; 40 with --quick)")
     p.add_argument("--quick", action="store_true", help="a tiny model and few steps (~15 s), for tests")
     p.add_argument("--run", default=None, help="run name (default: demo-<timestamp>)")
     p.add_argument("--checkpoint-dir", default=None,
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ckpt_dir = str(Path(tempfile.gettempdir()) / "flightlog-checkpoints" / run)
     try:
-        cfg = plan(args.steps or (40 if args.quick else 400), quick=args.quick, run=run, archive=archive,
+        cfg = plan(args.steps or (40 if args.quick else 300), quick=args.quick, run=run, archive=archive,
                    checkpoint_dir=ckpt_dir, seed=args.seed)
     except ValueError as err:
         print(f"flightlog demo: {err}", file=sys.stderr)

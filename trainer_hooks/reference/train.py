@@ -80,6 +80,7 @@ class TrainConfig:
     save_without_optimizer_at: int | None = _opt(None, "at this step save a checkpoint WITHOUT optimizer state")
     crash_at_step: int | None = _opt(None, "simulate a crash: every rank SIGKILLs itself after this step")
     log_every: int = _opt(10, "print a progress line every N steps (rank 0)")
+    nan_layer_probe_every: int = _opt(0, "probe which layer goes non-finite every N steps (0: after the first NaN)")
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_head", "d_model", "seq_len", "micro_batch", "chunk_sequences", "steps", "dp", "tp")
@@ -99,8 +100,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but torch sees no CUDA device: use --device cpu")
-        if self.checkpoint_every < 0 or self.log_every < 1 or self.warmup_steps < 0:
-            raise ValueError("checkpoint_every and warmup_steps must be >= 0, log_every >= 1")
+        if min(self.checkpoint_every, self.warmup_steps, self.nan_layer_probe_every) < 0 or self.log_every < 1:
+            raise ValueError("checkpoint_every, warmup_steps and nan_layer_probe_every must be >= 0, log_every >= 1")
         if not (self.lr > 0 and self.min_lr >= 0):
             raise ValueError("lr must be > 0 and min_lr >= 0")
 
@@ -222,17 +223,20 @@ class _NoObserver:
         return lambda *args, **kwargs: None
 
 
-def _attach(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, resumed_from: int | None,
-            resumed_from_checkpoint: str | None):
+def _attach(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, start: int,
+            resumed_from: int | None, resumed_path: str | None):
     if not cfg.observe:
         return _NoObserver()
-    import trainer_hooks  # only when observing: the trainer runs without flightlog's capture too
+    import trainer_hooks  # only when observing: the trainer also runs without flightlog
 
+    rank_tokens_per_step = cfg.micro_batch * cfg.seq_len
     return trainer_hooks.attach(
         model, optimizer, run=cfg.run, archive=cfg.archive, config=dataclasses.asdict(cfg),
-        attempt=None, resumed_from_step=resumed_from, resumed_from_checkpoint=resumed_from_checkpoint,
-        seed=cfg.seed, master_weights_dtype="float32", model_flops_per_token=model.flops_per_token(),
-        dp_size=cfg.dp, tp_size=cfg.tp, pp_size=1, framework="flightlog-reference",
+        attempt=None,  # rank 0 finds the next attempt of this run in the archive
+        start_step=start, start_tokens=(start - 1) * rank_tokens_per_step,
+        resumed_from_step=resumed_from, resumed_from_checkpoint=resumed_path, seed=cfg.seed,
+        tp_size=cfg.tp, pp_size=1, framework="flightlog-reference", master_weights_dtype="float32",
+        model_flops_per_token=model.flops_per_token(), nan_layer_probe_every=cfg.nan_layer_probe_every,
     )
 
 
@@ -285,7 +289,7 @@ def train(cfg: TrainConfig, rank: int = 0) -> None:
             print(f"warning: {path} has no optimizer state; AdamW moments restart from zero", flush=True)
         resumed_from, resumed_path, start = state["iteration"], str(path), state["iteration"] + 1
 
-    obs = _attach(cfg, model, optimizer, resumed_from, resumed_path)
+    obs = _attach(cfg, model, optimizer, start, resumed_from, resumed_path)
     if resumed_from is not None:
         obs.checkpoint_loaded(resumed_path, step=resumed_from)
     try:
@@ -307,7 +311,7 @@ def _loop(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, data: 
           start: int, rank: int, dp_rank: int, dp_group: dist.ProcessGroup | None) -> None:
     device = next(model.parameters()).device
     tokens_per_step = cfg.global_batch * cfg.seq_len
-    t_last, skipped = time.perf_counter(), 0
+    t_last = time.perf_counter()
     for step in range(start, cfg.steps + 1):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
@@ -326,14 +330,15 @@ def _loop(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, data: 
 
         # Megatron skips the update when the gradient norm is inf/NaN. The norm is the same on every
         # rank after the reductions above, so all ranks take the same branch without a vote.
-        if cfg.skip_nonfinite and not math.isfinite(grad_norm.item()):
-            skipped += 1
+        # A skipped update still calls optimizer.step(), with no gradients (AdamW leaves such parameters
+        # untouched), so step hooks - flightlog's included - see every iteration.
+        skip = cfg.skip_nonfinite and not math.isfinite(grad_norm.item())
+        if skip:
             optimizer.zero_grad(set_to_none=True)
-            obs.log({"lr": lr, "skipped_steps": skipped}, step=step)
-        else:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            obs.log({"lr": lr}, step=step)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if skip:
+            obs.log({"step_skipped": 1.0}, step=step)
 
         tokens = step * tokens_per_step
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.save_without_optimizer_at:
