@@ -188,7 +188,7 @@ def _count_files(manifest: Any) -> int | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from telemetry.verify import verify
+    from telemetry.integrity import verify
 
     url = args.url or _default_archive()
     report = verify(url)
@@ -322,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    if argv and argv[0] in ("demo", "train"):
+        # everything after the command belongs to the trainer, `--help` included
+        args = argparse.Namespace(rest=argv[1:], func=cmd_demo if argv[0] == "demo" else cmd_train)
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ArchiveError, SchemaError, LayoutError) as exc:

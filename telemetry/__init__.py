@@ -19,8 +19,8 @@ _LAZY = {
     "Archive": "telemetry.archive",
     "recover": "telemetry.recovery",
     "RecoveryReport": "telemetry.recovery",
-    "verify": "telemetry.verify",
-    "VerifyReport": "telemetry.verify",
+    "verify": "telemetry.integrity",
+    "VerifyReport": "telemetry.integrity",
     "SandboxedQuery": "telemetry.sandbox",
 }
 

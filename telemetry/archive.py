@@ -222,7 +222,8 @@ class Archive:
         """Run SQL over the archive's views (trusted callers: no sandbox). QueryError on failure."""
         cur = self._cursor()
         try:
-            return cur.execute(query, params).to_arrow_table() if params else cur.sql(query).to_arrow_table()
+            rel = cur.sql(query, params=params) if params else cur.sql(query)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {exc}") from None
         finally:

@@ -287,14 +287,21 @@ class Catalog:
         if missing:
             incoming = os.path.join(self.local_root, ".incoming", uuid.uuid4().hex)
             os.makedirs(incoming, exist_ok=True)
+            tmps = [os.path.join(incoming, rel.replace("/", "__")) for rel, _ in missing]
             try:
-                for rel, local in missing:
-                    tmp = os.path.join(incoming, rel.replace("/", "__"))
-                    try:
-                        self.fs.get_file(self.path(rel), tmp)
-                    except (OSError, ValueError) as exc:
-                        snap.problems.append(f"skipped {rel}: cannot copy it from {self.url}: {exc}")
-                        continue
+                try:  # one batched copy: async stores (s3, gs, http) fetch the files concurrently
+                    self.fs.get([self.path(rel) for rel, _ in missing], tmps)
+                except Exception:  # noqa: BLE001 - a failed batch may leave partial files: redo one by one
+                    for tmp in tmps:
+                        if os.path.exists(tmp):
+                            os.remove(tmp)
+                for (rel, local), tmp in zip(missing, tmps, strict=True):
+                    if not os.path.exists(tmp):
+                        try:
+                            self.fs.get_file(self.path(rel), tmp)
+                        except (OSError, ValueError) as exc:
+                            snap.problems.append(f"skipped {rel}: cannot copy it from {self.url}: {exc}")
+                            continue
                     os.makedirs(os.path.dirname(local), exist_ok=True)
                     os.replace(tmp, local)  # atomic: a half-copied file is never reused
                     out[rel] = local

@@ -82,21 +82,17 @@ def curve_sql(points: str, *, x: str, lo: float, hi: float, buckets: int, clip: 
     bucket = bucket_expression(x, lo, hi, buckets)
     lo_lit, hi_lit = (int(lo), int(hi)) if x in ("step", "time") else (float(lo), float(hi))
     where = f"WHERE {xnum} BETWEEN {lo_lit!r} AND {hi_lit!r}" if clip else ""
+    fv = "CASE WHEN isfinite(value) THEN value END"
+    # flat: one hash aggregate straight over the filtered points (a projection layer costs ~10%)
     return f"""
-SELECT bucket, min(xs) AS x_lo, max(xs) AS x_hi,
-       min(fv) AS "min", max(fv) AS "max", avg(fv) AS mean,
-       arg_min(value, xn) AS first, arg_max(value, xn) AS last,
-       count(*) AS count, sum(is_nan)::BIGINT AS nan_count, sum(is_pinf)::BIGINT AS posinf_count,
-       sum(is_ninf)::BIGINT AS neginf_count
-FROM (
-    SELECT {bucket} AS bucket, {xnum} AS xn, {xshow} AS xs, value,
-           CASE WHEN isfinite(value) THEN value END AS fv,
-           isnan(value)::BIGINT AS is_nan,
-           (value = 'inf'::DOUBLE)::BIGINT AS is_pinf,
-           (value = '-inf'::DOUBLE)::BIGINT AS is_ninf
-    FROM ({points})
-    {where}
-)
-GROUP BY bucket
-ORDER BY bucket
+SELECT {bucket} AS bucket, min({xshow}) AS x_lo, max({xshow}) AS x_hi,
+       min({fv}) AS "min", max({fv}) AS "max", avg({fv}) AS mean,
+       arg_min(value, {xnum}) AS first, arg_max(value, {xnum}) AS last, count(*) AS count,
+       sum(isnan(value)::BIGINT)::BIGINT AS nan_count,
+       sum((value = 'inf'::DOUBLE)::BIGINT)::BIGINT AS posinf_count,
+       sum((value = '-inf'::DOUBLE)::BIGINT)::BIGINT AS neginf_count
+FROM ({points})
+{where}
+GROUP BY 1
+ORDER BY 1
 """

@@ -82,10 +82,13 @@ class SandboxedQuery:
         """Refuse anything that is not exactly one read-only query (SandboxError/QueryError)."""
         if not sql or not sql.strip():
             raise QueryError("empty query: write a SELECT, e.g. SELECT * FROM runs")
+        cur = self._con.cursor()
         try:
-            statements = self._con.cursor().extract_statements(sql)
+            statements = cur.extract_statements(sql)
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {exc}") from None
+        finally:
+            cur.close()
         if len(statements) != 1:
             raise SandboxError(f"one statement at a time, please (got {len(statements)})")
         kind = statements[0].type

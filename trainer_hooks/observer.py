@@ -356,6 +356,10 @@ class Observer:
         except Exception as exc:  # noqa: BLE001
             self._hook_error("checkpoint_loaded", exc)
 
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until the drainer handled every finished step (its metrics, NaN and spike checks)."""
+        return self._buf.flush(timeout)
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every finished step reached the writer, then flush the writer."""
         self._buf.flush(timeout)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry import Archive
+from telemetry import Archive, recover
 from trainer_hooks.reference.data import TokenStream
 from trainer_hooks.reference.train import launch
 
@@ -58,7 +58,8 @@ def test_poisoned_chunk_is_named_by_nan_events_and_by_incidents_across_two_seeds
     poisoned = 3
     expected: dict[int, int] = {}  # seed -> first step (1-based) that reads the poisoned chunk
     for seed in (0, 1):
-        cfg = tiny_config(run="poisoned", dp=2, seed=seed, poison_chunk=poisoned, steps=12)
+        # Chunks are 2 steps long and every 2nd step is probed: each chunk has one probed step.
+        cfg = tiny_config(run="poisoned", dp=2, seed=seed, poison_chunk=poisoned, steps=12, nan_layer_probe_every=2)
         data = TokenStream(cfg.data_config())
         expected[seed] = data.first_step_of_chunk(poisoned) + 1
         assert launch(cfg) == 0  # a fresh launch of the same run: attempt 0, then attempt 1
@@ -103,6 +104,10 @@ def crashed_and_resumed(tiny_config, archive):
     code = launch(cfg)
     assert code == -9, f"the first launch should die by SIGKILL, got exit code {code}"
     assert launch(dataclasses.replace(cfg, crash_at_step=None, resume_from=cfg.checkpoint_dir)) == 0
+    # Every writer is known dead now. Without force, recovery waits until the killed writers'
+    # heartbeats are 3 flush intervals old, which this quick test does not wait for.
+    report = recover(archive, force=True)
+    assert report.attempts_marked_crashed == 1
     return cfg
 
 
@@ -128,7 +133,8 @@ def test_crash_and_resume_gives_two_attempts_and_a_journey_that_continues_at_the
         lineage = a.attempt_lineage("crash-resume")
         assert int(lineage.loc[lineage["attempt"] == 0, "abandoned_steps"].iloc[0]) == spans[0]["hi"] - 8
         loaded = a.events("crash-resume", kinds=["checkpoint_loaded"])
-        assert list(loaded["step"]) == [8] and list(loaded["attempt"]) == [1]
+        assert sorted(loaded["rank"]) == [0, 1]  # every rank loads its TP slice
+        assert set(loaded["step"]) == {8} and set(loaded["attempt"]) == {1}
 
 
 def test_checkpoint_without_optimizer_state_is_flagged(crashed_and_resumed, archive):

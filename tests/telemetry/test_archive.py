@@ -130,6 +130,8 @@ def test_journey_metrics_takes_the_later_attempt_for_overlapping_steps(tmp_path)
     assert list(lineage["first_step"]) == [0, 5] and list(lineage["last_step"]) == [9, 12]
     assert list(lineage["abandoned_steps"]) == [5, 0]
     assert lineage["resumed_from_step"].iloc[1] == 5
+    summary = a.runs().iloc[0]
+    assert (summary.attempts, summary.steps, summary.last_loss) == (2, 12, 112.0)
 
 
 def test_incidents_are_listed_per_data_chunk_across_attempts_and_seeds(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from data_schema import rows_to_table, segment_path
 from telemetry import Writer
 from telemetry.errors import ArchiveNotFoundError
-from telemetry.verify import verify  # `from telemetry import verify` yields the module: see report
+from telemetry import verify
 
 
 @pytest.fixture()

@@ -15,7 +15,11 @@ POISON_CHUNK = 7
 
 
 def _train_with_poison(obs, model, opt, steps: int, poison_steps: set[int]) -> None:
-    """A loop that, like many trainers, skips the update when the loss is not finite."""
+    """A loop that, like many trainers, skips the update when the loss is not finite.
+
+    `obs.drain()` after each step stands for a real step's duration: the drainer keeps up, so
+    the probe armed after the first NaN is in place for the next poisoned step.
+    """
     for step in range(steps):
         x, y = batch(step)
         chunk, ids = step // 5, list(range(100 * step, 100 * step + 4))
@@ -31,6 +35,7 @@ def _train_with_poison(obs, model, opt, steps: int, poison_steps: set[int]) -> N
             opt.zero_grad(set_to_none=True)  # skip the update, keep the step boundary
         opt.step()
         opt.zero_grad(set_to_none=True)
+        obs.drain()
 
 
 def test_nan_event_names_chunk_step_sample_ids_seed_and_first_nonfinite_layer(archive):
@@ -100,7 +105,7 @@ def test_loss_and_grad_spikes_are_detected_at_the_spiking_step_only(archive):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     obs = trainer_hooks.attach(model, opt, run="spike", archive=archive, sample_gpu=False)
     for step in range(60):
-        x, y = batch(step)
+        x, y = batch(step, n=64)  # large enough batches for a steady loss (max 3.8 robust sigmas)
         if step == 45:
             y = y + 30.0  # a bad batch: the loss jumps
         obs.set_batch(chunk=step // 10)

@@ -41,11 +41,15 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
     shape = (dict(n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16)
              if quick else dict(n_layer=4, n_head=4, d_model=128, seq_len=64, micro_batch=8, chunk_sequences=64))
     every = max(4, steps // 5)
-    crash_at = 2 * every + every // 2  # half-way between the 2nd and 3rd checkpoint
+    # Crash just before the 3rd checkpoint: the most work lost, and (on the full demo) seconds after
+    # the corrupted chunk, so attempt 0's records of it are flushed before the kill.
+    crash_at = 3 * every - 1
     cfg = TrainConfig(
         run=run, archive=archive, dp=2, tp=1, steps=steps, seed=seed, warmup_steps=max(2, steps // 20),
         checkpoint_every=every, checkpoint_dir=checkpoint_dir, save_without_optimizer_at=every // 2,
-        crash_at_step=crash_at, log_every=max(1, steps // 10), **shape,
+        crash_at_step=crash_at, log_every=max(1, steps // 10),
+        nan_layer_probe_every=2,  # a chunk spans 2 or 4 steps: one of them is probed for the first non-finite layer
+        **shape,
     )
     # Corrupt the chunk read between the last checkpoint and the crash: both attempts read it.
     data = TokenStream(cfg.data_config())
@@ -55,6 +59,8 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
 
 def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[str, bool]:
     """The summary text, and whether flightlog pointed at the corrupted chunk."""
+    import pandas as pd
+
     from telemetry import Archive
 
     archive = Archive(archive_url)
@@ -76,8 +82,7 @@ def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[s
         f"{int(row['ranks'])} rank(s), last loss {float(row['last_loss']):.3f}",
     ]
     for a in lineage.itertuples():
-        resumed = f", resumed from step {int(a.resumed_from_step)}" if a.resumed_from_step == a.resumed_from_step \
-            and a.resumed_from_step is not None else ""
+        resumed = "" if pd.isna(a.resumed_from_step) else f", resumed from step {int(a.resumed_from_step)}"
         lines.append(f"  attempt {a.attempt}: steps {a.first_step}-{a.last_step}, {a.end_status}{resumed}")
     kinds = incidents["kind"].value_counts().to_dict()
     lines.append("incidents: " + (", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())) or "none"))
@@ -96,9 +101,12 @@ def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[s
     return "\n".join(lines), found
 
 
-def _index(archive_url: str) -> None:
-    from telemetry import recover
+def _index(archive_url: str, crashed_at: float) -> None:
+    from telemetry import WriterConfig, recover
 
+    # Recovery takes a writer for dead once its heartbeat is 3 flush intervals old; a quick demo
+    # can get here sooner after the simulated crash, so wait out the rest.
+    time.sleep(max(0.0, crashed_at + 3 * WriterConfig().flush_interval_s + 0.5 - time.monotonic()))
     recover(archive_url)  # the crashed attempt's staged (write-ahead) data becomes Parquet
     try:
         from telemetry.manifest import write_manifest
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.save_without_optimizer_at}), a crash after step {cfg.crash_at_step}, one corrupted data chunk",
           flush=True)
     code = launch(cfg)
+    crashed_at = time.monotonic()
     if code == 0:
         print("flightlog demo: the first launch was meant to crash but finished", file=sys.stderr)
         return 1
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     train_s = time.perf_counter() - t0
 
-    _index(archive)
+    _index(archive, crashed_at)
     text, found = summarize(archive, run, cfg.poison_chunk)
     print(f"\n== flightlog demo summary ({train_s:.0f} s of training) ==\n{text}")
     print(f"\nexplore: flightlog incidents {run} --archive {archive}\n"

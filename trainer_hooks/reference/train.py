@@ -346,6 +346,9 @@ def _loop(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, data: 
             if dp_rank == 0:  # one copy per TP slice, as in Megatron
                 path = save_checkpoint(cfg, model, optimizer if with_optimizer else None, step, tokens, batch.chunk)
                 obs.checkpoint_saved(str(path), step=step, tokens=tokens)
+            # A checkpoint is a natural sync point: make the telemetry up to it durable too, so a
+            # crash followed by a resume from this checkpoint leaves no gap in the journey.
+            obs.flush()
             if dist.is_initialized():
                 dist.barrier()
             if rank == 0:

@@ -1,0 +1,125 @@
+"""Host cost of flightlog's default per-step capture vs a bare loop and vs wandb offline (CPU).
+
+    python -m bench.bench_capture [--steps 3000] [--trials 5]
+
+The same small model trains in each variant, one intra-op thread, variants interleaved over
+`trials` rounds; each variant's µs/step is its best round (the least disturbed by other
+processes on a shared machine). Capture cost = variant - bare loop. Variants:
+
+- bare: forward, backward, AdamW step, zero_grad.
+- flightlog: + attach() (default capture: loss, grad norm computed on device, lr, step time,
+  data wait, tokens) and `obs.record_loss(loss, tokens=n)`.
+- flightlog, grad norm handed over: the loop clips (`clip_grad_norm_`, also in its baseline
+  `bare + clip`) and passes the value with `obs.grad_norm(...)`; flightlog computes no norm.
+- wandb offline: the clipping loop + `run.log` of 5 scalars (loss, clip's grad_norm, lr,
+  tokens_seen, step_time_s) with the `.item()` calls it needs, WANDB_MODE=offline; its
+  baseline is `bare + clip`.
+
+Prints a Markdown table. Numbers, not pass/fail (budget: <= 10 µs and >= 30x below wandb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import trainer_hooks
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+
+
+def _data(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(64, 8, 32, generator=g)
+    return [(xs[i % 64], xs[(i + 1) % 64]) for i in range(steps)]
+
+
+def run_variant(kind: str, steps: int, data: list, tmp: str) -> float:
+    """Seconds per step of one variant."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    clip = kind in ("bare+clip", "flightlog+handed", "wandb")
+    obs = run = None
+    if kind.startswith("flightlog"):
+        obs = trainer_hooks.attach(model, opt, run=f"bench-{kind}", archive=os.path.join(tmp, "archive"),
+                                   sample_gpu=False)
+    elif kind == "wandb":
+        import wandb  # noqa: PLC0415 - optional peer
+
+        run = wandb.init(project="flightlog-bench", dir=tmp, mode="offline", reinit="finish_previous")
+    mse = torch.nn.functional.mse_loss
+    tokens = 0
+    t_prev = time.perf_counter()
+    t0 = t_prev
+    for x, y in data[:steps]:
+        loss = mse(model(x), y)
+        loss.backward()
+        if clip:
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if obs is not None:
+            obs.record_loss(loss, tokens=256)
+            if clip:
+                obs.grad_norm(gn)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if run is not None:
+            tokens += 256
+            now = time.perf_counter()
+            run.log({"loss": loss.item(), "grad_norm": gn.item(), "lr": opt.param_groups[0]["lr"],
+                     "tokens_seen": tokens, "step_time_s": now - t_prev}, step=tokens // 256)
+            t_prev = now
+    took = (time.perf_counter() - t0) / steps
+    if obs is not None:
+        obs.close()
+    if run is not None:
+        run.finish()
+    return took
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--no-wandb", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    kinds = ["bare", "flightlog", "bare+clip", "flightlog+handed"] + ([] if args.no_wandb else ["wandb"])
+    data = _data(args.steps)
+    best: dict[str, list[float]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in kinds:  # warm-up: imports, allocator, wandb's service
+            run_variant(k, min(200, args.steps), data, tmp)
+        for _ in range(args.trials):
+            for k in kinds:
+                best[k].append(run_variant(k, args.steps, data, tmp))
+    us = {k: min(v) * 1e6 for k, v in best.items()}
+    spread = {k: (statistics.median(v) - min(v)) * 1e6 for k, v in best.items()}
+    base = {"flightlog": us["bare"], "flightlog+handed": us["bare+clip"], "wandb": us["bare+clip"]}
+    cost = {k: us[k] - b for k, b in base.items() if k in us}
+    print(f"Capture host cost, CPU, 1 thread, {args.steps} steps x {args.trials} rounds (best round; "
+          f"median-best in parentheses), torch {torch.__version__}\n")
+    print("| variant | µs/step | capture cost µs/step | vs wandb offline |")
+    print("|---|---:|---:|---:|")
+    for k in kinds:
+        c = cost.get(k)
+        ratio = (f"{cost['wandb'] / c:.0f}x cheaper" if "wandb" in cost and c and c > 0 and k != "wandb"
+                 else "")
+        print(f"| {k} | {us[k]:.1f} (+{spread[k]:.1f}) | {'' if c is None else f'{c:.1f}'} | {ratio} |")
+    print("\ncapture cost = variant - its baseline (flightlog: bare; flightlog+handed and wandb: bare+clip). "
+          "flightlog's cost includes computing the grad norm (torch._foreach_norm) when not handed over.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

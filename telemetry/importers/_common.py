@@ -1,0 +1,290 @@
+"""What every importer shares: the run it produces, a bulk columnar write path, and a summary.
+
+An importer turns one source run into an `ImportedRun` (Arrow columns, no per-point Python
+objects after parsing) and `write_run` puts it into the archive as attempt 0, rank 0, with
+deterministic segment names. Re-importing the same source rewrites the same names
+atomically, then deletes whatever else the run's folders still hold (stale segments of a
+longer earlier import, compacted or LOD files built from the old data): readers see the old
+run or the new one, never a mix with missing pieces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_schema.layout import join, partition_dir, segment_path, validate_run_id
+from data_schema.tables import TABLES, TS, schema
+from telemetry import staging
+from telemetry.errors import ArchiveError
+from telemetry.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
+
+SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at staging.ROW_GROUP_ROWS)
+_LOD_DIR = "metrics_lod"  # derived from metrics by compaction; stale once the run is re-imported
+_MAX_DOUBLE = 1.7976931348623157e308
+
+
+class ImportSourceError(ArchiveError):
+    """A source that is missing, of the wrong kind, or too damaged to import."""
+
+
+# ---- what an importer produces ------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ImportedRun:
+    """One source run, ready to write: metrics/system as Arrow columns, the rest as plain values."""
+
+    run_id: str
+    name: str
+    source: str                      # "wandb", "tensorboard", "mlflow", "csv", "jsonl"
+    source_path: str
+    metrics: pa.Table                # columns step:int64, name:string, value:float64, wall_time:timestamp
+    status: str = "finished"
+    project: str | None = None
+    created_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    host: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # summary, source run id, tags: kept in config_json
+    system: pa.Table | None = None   # columns wall_time, name, value, gpu_index, host
+    events: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # why -> how many (records, values, bytes)
+
+    @property
+    def points(self) -> int:
+        return self.metrics.num_rows
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """What one `flightlog import` did, for the summary line and for tests."""
+
+    source: str
+    runs: list[str] = field(default_factory=list)
+    points: int = 0
+    system_points: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    source_bytes: int = 0
+    archive_bytes: int = 0
+
+    def add(self, run: ImportedRun, written_bytes: int) -> None:
+        self.runs.append(run.run_id)
+        self.points += run.points
+        self.system_points += 0 if run.system is None else run.system.num_rows
+        self.archive_bytes += written_bytes
+        for why, n in run.skipped.items():
+            if n:
+                self.skipped[why] = self.skipped.get(why, 0) + n
+
+    def line(self) -> str:
+        rate = f" in {self.seconds:.2f}s ({self.points / self.seconds:,.0f} points/s)" if self.seconds > 0 else ""
+        system = f", {self.system_points:,} system points" if self.system_points else ""
+        skipped = "; skipped: " + ", ".join(f"{n:,} {why}" for why, n in sorted(self.skipped.items())) \
+            if self.skipped else "; nothing skipped"
+        return (f"imported {len(self.runs)} {self.source} run(s) ({', '.join(self.runs) or '-'}): "
+                f"{self.points:,} points{system}{rate}{skipped}")
+
+
+# ---- building columns ---------------------------------------------------------------------------
+
+def seconds_to_ts(seconds: Iterable[float | None] | np.ndarray) -> pa.Array:
+    """Unix seconds (float, None/NaN = unknown) -> timestamp[us, UTC], rounded to the microsecond."""
+    arr = np.asarray(seconds if isinstance(seconds, np.ndarray) else list(seconds), dtype=np.float64)
+    mask = ~np.isfinite(arr)
+    micros = np.round(np.where(mask, 0.0, arr) * 1e6).astype(np.int64)
+    return pa.array(micros, pa.int64(), mask=mask).cast(TS)
+
+
+def millis_to_ts(millis: Iterable[int] | np.ndarray) -> pa.Array:
+    arr = np.asarray(millis if isinstance(millis, np.ndarray) else list(millis), dtype=np.int64)
+    return pa.array(arr * 1000, pa.int64()).cast(TS)
+
+
+def metrics_table(steps: Any, names: Any, values: Any, wall_times: pa.Array | None) -> pa.Table:
+    """The staged metrics columns (no run_id/attempt/rank) from arrays or lists."""
+    steps_a = pa.array(steps, pa.int64()) if not isinstance(steps, pa.Array) else steps.cast(pa.int64())
+    names_a = pa.array(names, pa.string()) if not isinstance(names, pa.Array) else names.cast(pa.string())
+    values_a = pa.array(values, pa.float64()) if not isinstance(values, pa.Array) else values.cast(pa.float64())
+    if wall_times is None:
+        wall_times = pa.nulls(len(steps_a), TS)
+    return pa.table({"step": steps_a, "name": names_a, "value": values_a, "wall_time": wall_times})
+
+
+def empty_metrics() -> pa.Table:
+    return metrics_table([], [], [], None)
+
+
+def system_table(wall_times: pa.Array, names: list[str], values: list[float], gpu_index: list[int | None],
+                 host: str | None) -> pa.Table:
+    n = len(names)
+    return pa.table({
+        "wall_time": wall_times, "name": pa.array(names, pa.string()), "value": pa.array(values, pa.float64()),
+        "gpu_index": pa.array(gpu_index, pa.int32()), "host": pa.array([host] * n, pa.string()),
+    })
+
+
+def restore_mlflow_infinities(values: np.ndarray) -> np.ndarray:
+    """MLflow stores ±Inf as ±DBL_MAX: turn them back (in place) into ±Inf."""
+    values[values >= _MAX_DOUBLE] = math.inf
+    values[values <= -_MAX_DOUBLE] = -math.inf
+    return values
+
+
+def flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Nested dicts -> ("a/b/c", leaf) pairs (W&B and JSONL nest metric names)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}/{k}" if prefix else str(k))
+    else:
+        yield prefix, obj
+
+
+def as_number(value: Any) -> float | None:
+    """A logged value as float, or None when it is not a number (strings, lists, media)."""
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (int, bool)):
+        return float(value)
+    return None
+
+
+def source_id(prefix: str, ident: str) -> str:
+    """A deterministic, valid run id for a source run (same source -> same id)."""
+    from data_schema.layout import run_id_from_name
+
+    return run_id_from_name(f"{prefix}-{ident}")
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+def _sorted_by_name_step(data: pa.Table) -> pa.Table:
+    """Sort by (name, step) like compacted segments, via integer ranks of the (few) names."""
+    if data.num_rows == 0:
+        return data
+    enc = pc.dictionary_encode(data.column("name")).combine_chunks()
+    order_of_name = np.argsort(np.argsort(enc.dictionary.to_numpy(zero_copy_only=False)))
+    name_rank = order_of_name[enc.indices.to_numpy()]
+    steps = data.column("step").to_numpy()
+    idx = np.lexsort((steps, name_rank))  # stable: equal (name, step) keep source order
+    return data.take(pa.array(idx))
+
+
+def _existing_source(fs, root: str, run_id: str) -> str | None:
+    """source_path of the run already in the archive: '' when it holds a run that was not imported."""
+    files = [rel for rel in list_files(fs, root, partition_dir("runs", run_id)) if rel.endswith(".parquet")]
+    if not files:
+        # metrics without a runs row still mean someone else's data lives here
+        other = [rel for rel in list_files(fs, root, partition_dir("metrics", run_id)) if rel.endswith(".parquet")]
+        return "" if other else None
+    found = ""
+    latest = None
+    for rel in files:
+        with fs.open(join(root, rel), "rb") as f:
+            for row in pq.read_table(f, columns=["config_json", "updated_at"]).to_pylist():
+                if latest is None or (row["updated_at"] and row["updated_at"] >= latest):
+                    latest = row["updated_at"]
+                    try:
+                        found = (json.loads(row["config_json"] or "{}") or {}).get("source_path") or ""
+                    except (ValueError, AttributeError):
+                        found = ""
+    return found
+
+
+def _config_json(run: ImportedRun) -> str:
+    body = {"source": run.source, "source_path": run.source_path, **run.extra, "config": run.config}
+    return json.dumps(body, default=str, sort_keys=True, allow_nan=True)
+
+
+def _state_rows(run: ImportedRun, now: dt.datetime) -> dict[str, pa.Table]:
+    created = run.created_at or now
+    ended = run.ended_at or created
+    end_status = None if run.status == "running" else run.status
+    rows = {
+        "runs": [{"run_id": run.run_id, "project": run.project, "name": run.name, "created_at": created,
+                  "status": run.status, "world_size": 1, "config_json": _config_json(run), "host": run.host,
+                  "framework": run.source, "updated_at": now}],
+        "attempts": [{"run_id": run.run_id, "attempt": 0, "started_at": created,
+                      "ended_at": None if end_status is None else ended, "end_status": end_status,
+                      "reason": f"imported from {run.source}", "updated_at": now}],
+        "ranks": [{"run_id": run.run_id, "attempt": 0, "rank": 0, "host": run.host, "updated_at": now}],
+    }
+    out = {t: pa.Table.from_pylist(r, schema=schema(t)) for t, r in rows.items()}
+    if run.events:
+        events = [{"run_id": run.run_id, "attempt": 0, "rank": 0, **e} for e in run.events]
+        out["events"] = pa.Table.from_pylist(events, schema=schema("events"))
+    return out
+
+
+def _chunks(data: pa.Table, rows: int) -> list[pa.Table]:
+    return [data.slice(i, rows) for i in range(0, data.num_rows, rows)] or []
+
+
+def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
+              storage_options: dict | None = None, replace_foreign: bool = False) -> int:
+    """Write `run` into the archive (replacing an earlier import of the same source); bytes written."""
+    validate_run_id(run.run_id)
+    fs, root = open_fs(archive_url, storage_options)
+    try:
+        ensure_root_file(fs, root)
+    except ArchiveError:
+        raise
+    except OSError as exc:
+        raise ArchiveError(f"cannot write to archive {archive_url!r}: {exc}") from None
+    previous = _existing_source(fs, root, run.run_id)
+    if previous is not None and previous != run.source_path and not replace_foreign:
+        what = f"imported from {previous}" if previous else "recorded by a trainer, not imported"
+        raise ImportSourceError(
+            f"run {run.run_id!r} already exists in {archive_url} ({what}); importing {run.source_path} "
+            "would replace it: pick another run name with --run NAME"
+        )
+    now = dt.datetime.now(dt.UTC)
+    tables: dict[str, list[pa.Table]] = {t: [d] for t, d in _state_rows(run, now).items()}
+    tables["metrics"] = _chunks(_sorted_by_name_step(run.metrics), SEGMENT_ROWS)
+    if run.system is not None and run.system.num_rows:
+        tables["system"] = _chunks(run.system, SEGMENT_ROWS)
+
+    written: set[str] = set()
+    total = 0
+    for table, parts in tables.items():
+        for seq, part in enumerate(parts, start=1):
+            full = staging.full_table(table, part, run_id=run.run_id, attempt=0, rank=0)
+            rel = segment_path(table, run.run_id, 0, 0, seq)
+            buf = staging.segment_bytes(full)
+            atomic_write_bytes(fs, join(root, rel), memoryview(buf))
+            written.add(rel)
+            total += buf.size
+    # Only now that the new files are in place: drop what an earlier import left behind.
+    for folder in [partition_dir(t, run.run_id) for t in TABLES] + [f"{_LOD_DIR}/run_id={run.run_id}"]:
+        for rel in list_files(fs, root, folder):
+            if rel not in written:
+                remove(fs, join(root, rel))
+    return total
+
+
+# ---- progress ---------------------------------------------------------------------------------------
+
+def progress(total: int | None, desc: str, *, unit: str = "B", quiet: bool = False):
+    """A tqdm bar on stderr (bytes of the source, by default)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, disable=quiet,
+                leave=False, mininterval=0.5)
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
