@@ -227,6 +227,14 @@ def _state_rows(run: ImportedRun, now: dt.datetime) -> dict[str, pa.Table]:
     return out
 
 
+def _with_all_columns(table: str, data: pa.Table) -> pa.Table:
+    """Columns the importer has no value for become nulls (constant columns are added later)."""
+    for f in schema(table):
+        if f.name not in data.column_names and f.name not in staging.CONSTANT_COLUMNS:
+            data = data.append_column(f.name, pa.nulls(data.num_rows, f.type))
+    return data
+
+
 def _chunks(data: pa.Table, rows: int) -> list[pa.Table]:
     return [data.slice(i, rows) for i in range(0, data.num_rows, rows)] or []
 
@@ -259,7 +267,7 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
     total = 0
     for table, parts in tables.items():
         for seq, part in enumerate(parts, start=1):
-            full = staging.full_table(table, part, run_id=run.run_id, attempt=0, rank=0)
+            full = staging.full_table(table, _with_all_columns(table, part), run_id=run.run_id, attempt=0, rank=0)
             rel = segment_path(table, run.run_id, 0, 0, seq)
             buf = staging.segment_bytes(full)
             atomic_write_bytes(fs, join(root, rel), memoryview(buf))
