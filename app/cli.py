@@ -9,6 +9,7 @@ import argparse
 import importlib.util
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -220,7 +221,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if chunks.empty:
         print("  (no incident carries a data chunk)")
     for row in chunks.itertuples():
-        seeds = ", ".join(str(s) for s in (row.seeds if row.seeds is not None else []))
+        seeds = ", ".join(str(s) for s in _present(row.seeds))
         flag = "  <- fails in every attempt" if row.n_attempts > 1 else ""
         print(f"  chunk {row.data_chunk}: {row.n_incidents} incident(s) in {row.n_attempts} attempt(s), "
               f"seeds [{seeds}], kinds {', '.join(row.kinds)}, steps {row.first_step}-{row.last_step}{flag}")
@@ -228,6 +229,13 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     cols = ["attempt", "seed", "step", "kind", "severity", "data_chunk", "message"]
     write_frame(events[cols], "table")
     return EXIT_OK
+
+
+def _present(values: Any) -> list:
+    """The non-null items of a list column's cell (DuckDB gives a list, an array, or NA)."""
+    if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        return []
+    return [v for v in values if v is not None and v == v]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -340,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `flightlog sql ... | head`
         return EXIT_OK
+    except Exception as exc:  # a bug of ours: still one line, the traceback only on request
+        if os.environ.get("FLIGHTLOG_DEBUG"):
+            raise
+        print(f"flightlog: internal error: {type(exc).__name__}: {exc} (set FLIGHTLOG_DEBUG=1 for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

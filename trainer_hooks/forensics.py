@@ -18,6 +18,7 @@ very step that went non-finite when that step is probed.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import statistics
@@ -100,12 +101,33 @@ def layer_from_probe(first: float | None, calls: tuple[str, ...]) -> str | None:
 
 
 class SpikeDetector:
-    """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes)."""
+    """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes).
 
-    def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20) -> None:
+    Runs once per step on the drainer thread, so it is kept cheap: the window is also held
+    sorted (bisect), giving the median at once; the MAD is recomputed every `refresh` updates
+    and whenever a value looks like a candidate against the cached scale.
+    """
+
+    def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20, refresh: int = 16) -> None:
         self.window: collections.deque[float] = collections.deque(maxlen=window)
+        self._sorted: list[float] = []
         self.zscore = zscore
         self.min_points = min_points
+        self._refresh = refresh
+        self._age = refresh
+        self._mad = 0.0
+
+    def _median(self) -> float:
+        s, n = self._sorted, len(self._sorted)
+        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+    def _scale(self, med: float, fresh: bool) -> tuple[float, float]:
+        if fresh or self._age >= self._refresh:
+            self._mad = statistics.median(abs(v - med) for v in self._sorted)
+            self._age = 0
+        # 1.4826 * MAD estimates sigma for normal data; a flat window falls back to a tiny scale.
+        mad = self._mad
+        return mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
 
     def update(self, value: float) -> dict[str, float] | None:
         """Add `value`; return the statistics when it is a spike, else None. Non-finite values are skipped."""
@@ -113,15 +135,37 @@ class SpikeDetector:
             return None
         spike = None
         if len(self.window) >= self.min_points:
-            med = statistics.median(self.window)
-            mad = statistics.median(abs(v - med) for v in self.window)
-            # 1.4826 * MAD estimates sigma for normal data; a flat window falls back to a tiny scale.
-            scale = 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
-            z = (value - med) / scale
-            if z > self.zscore:
-                spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(self.window)}
+            med = self._median()
+            self._age += 1
+            mad, scale = self._scale(med, fresh=False)
+            if (value - med) / scale > 0.5 * self.zscore:  # a candidate: judge it on a fresh MAD
+                mad, scale = self._scale(med, fresh=True)
+                z = (value - med) / scale
+                if z > self.zscore:
+                    spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(self.window)}
+        if len(self.window) == self.window.maxlen:
+            old = self.window[0]
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
         self.window.append(value)
+        bisect.insort(self._sorted, value)
         return spike
+
+
+def sample_id_list(ids: Any) -> list[int] | None:
+    """Sample ids as a list of ints (converted only when an event needs them)."""
+    if ids is None:
+        return None
+    if hasattr(ids, "tolist"):  # a CPU tensor or a numpy array
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple)):
+        ids = [ids]
+    out: list[int] = []
+    for i in ids:
+        if isinstance(i, (list, tuple)):
+            out.extend(int(j) for j in i)
+        else:
+            out.append(int(i))
+    return out
 
 
 def _json_float(v: float | None) -> float | str | None:
@@ -137,7 +181,7 @@ class StepFacts:
     grad_norm: float | None
     loss_scale: float | None
     data_chunk: int | None
-    sample_ids: list[int] | None
+    sample_ids: Any  # list, CPU tensor or numpy array; converted by sample_id_list when an event is written
     probed: bool = False
     layer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -193,7 +237,8 @@ class Forensics:
             spike = self._spikes[name].update(v)
             if spike is not None:
                 kind = "loss_spike" if name == "loss" else "grad_spike"
-                self._emit(kind, step=f.step, severity="warning", data_chunk=f.data_chunk, sample_ids=f.sample_ids,
+                self._emit(kind, step=f.step, severity="warning", data_chunk=f.data_chunk,
+                           sample_ids=sample_id_list(f.sample_ids),
                            message=f"{name} {v:.6g} is {spike['zscore']:.1f} robust sigmas above the median "
                                    f"{spike['median']:.6g} of the last {spike['window']} steps",
                            details={**spike, "metric": name, "seed": self._seed})
@@ -202,7 +247,7 @@ class Forensics:
         value = details["loss"] if details["metric"] == "loss" else details["grad_norm"]
         kind = "nan" if value == "nan" else "inf"
         where = f" first non-finite output: {layer}" if layer else ""
-        self._emit(kind, step=f.step, severity="error", data_chunk=f.data_chunk, sample_ids=f.sample_ids,
+        self._emit(kind, step=f.step, severity="error", data_chunk=f.data_chunk, sample_ids=sample_id_list(f.sample_ids),
                    layer=layer, message=f"{details['metric']} is {value} at step {f.step}{where}", details=details)
 
     def close(self) -> None:

@@ -115,16 +115,6 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _ids_list(ids: Any) -> list[int] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, torch.Tensor):
-        return [int(i) for i in ids.reshape(-1).tolist()]
-    if hasattr(ids, "tolist"):  # numpy
-        ids = ids.tolist()
-    return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
-
-
 class Observer:
     """Captures one rank's training telemetry into a `telemetry.Writer`. Build it with `attach()`."""
 
@@ -510,7 +500,7 @@ class Observer:
         self.writer.metrics(step, m, wall_time=wall)
         self._chunks.step(step, chunk, tokens)
         self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
-                                         sample_ids=_ids_list(ids), probed=calls is not None,
+                                         sample_ids=ids, probed=calls is not None,
                                          layer=layer_from_probe(first_bad, calls or ())))
         if self.cfg.mirror is not None:
             try:

@@ -163,26 +163,23 @@ def scan_log(raw: bytes | memoryview, path: str) -> LogScan:
 
 
 def _first_field(rec: bytes) -> int:
-    """Field number of the first field after `num`: lets us skip records we do not read unparsed."""
+    """Field number of the first field after `num`, read from the wire without parsing the record.
+
+    Lets the reader skip records it does not use (output, files, telemetry) unparsed.
+    """
     i = 0
     n = len(rec)
-    while i < n:
-        tag = 0
-        shift = 0
-        while i < n:
-            b = rec[i]
-            i += 1
-            tag |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        field = tag >> 3
-        if field != 1:
-            return field
-        while i < n and rec[i] >= 0x80:  # skip num's varint value
+    if n and rec[0] == 0x08:  # num: tag 1, varint
+        i = 1
+        while i < n and rec[i] >= 0x80:
             i += 1
         i += 1
-    return 0
+    if i >= n:
+        return 0
+    b = rec[i]
+    if b < 0x80:
+        return b >> 3
+    return ((b & 0x7F) | (rec[i + 1] << 7 if i + 1 < n else 0)) >> 3
 
 
 # ---- records -> run -------------------------------------------------------------------------------
@@ -237,7 +234,7 @@ def read_wandb_file(path: str, *, run_name: str | None = None) -> ImportedRun:
     sys_n: list[str] = []
     sys_j: list[str] = []
     config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
+    summary_raw: dict[tuple[str, ...], str] = {}
     info: dict[str, Any] = {"exit_code": None, "run_id": None}
     unparsable = 0
     record = pb.Record()
@@ -260,7 +257,7 @@ def read_wandb_file(path: str, *, run_name: str | None = None) -> ImportedRun:
             n0 = len(names)
             for item in h.item:
                 nk = item.nested_key
-                key = "/".join(nk) if nk else item.key
+                key = (nk[0] if len(nk) == 1 else "/".join(nk)) if nk else item.key
                 if key in _SPECIAL:
                     if key == "_step":
                         step = item.value_json
@@ -282,13 +279,13 @@ def read_wandb_file(path: str, *, run_name: str | None = None) -> ImportedRun:
                 sys_j.append(item.value_json)
                 sys_t.append(t)
         elif kind == "summary":
+            # raw JSON kept per key, decoded once at the end: W&B writes a summary record per step
             for item in record.summary.update:
-                parts = list(item.nested_key) or [item.key]
-                if parts[0] not in _SPECIAL:
-                    _nest(summary, parts, _loads(item.value_json))
+                nk = item.nested_key
+                summary_raw[tuple(nk) if nk else (item.key,)] = item.value_json
             for item in record.summary.remove:
-                parts = list(item.nested_key) or [item.key]
-                summary.pop(parts[0], None) if len(parts) == 1 else None
+                nk = item.nested_key
+                summary_raw.pop(tuple(nk) if nk else (item.key,), None)
         elif kind in ("config", "run"):
             if kind == "run":
                 r = record.run
@@ -307,6 +304,10 @@ def read_wandb_file(path: str, *, run_name: str | None = None) -> ImportedRun:
         elif kind == "exit":
             info["exit_code"] = record.exit.exit_code
 
+    summary: dict[str, Any] = {}
+    for parts, text in summary_raw.items():
+        if parts and parts[0] not in _SPECIAL:
+            _nest(summary, list(parts), _loads(text))
     values, bad = _values(names, jsons, steps, wts)
     metrics = metrics_table(steps, names, values, seconds_to_ts(wts))
     sys_values, sys_bad = _values(sys_n, sys_j, None, sys_t)

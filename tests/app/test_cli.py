@@ -129,3 +129,13 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.stderr.startswith("flightlog: error: no flightlog archive") and "Traceback" not in proc.stderr
     proc = subprocess.run([exe, "sql", "SELEC 1"], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_incidents_of_a_run_without_seeds_list_no_seeds(tmp_path, capsys):
+    url = str(tmp_path / "noseed")
+    with Writer(url, run="no seed") as w:
+        w.metric(1, "loss", float("nan"))
+        w.event("nan", step=1, data_chunk=3, sample_ids=[4, 5])
+    assert main(["incidents", "no seed", "--archive", url]) == 0
+    out = capsys.readouterr().out
+    assert "chunk 3: 1 incident(s) in 1 attempt(s), seeds []" in out
