@@ -249,7 +249,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return int(result) if isinstance(result, int) else EXIT_OK
 
 
-def _run_trainer(module: str, command: str, argv: list[str]) -> int:
+def _run_trainer(module: str, command: str, argv: list[str], **kwargs: Any) -> int:
     if importlib.util.find_spec("torch") is None:
         print(f"flightlog {command} needs the training extra: {TRAIN_EXTRA}", file=sys.stderr)
         return EXIT_ERROR
@@ -262,12 +262,18 @@ def _run_trainer(module: str, command: str, argv: list[str]) -> int:
         if (exc.name or "").startswith("trainer_hooks"):
             raise ArchiveError(f"flightlog {command} is not available in this install ({module} is missing)") from None
         raise
-    result = entry.main(argv)
+    result = entry.main(argv, **kwargs)
     return int(result) if isinstance(result, int) else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _run_trainer("trainer_hooks.reference.demo", "demo", list(args.rest))
+    # The demo opens the app through this callback: trainer_hooks never imports app.
+    def serve(archive: str, **options: Any) -> object:
+        from app.ui.server import serve as serve_app
+
+        return serve_app(archive, **options)
+
+    return _run_trainer("trainer_hooks.reference.demo", "demo", list(args.rest), serve=serve)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -320,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive_url", nargs="?", metavar="ARCHIVE_URL")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_ui)
+
+    from app.cli_import import add_import_commands
+
+    add_import_commands(sub)
 
     for name, func, text in (("demo", cmd_demo, "record a small demo run (needs torch)"),
                              ("train", cmd_train, "train the reference model with flightlog attached (needs torch)")):

@@ -176,3 +176,30 @@ def parse_path(path: str) -> FileKey | None:
     if _COMPACT.match(name):
         return FileKey(table, run_id, "compact")
     return None
+
+
+# ---- level-of-detail (LOD) tables: per-bucket summaries of `metrics`, built at compaction ----
+LOD_DIR = "metrics_lod"
+_LOD = re.compile(r"^lod-(?P<uid>[0-9a-f]+)\.parquet$")
+
+
+def lod_dir(run_id: str) -> str:
+    return f"{LOD_DIR}/run_id={validate_run_id(run_id)}"
+
+
+def lod_path(run_id: str, uid: str) -> str:
+    return f"{lod_dir(run_id)}/lod-{uid}{SEGMENT_SUFFIX}"
+
+
+def parse_lod_path(path: str) -> str | None:
+    """The run id of a level-of-detail file's path (relative to the root); None for anything else."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    if len(parts) != 3 or parts[0] != LOD_DIR or is_temp(parts[-1]) or not _LOD.match(parts[2]):
+        return None
+    m = _PARTITION.match(parts[1])
+    if not m:
+        return None
+    try:
+        return validate_run_id(m.group("run_id"))
+    except LayoutError:
+        return None

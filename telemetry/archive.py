@@ -121,8 +121,20 @@ def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
     for table in _LOGGED_STATE:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {_latest_state_sql(table)}")
     con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {JOURNEY_SQL}")
+    con.execute(f"CREATE OR REPLACE VIEW metrics_lod AS {lod_source_sql(list(getattr(snap, 'lod', {}).values()))}")
     con.execute(f"CREATE OR REPLACE VIEW incidents AS {INCIDENTS_SQL}")
     con.execute(f"CREATE OR REPLACE VIEW chunk_incidents AS {CHUNK_INCIDENTS_SQL}")
+
+
+def lod_source_sql(infos: Sequence[Any]) -> str:
+    """The level-of-detail rows of these LOD files (telemetry.lod), or an empty SELECT of their columns."""
+    from telemetry.lod import LOD_SCHEMA
+
+    paths = [i.local for i in infos if i.local]
+    if not paths:
+        cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in LOD_SCHEMA)
+        return f"SELECT {cols} WHERE false"
+    return f"SELECT * FROM {curves.read_parquet_sql(paths)}"
 
 
 def new_connection() -> duckdb.DuckDBPyConnection:
@@ -315,13 +327,15 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             return cached
         files = self._run_files("metrics", run_id)
         spans: dict[int, tuple[int, int]] = {}
-        if all(f.key.kind == "segment" and f.step_range is not None for f in files):
+        if all((f.key.kind == "segment" and f.step_range is not None)
+               or (f.key.kind == "compact" and f.attempt_spans is not None) for f in files):
             for f in files:
                 if f.rows == 0:
                     continue
-                a, (lo, hi) = int(f.key.attempt), f.step_range  # type: ignore[arg-type, misc]
-                old = spans.get(a)
-                spans[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+                found = f.attempt_spans if f.key.kind == "compact" else ((int(f.key.attempt), *f.step_range),)
+                for a, lo, hi in found:  # type: ignore[union-attr, misc]
+                    old = spans.get(a)
+                    spans[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         else:
             df = self._df(
                 f"SELECT attempt, min(step) AS lo, max(step) AS hi FROM {self._run_source('metrics', run_id)} GROUP BY attempt"
@@ -392,6 +406,10 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         if not isinstance(buckets, int) or buckets < 1:
             raise QueryError(f"buckets must be a positive integer, got {buckets!r}")
         run_id = self.resolve_run(run)
+        if x == "step" and journey:
+            fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
+            if fast is not None:
+                return fast
         source = self._run_source("metrics", run_id)
         where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=journey)
         points = curves.points_sql(source, x=x, where=where)
@@ -412,6 +430,44 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
             return _empty_curve(x)
         return self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
+
+    def _lod_curve(self, run_id: str, name: str, *, buckets: int, lo: float | None, hi: float | None,
+                   rank: int | None) -> pd.DataFrame | None:
+        """curve(x="step") from the run's level-of-detail table plus raw rows where it falls short;
+        None when there is no usable LOD (the caller scans raw rows)."""
+        from telemetry import lod
+
+        info = self._snap.lod.get(run_id) if hasattr(self._snap, "lod") else None
+        lod_rank = None if info is None else lod.usable_rank(info, rank)
+        if info is None or lod_rank is None or not info.local:
+            return None
+        cut = lod.valid_below(info, self.attempt_spans(run_id))
+        files = self._run_files("metrics", run_id)
+        covered = [f for f in files if f.rel in set(info.covers)]
+        tail = [f for f in files if f.rel not in set(info.covers)]
+        covered_src = f"({table_source_sql('metrics', covered)})" if covered else None
+        tail_src = f"({table_source_sql('metrics', tail)})" if tail else None
+        lod_src = curves.read_parquet_sql([info.local])
+        where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=True)
+        if lo is None or hi is None:
+            key = (self.version, run_id, name, "lod", rank)
+            if key not in self._ranges:
+                r = self._df(lod.range_sql(lod_src=lod_src, tail_src=tail_src, covered_src=covered_src, where=where,
+                                           lod_rank=lod_rank, name=name, cut=cut, widths=info.widths)).iloc[0]
+                self._ranges[key] = None if pd.isna(r["lo"]) else (float(r["lo"]), float(r["hi"]))
+            data_range = self._ranges[key]
+            if data_range is None:
+                return _empty_curve("step")
+            lo = data_range[0] if lo is None else lo
+            hi = data_range[1] if hi is None else hi
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
+            return _empty_curve("step")
+        lo_i, hi_i = math.ceil(float(lo)), math.floor(float(hi))
+        if hi_i < lo_i or cut <= lo_i or lo_i != float(lo) or hi_i != float(hi):
+            return None  # fractional bounds or nothing the LOD covers: the raw scan handles it
+        return self._df(lod.curve_sql(lod_src=lod_src, covered_src=covered_src, tail_src=tail_src, where=where,
+                                      lod_rank=lod_rank, name=name, lo=lo_i, hi=hi_i, buckets=buckets, cut=cut,
+                                      widths=info.widths))
 
     def events(
         self,

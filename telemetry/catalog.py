@@ -22,7 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_schema import FORMAT_VERSION, TABLES, schema
-from data_schema.layout import MANIFEST_FILE, QUARANTINE_DIR, ROOT_FILE, STAGING_DIR, FileKey, is_temp, join, parse_path
+from data_schema.layout import (
+    MANIFEST_FILE,
+    QUARANTINE_DIR,
+    ROOT_FILE,
+    STAGING_DIR,
+    FileKey,
+    is_temp,
+    join,
+    parse_lod_path,
+    parse_path,
+)
 from telemetry.errors import ArchiveError, ArchiveNotFoundError, FormatVersionError
 
 # Stores that cannot list a folder: the manifest says which files are live.
@@ -76,6 +86,8 @@ class LiveFile:
     rows: int
     columns: tuple[str, ...]
     step_range: tuple[int, int] | None  # from row-group statistics, when the file has them
+    # compact files: ((attempt, min step, max step), ...) from the footer, so journey spans need no scan
+    attempt_spans: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +102,8 @@ class Snapshot:
     manifest: dict[str, dict] | None = None
     from_manifest: bool = False
     version: str = ""
+    replaced: list[str] = field(default_factory=list)  # parts swapped out by compaction (not read)
+    lod: dict[str, Any] = field(default_factory=dict)  # run_id -> telemetry.lod.LodInfo in use
 
     def all_files(self) -> list[LiveFile]:
         return [f for table in TABLES for f in self.files.get(table, [])]
@@ -145,6 +159,8 @@ class Catalog:
         else:
             self.local_root = os.path.abspath(cache_dir or default_cache_dir(url))
         self._footers: dict[str, tuple[tuple, LiveFile | str]] = {}
+        self._records: dict[str, dict] = {}  # compaction records (immutable as far as readers care)
+        self._lod_footers: dict[str, tuple[tuple, Any]] = {}
 
     # -- archive-level checks ------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -240,6 +256,7 @@ class Catalog:
             listing = {rel: e.get("bytes", e.get("size")) for rel, e in snap.manifest.items()}
             snap.from_manifest = True
         candidates: list[tuple[str, FileKey, int | None]] = []
+        lod_candidates: list[tuple[str, Any, int | None]] = []
         for rel in sorted(listing):
             top = rel.split("/", 1)[0]
             if top in (QUARANTINE_DIR,) or top.startswith("_") and top != STAGING_DIR:
@@ -248,6 +265,9 @@ class Catalog:
                 snap.temp.append(rel)
                 continue
             key = parse_path(rel)
+            if key is None and parse_lod_path(rel) is not None:
+                lod_candidates.append((rel, None, listing[rel]))
+                continue
             if key is None:
                 if top in TABLES or top == STAGING_DIR:
                     snap.ignored.append(rel)
@@ -256,6 +276,7 @@ class Catalog:
                 snap.staged.append(rel)
                 continue
             candidates.append((rel, key, listing[rel]))
+        candidates = self._apply_compactions(candidates, snap)
         local_paths = self._localize(candidates, snap)
         for rel, key, size in candidates:
             local = local_paths.get(rel)
@@ -266,11 +287,60 @@ class Catalog:
                 snap.problems.append(info)
             else:
                 snap.files[key.table].append(info)
+        if lod_candidates:
+            self._choose_lods(lod_candidates, snap)
         digest = hashlib.sha256()
         for f in snap.all_files():
             digest.update(f"{f.rel}\0{f.size}\0{f.rows}\n".encode())
+        for run_id, info in sorted(snap.lod.items()):
+            digest.update(f"lod\0{run_id}\0{info.rel}\n".encode())
         snap.version = digest.hexdigest()[:16]
         return snap
+
+    # -- compaction and level of detail ----------------------------------------------------
+    def _apply_compactions(self, candidates: list[tuple[str, FileKey, int | None]], snap: Snapshot
+                           ) -> list[tuple[str, FileKey, int | None]]:
+        """Drop parts replaced by a compact file, and compact files without an accepted record."""
+        compacts = [rel for rel, key, _ in candidates if key.kind == "compact"]
+        if not compacts:
+            return candidates
+        from telemetry.compaction import live_filter, read_records
+
+        try:
+            records = read_records(self.fs, self.root, cache=self._records,
+                                   compact_rels=None if self.listable else compacts)
+        except Exception as exc:  # noqa: BLE001 - without records no compact file counts: parts stay live
+            snap.problems.append(f"cannot read compaction records: {exc}")
+            records = []
+        _, skip = live_filter([rel for rel, _, _ in candidates], records)
+        snap.replaced = sorted(skip)
+        return [c for c in candidates if c[0] not in skip]
+
+    def _choose_lods(self, lod_candidates: list[tuple[str, Any, int | None]], snap: Snapshot) -> None:
+        from telemetry.lod import choose_lod, info_from_metadata
+
+        local_paths = self._localize(lod_candidates, snap)
+        by_run: dict[str, list[Any]] = {}
+        for rel, _, _ in lod_candidates:
+            local = local_paths.get(rel)
+            if local is None:
+                continue
+            try:
+                st = os.stat(local)
+                stamp = (st.st_size, st.st_mtime_ns)
+                cached = self._lod_footers.get(rel)
+                info = cached[1] if cached and cached[0] == stamp else info_from_metadata(
+                    rel, pq.read_metadata(local), local)
+                self._lod_footers[rel] = (stamp, info)
+            except Exception:  # noqa: BLE001 - an unreadable LOD file is not used: curves read raw rows
+                continue
+            if info is not None:
+                by_run.setdefault(info.run_id, []).append(info)
+        for run_id, infos in by_run.items():
+            live = [f.rel for f in snap.files.get("metrics", []) if f.key.run_id == run_id]
+            chosen = choose_lod(infos, live)
+            if chosen is not None:
+                snap.lod[run_id] = chosen
 
     # -- caching and footers ----------------------------------------------------------------
     def _localize(self, candidates: list[tuple[str, FileKey, int | None]], snap: Snapshot) -> dict[str, str]:
@@ -329,7 +399,8 @@ class Catalog:
                 result = f"skipped {rel}: does not fit table {key.table!r}: {'; '.join(misfits)}"
             else:
                 columns = tuple(arrow_schema.names)
-                result = LiveFile(rel, key, local, st.st_size, md.num_rows, columns, _step_range(md, columns))
+                result = LiveFile(rel, key, local, st.st_size, md.num_rows, columns, _step_range(md, columns),
+                                  _compact_spans(md) if key.kind == "compact" else None)
         self._footers[rel] = (stamp, result)
         return result
 
@@ -382,6 +453,17 @@ def _step_range(md: pq.FileMetaData, columns: tuple[str, ...]) -> tuple[int, int
         lo = stats.min if lo is None else min(lo, stats.min)
         hi = stats.max if hi is None else max(hi, stats.max)
     return (int(lo), int(hi)) if lo is not None else None
+
+
+def _compact_spans(md: pq.FileMetaData) -> tuple[tuple[int, int, int], ...] | None:
+    raw = (md.metadata or {}).get(b"flightlog.compaction")
+    if raw is None:
+        return None
+    try:
+        spans = json.loads(raw)["attempt_spans"]
+        return tuple(sorted((int(a), int(s[0]), int(s[1])) for a, s in spans.items()))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _remove_tree(path: str) -> None:

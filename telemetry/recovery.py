@@ -84,7 +84,8 @@ def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
             continue
         if hb is None:
             continue
-        if now - hb["updated_at"] <= _HEARTBEAT_INTERVALS * hb["flush_interval_s"]:
+        fresh = now - hb["updated_at"] <= _HEARTBEAT_INTERVALS * hb["flush_interval_s"]
+        if fresh and not staging.process_is_gone(hb["pid"], hb["host"]):
             live.add((hb["run_id"], hb["attempt"], hb["rank"]))
         else:
             remove(fs, path)

@@ -12,6 +12,8 @@ because that writer's own next segment also contains them.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -141,10 +143,32 @@ def heartbeat_bytes(*, run_id: str, attempt: int, rank: int, pid: int, host: str
     }).encode()
 
 
+def process_is_gone(pid: int, host: str) -> bool:
+    """True when the heartbeat's writer process surely no longer exists (same host only).
+
+    Lets recovery convert a killed writer's data at once instead of waiting for its heartbeat
+    to go stale. A zombie (killed, not yet reaped) counts as gone; other hosts are unknown.
+    """
+    if host != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def parse_heartbeat(raw: bytes) -> dict | None:
     try:
         hb = json.loads(raw)
         return {"run_id": str(hb["run_id"]), "attempt": int(hb["attempt"]), "rank": int(hb["rank"]),
-                "updated_at": float(hb["updated_at"]), "flush_interval_s": float(hb.get("flush_interval_s", 2.0))}
+                "updated_at": float(hb["updated_at"]), "flush_interval_s": float(hb.get("flush_interval_s", 2.0)),
+                "pid": int(hb.get("pid", -1)), "host": str(hb.get("host", ""))}
     except (ValueError, KeyError, TypeError):
         return None

@@ -71,6 +71,10 @@ class WriterConfig:
     """... or as soon as this many rows of a table are staged."""
     close_timeout_s: float = 30.0
     """How long close() waits for the last writes when no timeout is given."""
+    compact_on_close: bool = True
+    """On rank 0, close() compacts the run's closed segments and rebuilds its LOD table (never raises)."""
+    compact_min_rows: int = 100_000
+    """... when its uncompacted metric segments hold at least this many rows (small runs gain little)."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -323,6 +327,13 @@ class Writer:
         if self._thread.is_alive() or self._has_data():
             self._oncelog.warn("close", f"flightlog: writer of run {self.run_id!r} rank {self.rank} closed "
                                f"after {timeout:.1f}s with data not yet written (storage unavailable?)")
+        elif self._owner and self.cfg.compact_on_close:
+            try:
+                from telemetry.compaction import compact_closed_run
+
+                compact_closed_run(self._fs, self._root, self.run_id, min_rows=self.cfg.compact_min_rows)
+            except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; never raise from close
+                _log.warning("flightlog: compaction after close failed: %r", exc)
 
     def __enter__(self) -> Writer:
         return self
@@ -608,7 +619,7 @@ class Writer:
     def _write_heartbeat(self) -> None:
         path = join(self._root, staging.heartbeat_path(self.run_id, self.attempt, self._file_rank))
         body = staging.heartbeat_bytes(run_id=self.run_id, attempt=self.attempt, rank=self._file_rank,
-                                       pid=os.getpid(), host=self.host, flush_interval_s=self.cfg.flush_interval_s)
+                                       pid=os.getpid(), host=socket.gethostname(), flush_interval_s=self.cfg.flush_interval_s)
         self._store(path, body, "heartbeat", fsync=False)
 
     def _remove_heartbeat(self) -> None:

@@ -96,12 +96,16 @@ class NvmlSampler:
             nv = self._nvml
             nv.nvmlInit()
             indices = range(nv.nvmlDeviceGetCount()) if self._gpu_indices is None else self._gpu_indices
+            found = []
             for i in indices:
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 uuid = self._call(i, "uuid", nv.nvmlDeviceGetUUID, h)
-                uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-                if self._gpu_uuids is None or uuid in self._gpu_uuids:
-                    self._gpus.append((i, h, uuid))
+                found.append((i, h, uuid.decode() if isinstance(uuid, bytes) else uuid))
+            self._gpus = [g for g in found if self._gpu_uuids is None or g[2] in self._gpu_uuids]
+            if not self._gpus and found:
+                _log.warning("GPU sampler: this rank's GPU %s is not among NVML's; sampling all %d GPUs",
+                             sorted(self._gpu_uuids or ()), len(found))
+                self._gpus = found
         except Exception as exc:  # noqa: BLE001 - ImportError, NVMLError, a driver mismatch: all mean "off"
             _log.warning("GPU sampler off: %s", exc if str(exc) else type(exc).__name__)
             self._gpus = []

@@ -20,11 +20,13 @@ A failure inside any hook is caught here: one log line, an `events` row of kind
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +36,7 @@ from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
 from trainer_hooks.nvml_sampler import NvmlSampler
-from trainer_hooks.topology import agree_attempt, discover
+from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
 _perf = time.perf_counter
@@ -129,7 +131,12 @@ class Observer:
                                         world_size=cfg.world_size, tp_size=cfg.tp_size, pp_size=cfg.pp_size,
                                         device=self.device)
         self._own_writer = writer is None
-        self.writer = writer if writer is not None else self._open_writer(run, archive, config, topo)
+        if writer is None:
+            writer = open_rank_writer(
+                archive, run, topo, attempt=cfg.attempt, config=config, project=cfg.project, framework=cfg.framework,
+                resumed_from_step=cfg.resumed_from_step, resumed_from_checkpoint=cfg.resumed_from_checkpoint,
+                seed=cfg.seed, reason=cfg.reason, storage_options=cfg.storage_options, writer_config=cfg.writer_config)
+        self.writer = writer
         self.writer.rank_info(local_rank=topo.local_rank, host=topo.host, gpu_uuid=topo.gpu_uuid,
                               dp_rank=topo.dp_rank, tp_rank=topo.tp_rank, pp_rank=topo.pp_rank)
         self._errors: dict[str, int] = {}
@@ -176,32 +183,13 @@ class Observer:
         self.sampler: NvmlSampler | None = None
         if cfg.sample_gpu:
             self._start_sampler(nvml)
+        # A script that never calls close() still gets its last steps: registered after the
+        # Writer's own exit hook, so it runs first (atexit is last-in, first-out).
+        ref = weakref.ref(self)
+        self._atexit = lambda: (o := ref()) is not None and o.close()
+        atexit.register(self._atexit)
 
     # ---- setup -----------------------------------------------------------------------------
-
-    def _open_writer(self, run: str, archive: str | None, config: Any, topo: Any) -> Any:
-        from telemetry import Writer  # noqa: PLC0415 - keeps `import trainer_hooks` light
-
-        cfg = self.cfg
-        if is_dataclass(config) and not isinstance(config, type):
-            config = asdict(config)
-        elif config is not None and not isinstance(config, dict):
-            config = dict(vars(config))
-        if archive is None:
-            archive = os.environ.get("FLIGHTLOG_ARCHIVE", "./flightlog-archive")
-        common = dict(rank=topo.rank, world_size=topo.world_size, project=cfg.project, config=config,
-                      host=topo.host, framework=cfg.framework, dp_size=topo.dp_size, tp_size=topo.tp_size,
-                      pp_size=topo.pp_size, resumed_from_step=cfg.resumed_from_step,
-                      resumed_from_checkpoint=cfg.resumed_from_checkpoint, seed=cfg.seed, reason=cfg.reason,
-                      storage_options=cfg.storage_options, writer_config=cfg.writer_config)
-        attempt = cfg.attempt
-        if attempt is None:
-            # Rank 0 discovers the attempt number in the archive; every rank uses rank 0's.
-            first = Writer(archive, run, attempt=None, **common) if topo.rank == 0 else None
-            attempt = agree_attempt(first.attempt if first is not None else None)
-            if first is not None:
-                return first
-        return Writer(archive, run, attempt=attempt, **common)
 
     def _start_sampler(self, nvml: Any) -> None:
         topo = self.topology
@@ -361,6 +349,7 @@ class Observer:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._atexit)
         try:
             for h in self._hooks:
                 h.remove()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -141,3 +141,25 @@ def agree_attempt(attempt: int | None) -> int | None:
     dist.broadcast(t, src=0)
     value = int(t.item())
     return None if value < 0 else value
+
+
+def open_rank_writer(archive: str | None, run: str, topo: Topology, *, attempt: int | None, config: Any = None,
+                     **writer_kwargs: Any) -> Any:
+    """This rank's telemetry.Writer. With `attempt=None` rank 0 finds the next attempt of the run
+    in the archive and every rank uses rank 0's number (all ranks must call this)."""
+    from telemetry import Writer  # noqa: PLC0415 - keeps `import trainer_hooks` light
+
+    if is_dataclass(config) and not isinstance(config, type):
+        config = asdict(config)
+    elif config is not None and not isinstance(config, dict):
+        config = dict(vars(config))
+    if archive is None:
+        archive = os.environ.get("FLIGHTLOG_ARCHIVE", "./flightlog-archive")
+    common = dict(rank=topo.rank, world_size=topo.world_size, config=config, host=topo.host, dp_size=topo.dp_size,
+                  tp_size=topo.tp_size, pp_size=topo.pp_size, **writer_kwargs)
+    if attempt is None:
+        first = Writer(archive, run, attempt=None, **common) if topo.rank == 0 else None
+        attempt = agree_attempt(first.attempt if first is not None else None)
+        if first is not None:
+            return first
+    return Writer(archive, run, attempt=attempt, **common)

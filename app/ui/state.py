@@ -270,6 +270,7 @@ def require_run() -> tuple[Any, str] | None:
     """(archive, run_id) for a page about one run, or None after showing what to do instead."""
     archive = current_archive()
     if archive is None:
+        st.info("No archive is open: fix the archive path or URL in the sidebar.")
         return None
     run_id = current_run()
     if run_id is None:

@@ -45,8 +45,9 @@ _IDENT, _MAGIC = b":W&B", 0xBEE1
 _BLOCK = 32768
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 _TYPE_CRC = [zlib.crc32(bytes([t])) for t in range(5)]
-# history, summary, config, stats, control, run, exit, uuid: the Record fields worth parsing
-_WANTED_FIELDS = {2, 3, 5, 7, 16, 17, 18, 19}
+# history, summary, config, stats, run, exit: the record types worth parsing
+_WANTED_FIELDS = {2, 3, 5, 7, 17, 18}
+_BOOKKEEPING = {1, 16, 19, 200}  # num, control, uuid, _info
 _SPECIAL = {"_step", "_timestamp", "_runtime", "_wandb"}
 
 
@@ -162,24 +163,40 @@ def scan_log(raw: bytes | memoryview, path: str) -> LogScan:
     return out
 
 
-def _first_field(rec: bytes) -> int:
-    """Field number of the first field after `num`, read from the wire without parsing the record.
-
-    Lets the reader skip records it does not use (output, files, telemetry) unparsed.
-    """
-    i = 0
-    n = len(rec)
-    if n and rec[0] == 0x08:  # num: tag 1, varint
-        i = 1
-        while i < n and rec[i] >= 0x80:
-            i += 1
+def _varint(rec: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = rec[i]
         i += 1
-    if i >= n:
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _record_kind(rec: bytes) -> int:
+    """Field number of a Record's record_type, read from the wire without parsing the record.
+
+    Skips `num` (1) and the bookkeeping fields control (16), uuid (19) and _info (200), which may
+    come first. Lets the reader pass over records it does not use (output, files, telemetry).
+    """
+    i, n = 0, len(rec)
+    try:
+        while i < n:
+            tag, i = _varint(rec, i)
+            field, wire = tag >> 3, tag & 7
+            if field not in _BOOKKEEPING:
+                return field
+            if wire == 0:
+                _, i = _varint(rec, i)
+            elif wire == 2:
+                length, i = _varint(rec, i)
+                i += length
+            else:
+                return field
+    except IndexError:
         return 0
-    b = rec[i]
-    if b < 0x80:
-        return b >> 3
-    return ((b & 0x7F) | (rec[i + 1] << 7 if i + 1 < n else 0)) >> 3
+    return 0
 
 
 # ---- records -> run -------------------------------------------------------------------------------
@@ -242,7 +259,7 @@ def read_wandb_file(path: str, *, run_name: str | None = None) -> ImportedRun:
     wanted = _WANTED_FIELDS
     nan = float("nan")
     for rec in scan.records:
-        if _first_field(rec) not in wanted:
+        if _record_kind(rec) not in wanted:
             continue
         try:
             parse(rec)

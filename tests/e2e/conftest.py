@@ -19,17 +19,31 @@ def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
-@pytest.fixture
-def tiny_config(tmp_path: Path, archive: str):
-    """Factory of small TrainConfigs recording into `archive` (keyword overrides win)."""
-    pytest.importorskip("torch")
+def tiny_train_config(archive: str, checkpoint_dir: str, **overrides):
+    """A small TrainConfig recording into `archive` (keyword overrides win)."""
     from trainer_hooks.reference.train import TrainConfig
 
-    def make(**overrides):
-        base = dict(
-            archive=archive, n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16,
-            num_chunks=6, steps=16, warmup_steps=2, log_every=1000, checkpoint_dir=str(tmp_path / "checkpoints"),
-        )
-        return TrainConfig(**{**base, **overrides})
+    base = dict(
+        archive=archive, n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16,
+        num_chunks=6, steps=16, warmup_steps=2, log_every=1000, checkpoint_dir=checkpoint_dir,
+    )
+    return TrainConfig(**{**base, **overrides})
 
-    return make
+
+@pytest.fixture(scope="session")
+def make_tiny_config():
+    """`tiny_train_config` itself, for module-scoped fixtures that pick their own folders."""
+    pytest.importorskip("torch")
+    return tiny_train_config
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, archive: str, make_tiny_config):
+    """Factory of tiny TrainConfigs for this test's archive."""
+    return lambda **overrides: make_tiny_config(archive, str(tmp_path / "checkpoints"), **overrides)
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by the tests of one module (for a run several tests read)."""
+    return tmp_path_factory.mktemp("module")

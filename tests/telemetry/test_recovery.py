@@ -182,3 +182,21 @@ def test_old_temp_files_are_removed_only_when_asked(archive, fast):
 def test_recover_on_an_empty_or_missing_archive_does_nothing(tmp_path):
     report = recover(str(tmp_path / "nothing"))
     assert report.converted_batches == 0 and report.segments_written == 0 and not report.problems
+
+
+def test_a_dead_local_writer_is_recovered_at_once_without_waiting_for_its_heartbeat(archive, rd):
+    # flush interval 0.05 s, but give the heartbeat a long life: only the pid check can call it dead
+    code = textwrap.dedent(f"""
+        import os
+        from telemetry.writer import Writer, WriterConfig
+        w = Writer({archive!r}, "gone", writer_config=WriterConfig(flush_interval_s=30, segment_interval_s=3600))
+        for i in range(10):
+            w.metric(i, "loss", float(i))
+        assert w.flush(10)
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert _staged(archive)
+    report = recover(archive)
+    assert report.converted_batches > 0 and report.attempts_marked_crashed == 1
+    assert sorted(r["step"] for r in rd.table(archive, "metrics").to_pylist()) == list(range(10))

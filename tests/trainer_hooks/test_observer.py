@@ -232,3 +232,52 @@ def test_observer_config_refuses_bad_values_with_clear_messages():
         trainer_hooks.ObserverConfig(master_weights_dtype="fp33")
     with pytest.raises(TypeError):
         trainer_hooks.ObserverConfig(not_an_option=1)
+
+
+def test_an_exception_in_the_with_block_ends_the_attempt_as_crashed(archive):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(RuntimeError, match="boom"):
+        with trainer_hooks.attach(model, opt, run="crash", archive=archive, sample_gpu=False) as obs:
+            x, y = batch(0)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            obs.record_loss(1.0)
+            opt.step()
+            raise RuntimeError("boom")
+    statuses = [r["end_status"] for r in read_table(archive, "attempts") if r["end_status"]]
+    assert statuses == ["crashed"]
+    assert metric_series(archive, "loss") == {0: 1.0}  # the finished step was still written
+    assert opt._optimizer_step_post_hooks == {}  # hooks removed: the optimizer is as it was
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_capture_matches_the_loop_without_syncing(archive):
+    dev = torch.device("cuda")
+    model = tiny_model().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    obs = trainer_hooks.attach(model, opt, run="cuda", archive=archive, sample_gpu=False)
+    losses, norms = [], []
+    data = [tuple(t.to(dev) for t in batch(step)) for step in range(10)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in data:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+            obs.record_loss(loss, tokens=4)
+            obs.log({"gpu_scalar": loss.detach() * 2})
+            losses.append(loss.detach())
+            opt.step()
+            opt.zero_grad()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    obs.close()
+    assert obs._errors == {}
+    loss, gn, twice = metric_series(archive, "loss"), metric_series(archive, "grad_norm"), metric_series(archive, "gpu_scalar")
+    for s in range(10):
+        assert loss[s] == pytest.approx(losses[s].item(), rel=1e-6)
+        assert gn[s] == pytest.approx(norms[s].item(), rel=1e-5)
+        assert twice[s] == pytest.approx(2 * losses[s].item(), rel=1e-6)
+    assert metric_series(archive, "mem_allocated_bytes")[9] > 0

@@ -236,3 +236,19 @@ def test_cli_exposes_every_config_field_and_rejects_bad_values(capsys):
     assert (args.dp, args.poison_chunk, args.shuffle, args.resume_from) == (2, 3, False, None)
     assert main(["--tp", "3"]) == 2
     assert "tp must be 1 or 2" in capsys.readouterr().err
+
+
+def test_demo_plan_puts_the_corrupted_chunk_between_the_resume_checkpoint_and_the_crash(tmp_path):
+    from trainer_hooks.reference.demo import plan
+
+    for quick, steps in ((True, 40), (False, 300), (False, 57)):
+        cfg = plan(steps, quick=quick, run="d", archive=str(tmp_path), checkpoint_dir=str(tmp_path / "c"))
+        data = TokenStream(cfg.data_config())
+        resume = cfg.crash_at_step // cfg.checkpoint_every * cfg.checkpoint_every  # last checkpoint before the crash
+        poisoned_steps = [s for s in range(1, steps + 1) if data.chunk_at(s - 1)[0] == cfg.poison_chunk]
+        first_epoch = [s for s in poisoned_steps if s <= resume + data.steps_per_chunk]
+        assert first_epoch and all(resume < s <= cfg.crash_at_step for s in first_epoch)
+        assert cfg.save_without_optimizer_at < resume and cfg.save_without_optimizer_at % cfg.checkpoint_every
+        assert (cfg.dp, cfg.tp) == (2, 1)
+    with pytest.raises(ValueError, match="at least 20"):
+        plan(10, quick=True, run="d", archive=str(tmp_path), checkpoint_dir=str(tmp_path))

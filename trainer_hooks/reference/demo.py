@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trainer_hooks.reference.data import TokenStream
@@ -40,7 +41,8 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
         raise ValueError(f"--steps must be at least 20 for the demo's story to fit, got {steps}")
     shape = (dict(n_layer=2, n_head=2, d_model=64, seq_len=32, micro_batch=4, chunk_sequences=16)
              if quick else dict(n_layer=4, n_head=4, d_model=128, seq_len=64, micro_batch=8, chunk_sequences=64))
-    every = max(4, steps // 5)
+    steps_per_chunk = shape["chunk_sequences"] // (2 * shape["micro_batch"])
+    every = max(steps_per_chunk, steps // 5 // steps_per_chunk * steps_per_chunk)  # checkpoints on chunk borders
     # Crash just before the 3rd checkpoint: the most work lost, and (on the full demo) seconds after
     # the corrupted chunk, so attempt 0's records of it are flushed before the kill.
     crash_at = 3 * every - 1
@@ -53,7 +55,7 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
     )
     # Corrupt the chunk read between the last checkpoint and the crash: both attempts read it.
     data = TokenStream(cfg.data_config())
-    poisoned, _ = data.chunk_at(2 * every + 1)  # step N reads batch N - 1; this is step 2*every + 2
+    poisoned, _ = data.chunk_at(2 * every)  # step N reads batch N - 1: the chunk right after checkpoint 2
     return dataclasses.replace(cfg, poison_chunk=poisoned)
 
 
@@ -101,12 +103,10 @@ def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[s
     return "\n".join(lines), found
 
 
-def _index(archive_url: str, crashed_at: float) -> None:
-    from telemetry import WriterConfig, recover
+def _index(archive_url: str) -> None:
+    from telemetry import recover
 
-    # Recovery takes a writer for dead once its heartbeat is 3 flush intervals old; a quick demo
-    # can get here sooner after the simulated crash, so wait out the rest.
-    time.sleep(max(0.0, crashed_at + 3 * WriterConfig().flush_interval_s + 0.5 - time.monotonic()))
+    # The crashed launch's processes are gone, so recovery takes their writers for dead at once.
     recover(archive_url)  # the crashed attempt's staged (write-ahead) data becomes Parquet
     try:
         from telemetry.manifest import write_manifest
@@ -129,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, serve: Callable[..., object] | None = None) -> int:
+    """Train, index, summarise; then `serve(archive, port=..., open_browser=True)` opens the app.
+
+    `serve` comes from the caller (the CLI passes `app.ui.server.serve`): the app is a layer
+    above trainer_hooks, so this module never imports it.
+    """
     args = build_parser().parse_args(argv)
     archive = args.archive or _default_archive()
     run = args.run or "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -154,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.save_without_optimizer_at}), a crash after step {cfg.crash_at_step}, one corrupted data chunk",
           flush=True)
     code = launch(cfg)
-    crashed_at = time.monotonic()
     if code == 0:
         print("flightlog demo: the first launch was meant to crash but finished", file=sys.stderr)
         return 1
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     train_s = time.perf_counter() - t0
 
-    _index(archive, crashed_at)
+    _index(archive)
     text, found = summarize(archive, run, cfg.poison_chunk)
     print(f"\n== flightlog demo summary ({train_s:.0f} s of training) ==\n{text}")
     print(f"\nexplore: flightlog incidents {run} --archive {archive}\n"
@@ -176,14 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print("flightlog demo: flightlog did not point at the corrupted chunk (see the summary above)", file=sys.stderr)
         return 1
-    if args.no_ui:
+    if args.no_ui or serve is None:
         print(f"open the journey app: flightlog ui {archive}")
         return 0
-    try:
-        from app.ui.server import serve  # the app is a layer above: imported only to open it
-    except ImportError:
-        print(f"the journey app is not installed here; with it: flightlog ui {archive}")
-        return 0
+    print(f"\nopening the journey app on http://localhost:{args.port} (Ctrl-C stops it)", flush=True)
     result = serve(archive, port=args.port, open_browser=True)
     return int(result) if isinstance(result, int) else 0
 

@@ -158,9 +158,10 @@ def clip_grad_norm(model: GPT, max_norm: float) -> torch.Tensor:
     params = [p for p in model.parameters() if p.grad is not None]
     if model.tp.size == 1:
         return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    sharded = sum((p.grad.float().pow(2).sum() for p in params if getattr(p, "tensor_parallel", False)), torch.zeros(()))
+    zero = torch.zeros((), device=params[0].device)
+    sharded = sum((p.grad.float().pow(2).sum() for p in params if getattr(p, "tensor_parallel", False)), zero)
     dist.all_reduce(sharded, group=model.tp.group)
-    replicated = sum((p.grad.float().pow(2).sum() for p in params if not getattr(p, "tensor_parallel", False)), torch.zeros(()))
+    replicated = sum((p.grad.float().pow(2).sum() for p in params if not getattr(p, "tensor_parallel", False)), zero)
     total = (sharded + replicated).sqrt()
     if max_norm > 0:
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
@@ -390,7 +391,6 @@ def launch(cfg: TrainConfig, grace_s: float = 10.0) -> int:
     """Run every rank of `cfg` (dp * tp processes) and wait; 0 when all finished, else the first failure's
     exit code (negative: killed by that signal). A single rank runs in this process."""
     if cfg.world_size == 1:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         train(cfg, 0)
         return 0
     ctx = torch.multiprocessing.get_context("spawn")

@@ -1,0 +1,295 @@
+"""Level-of-detail (LOD) tables of `metrics`, and exact curves from them.
+
+A run's LOD file (`metrics_lod/run_id=<id>/lod-<uid>.parquet`) holds, per metric name, per
+rank (rank -1: all ranks together; single ranks only when the run has several) and per bucket
+of `width` steps (bucket k covers steps [k*width, (k+1)*width - 1]): min, max and sum of the
+finite values, count, finite_count, first and last value (by step), and NaN / +Inf / -Inf
+counts, at a few widths (16, 256, 4096 by default). It is built from the run's compact files
+(its "covers", in its footer) over journey-filtered rows, and records the attempt spans the
+filter used: when the spans change (a new attempt), buckets from the first changed span on are
+not used. Any metric file the LOD does not cover (segments written since) is read raw.
+
+`curve_sql` keeps the bucketing of a full scan (curves.bucket_expression) and is exact: an LOD
+bucket is used only when it lies entirely inside one curve bucket (and its parent bucket does
+not), and the raw rows of the finest buckets that straddle a curve-bucket edge are read from
+the covered files. So min, max, counts, first/last and x_lo/x_hi equal a full scan's; the mean
+differs only by floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_schema.layout import join, lod_path, parse_lod_path, parse_path, partition_dir
+from telemetry import curves
+from telemetry.fs import atomic_write_bytes, is_local, list_files
+
+META_KEY = b"flightlog.lod"
+ALL_RANKS = -1
+ROW_GROUP_ROWS = 65_536  # small groups: (width, name) statistics let a curve skip most of them
+
+LOD_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("width", pa.int64()), ("name", pa.string()), ("rank", pa.int32()),
+    ("bucket", pa.int64()), ("step_lo", pa.int64()), ("step_hi", pa.int64()), ("min", pa.float64()),
+    ("max", pa.float64()), ("sum", pa.float64()), ("count", pa.int64()), ("finite_count", pa.int64()),
+    ("first", pa.float64()), ("last", pa.float64()), ("nan_count", pa.int64()), ("posinf_count", pa.int64()),
+    ("neginf_count", pa.int64()),
+])
+
+
+@dataclass(frozen=True, slots=True)
+class LodInfo:
+    """What a LOD file's footer says about it."""
+
+    rel: str
+    run_id: str
+    covers: tuple[str, ...]                 # metric files (relative paths) it summarises
+    spans: dict[int, tuple[int, int]]       # attempt spans of the journey filter it applied
+    widths: tuple[int, ...]
+    ranks: tuple[int, ...]                  # ranks in the covered rows
+    per_rank: bool                          # rows per single rank exist (besides rank -1)
+    created_at: str
+    rows: int
+    local: str | None = None                # where DuckDB reads it (set by the catalog)
+
+
+def info_from_metadata(rel: str, md: pq.FileMetaData, local: str | None = None) -> LodInfo | None:
+    raw = (md.metadata or {}).get(META_KEY)
+    run_id = parse_lod_path(rel)
+    if raw is None or run_id is None:
+        return None
+    try:
+        m = json.loads(raw)
+        return LodInfo(rel, run_id, tuple(m["covers"]), {int(a): (int(s[0]), int(s[1])) for a, s in m["spans"].items()},
+                       tuple(int(w) for w in m["widths"]), tuple(int(r) for r in m["ranks"]), bool(m["per_rank"]),
+                       str(m["created_at"]), md.num_rows, local)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def lod_infos(fs, root: str, rels: Iterable[str]) -> dict[str, LodInfo]:
+    out = {}
+    for rel in rels:
+        try:
+            with fs.open(join(root, rel), "rb") as fh:
+                info = info_from_metadata(rel, pq.ParquetFile(fh).metadata)
+        except Exception:  # noqa: BLE001 - an unreadable LOD file is simply not used
+            continue
+        if info is not None:
+            out[rel] = info
+    return out
+
+
+def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rels: Iterable[str]) -> LodInfo | None:
+    """The newest LOD file whose covered files are all still live (else none: read raw)."""
+    live = set(live_metric_rels)
+    items = infos.values() if isinstance(infos, Mapping) else infos
+    valid = [i for i in items if i.covers and set(i.covers) <= live]
+    return max(valid, key=lambda i: (i.created_at, i.rel), default=None)
+
+
+# ---- build --------------------------------------------------------------------------------------
+
+def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (16, 256, 4096)) -> int:
+    """Build the run's LOD over its live compact metric files; rows written (0: nothing to do)."""
+    from telemetry.compaction import live_filter, read_records
+
+    records = read_records(fs, root, run_id=run_id)
+    files = list_files(fs, root, partition_dir("metrics", run_id))
+    live, _ = live_filter(files, records)
+    covers = sorted(r for r in live if (k := parse_path(r)) is not None and k.kind == "compact")
+    if not covers:
+        return 0
+    tmp = None
+    try:
+        if is_local(fs):
+            local = {r: join(root, r) for r in live}
+        else:  # DuckDB reads local files only: fetch the run's metric files once
+            tmp = tempfile.mkdtemp(prefix="flightlog-lod-")
+            local = {r: os.path.join(tmp, r.replace("/", "__")) for r in live}
+            fs.get([join(root, r) for r in local], list(local.values()))
+        spans = _spans([local[r] for r in sorted(live)])
+        existing = lod_infos(fs, root, [r for r in list_files(fs, root, f"metrics_lod/run_id={run_id}")
+                                        if parse_lod_path(r)])
+        current = choose_lod(existing, live)
+        if current is not None and set(current.covers) == set(covers) and current.spans == spans \
+                and current.widths == tuple(widths):
+            return 0
+        table, ranks = build_lod_table(run_id, [local[r] for r in covers], spans, widths)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"covers": covers, "spans": {str(a): list(s) for a, s in spans.items()}, "widths": list(widths),
+            "ranks": ranks, "per_rank": len(ranks) > 1, "created_at": dt.datetime.now(dt.UTC).isoformat()}
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd",
+                   use_dictionary=["run_id", "name"], column_encoding={
+                       "width": "DELTA_BINARY_PACKED", "rank": "DELTA_BINARY_PACKED", "bucket": "DELTA_BINARY_PACKED",
+                       "step_lo": "DELTA_BINARY_PACKED", "step_hi": "DELTA_BINARY_PACKED"})
+    atomic_write_bytes(fs, join(root, lod_path(run_id, uuid.uuid4().hex[:16])), memoryview(sink.getvalue()))
+    return table.num_rows
+
+
+def _connect():
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _spans(paths: list[str]) -> dict[int, tuple[int, int]]:
+    con = _connect()
+    try:
+        rows = con.execute(f"SELECT attempt, min(step), max(step) FROM {curves.read_parquet_sql(paths)} "
+                           "GROUP BY attempt").fetchall()
+    finally:
+        con.close()
+    return {int(a): (int(lo), int(hi)) for a, lo, hi in rows}
+
+
+def build_lod_table(run_id: str, paths: list[str], spans: Mapping[int, tuple[int, int]],
+                    widths: tuple[int, ...]) -> tuple[pa.Table, list[int]]:
+    """The LOD rows of journey-filtered metric rows in `paths` (all widths), and the ranks seen."""
+    w0 = int(widths[0])
+    fv = "CASE WHEN isfinite(value) THEN value END"
+    con = _connect()
+    try:
+        con.execute(f"""
+CREATE TEMP TABLE base AS
+SELECT name, rank, step // {w0} AS bucket, min(step) AS step_lo, max(step) AS step_hi,
+       min({fv}) AS "min", max({fv}) AS "max", sum({fv}) AS "sum", count(*) AS count, count({fv}) AS finite_count,
+       arg_min(value, step) AS first, arg_max(value, step) AS last,
+       sum(isnan(value)::BIGINT)::BIGINT AS nan_count,
+       sum((value = 'inf'::DOUBLE)::BIGINT)::BIGINT AS posinf_count,
+       sum((value = '-inf'::DOUBLE)::BIGINT)::BIGINT AS neginf_count
+FROM {curves.read_parquet_sql(paths)}
+WHERE step >= 0 AND {curves.journey_predicate(spans)}
+GROUP BY name, rank, step // {w0}""")
+        ranks = [int(r[0]) for r in con.execute("SELECT DISTINCT rank FROM base ORDER BY 1").fetchall()]
+        merge = """min(step_lo) AS step_lo, max(step_hi) AS step_hi, min("min") AS "min", max("max") AS "max",
+       sum("sum") AS "sum", sum(count)::BIGINT AS count, sum(finite_count)::BIGINT AS finite_count,
+       arg_min(first, step_lo) AS first, arg_max(last, step_hi) AS last, sum(nan_count)::BIGINT AS nan_count,
+       sum(posinf_count)::BIGINT AS posinf_count, sum(neginf_count)::BIGINT AS neginf_count"""
+        src = "base" if len(ranks) > 1 else "(SELECT * FROM base WHERE false)"
+        parts = [
+            f"SELECT {w0} AS width, name, {ALL_RANKS} AS rank, bucket, {merge} FROM base GROUP BY name, bucket",
+            f"SELECT {w0} AS width, name, rank, bucket, step_lo, step_hi, \"min\", \"max\", \"sum\", count, "
+            f"finite_count, first, last, nan_count, posinf_count, neginf_count FROM {src}",
+        ]
+        con.execute(f"CREATE TEMP TABLE lvl AS {' UNION ALL '.join(parts)}")
+        for w in widths[1:]:
+            f = int(w) // w0
+            con.execute(f"INSERT INTO lvl SELECT {int(w)}, name, rank, bucket // {f}, {merge} FROM lvl "
+                        f"WHERE width = {w0} GROUP BY name, rank, bucket // {f}")
+        cols = ", ".join(f'"{c}"' if c in ("min", "max", "sum", "first", "last") else c for c in LOD_SCHEMA.names[1:])
+        out = con.execute(f"SELECT {curves.quote_str(run_id)} AS run_id, {cols} FROM lvl "
+                          "ORDER BY width, name, rank, bucket").to_arrow_table()
+    finally:
+        con.close()
+    return out.cast(LOD_SCHEMA), ranks
+
+
+# ---- curves -------------------------------------------------------------------------------------
+
+def usable_rank(info: LodInfo, rank: int | None) -> int | None:
+    """The LOD rank to read for a curve of `rank` (None: all ranks); None when the LOD cannot serve it."""
+    if rank is None:
+        return ALL_RANKS
+    if info.per_rank:
+        return int(rank) if int(rank) in info.ranks else None
+    return ALL_RANKS if info.ranks == (int(rank),) else None
+
+
+def valid_below(info: LodInfo, spans_now: Mapping[int, tuple[int, int]]) -> float:
+    """Steps below this are summarised correctly by the LOD under the journey filter of `spans_now`."""
+    cut = float("inf")
+    for a in set(spans_now) | set(info.spans):
+        now, then = spans_now.get(a), info.spans.get(a)
+        if now != then:
+            cut = min(cut, *(s[0] for s in (now, then) if s is not None))
+    return cut
+
+
+def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, where: list[str], lod_rank: int,
+              name: str, lo: int, hi: int, buckets: int, cut: float, widths: tuple[int, ...]) -> str:
+    """Exact bucket aggregate (same buckets as curves.curve_sql with x="step") from LOD + raw rows.
+
+    `where`: the raw-row predicates (name, rank, journey) for the covered files and the tail."""
+    n = int(hi) - int(lo) + 1
+    lo, hi, b = int(lo), int(hi), int(buckets)
+    top = hi if cut == float("inf") else min(hi, int(cut) - 1)
+
+    def cb(s: str) -> str:
+        return f"((({s}) - {lo}) * {b}) // {n}"
+
+    def inside(start: str, w: int) -> str:
+        end = f"({start} + {w - 1})"
+        return f"({start} >= {max(lo, 0)} AND {end} <= {top} AND {cb(start)} = {cb(end)})"
+
+    level_clauses = []
+    for i, w in enumerate(widths):
+        start = f"bucket * {w}"
+        clause = f"width = {w} AND {inside(start, w)}"
+        if i + 1 < len(widths):
+            pw = widths[i + 1]
+            clause += f" AND NOT {inside(f'(bucket // {pw // w}) * {pw}', pw)}"
+        level_clauses.append(f"({clause})")
+    fv = "CASE WHEN isfinite(value) THEN value END"
+    raw_cols = (f"{cb('step')} AS b, step AS step_lo, step AS step_hi, {fv} AS mn, {fv} AS mx, {fv} AS sm, "
+                f"(isfinite(value))::BIGINT AS fin, value AS first, value AS last, 1 AS cnt, "
+                "isnan(value)::BIGINT AS nan, (value = 'inf'::DOUBLE)::BIGINT AS pinf, "
+                "(value = '-inf'::DOUBLE)::BIGINT AS ninf")
+    cond = " AND ".join([*where, f"step BETWEEN {lo} AND {hi}"])
+    w0 = widths[0]
+    raw = []
+    if covered_src is not None:
+        raw.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} "
+                   f"AND NOT (step >= 0 AND {inside(f'(step // {w0}) * {w0}', w0)})")
+    if tail_src is not None:
+        raw.append(f"SELECT {raw_cols} FROM {tail_src} WHERE {cond}")
+    lod = (f"SELECT {cb('step_lo')} AS b, step_lo, step_hi, \"min\" AS mn, \"max\" AS mx, \"sum\" AS sm, "
+           f"finite_count AS fin, first, last, count AS cnt, nan_count AS nan, posinf_count AS pinf, "
+           f"neginf_count AS ninf FROM {lod_src} WHERE name = {curves.quote_str(name)} AND rank = {int(lod_rank)} "
+           f"AND ({' OR '.join(level_clauses)})")
+    parts = " UNION ALL ".join([lod, *raw])
+    return f"""
+SELECT b AS bucket, min(step_lo) AS x_lo, max(step_hi) AS x_hi, min(mn) AS "min", max(mx) AS "max",
+       sum(sm) / nullif(sum(fin), 0) AS mean, arg_min(first, step_lo) AS first, arg_max(last, step_hi) AS last,
+       sum(cnt)::BIGINT AS count, sum(nan)::BIGINT AS nan_count, sum(pinf)::BIGINT AS posinf_count,
+       sum(ninf)::BIGINT AS neginf_count
+FROM ({parts})
+GROUP BY 1
+ORDER BY 1
+"""
+
+
+def range_sql(*, lod_src: str, tail_src: str | None, covered_src: str | None, where: list[str], lod_rank: int,
+              name: str, cut: float, widths: tuple[int, ...]) -> str:
+    """min/max step of a curve's rows: LOD buckets below `cut`, raw rows for the rest."""
+    w = widths[0]
+    parts = [f"SELECT min(step_lo) AS lo, max(step_hi) AS hi FROM {lod_src} WHERE width = {w} AND "
+             f"name = {curves.quote_str(name)} AND rank = {int(lod_rank)}"
+             + ("" if cut == float("inf") else f" AND (bucket + 1) * {w} <= {int(cut)}")]
+    cond = " AND ".join(where) or "TRUE"
+    if tail_src is not None:
+        parts.append(f"SELECT min(step), max(step) FROM {tail_src} WHERE {cond}")
+    if covered_src is not None:
+        extra = "step < 0" if cut == float("inf") else f"(step < 0 OR step >= {(int(cut) // w) * w})"
+        parts.append(f"SELECT min(step), max(step) FROM {covered_src} WHERE {cond} AND {extra}")
+    return f"SELECT min(lo) AS lo, max(hi) AS hi FROM ({' UNION ALL '.join(parts)})"
+
+
+__all__ = ["ALL_RANKS", "LOD_SCHEMA", "LodInfo", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
+           "rebuild_lod", "usable_rank", "valid_below"]

@@ -1,0 +1,144 @@
+"""Level-of-detail curves: exactly a full scan's buckets, read mostly from the LOD table."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from data_schema import schema, segment_path
+from telemetry import curves, lod
+from telemetry.archive import Archive
+from telemetry.compaction import CompactionConfig, compact
+from telemetry.fs import ensure_root_file, open_fs
+from telemetry.staging import segment_bytes
+
+RUN = "lod-run"
+WIDTHS = (4, 16, 64)
+EXACT = ["bucket", "x_lo", "x_hi", "min", "max", "first", "last", "count", "nan_count", "posinf_count", "neginf_count"]
+
+
+def write_part(root: str, attempt: int, rank: int, seq: int, steps: np.ndarray, rng: np.random.Generator) -> None:
+    """One segment: 'loss' and 'grad_norm' at `steps`, with spikes, NaN and ±Inf."""
+    n = len(steps)
+    rows = []
+    for name in ("loss", "grad_norm"):
+        v = 3.0 + rng.normal(0, 0.1, n)
+        kind = rng.random(n)
+        v[kind < 0.01] = np.nan
+        v[(kind >= 0.01) & (kind < 0.015)] = np.inf
+        v[(kind >= 0.015) & (kind < 0.02)] = -np.inf
+        v[(kind >= 0.02) & (kind < 0.03)] *= 100  # spikes
+        rows.append(pa.table({
+            "run_id": pa.array([RUN] * n), "attempt": pa.array(np.full(n, attempt, np.int32)),
+            "rank": pa.array(np.full(n, rank, np.int32)), "step": pa.array(steps.astype(np.int64)),
+            "name": pa.array([name] * n), "value": pa.array(v),
+            "wall_time": pa.array(1_700_000_000_000_000 + steps * 1000).cast(schema("metrics").field("wall_time").type),
+        }, schema=schema("metrics")))
+    path = os.path.join(root, segment_path("metrics", RUN, attempt, rank, seq))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(segment_bytes(pa.concat_tables(rows)).to_pybytes())
+
+
+def attempt_parts(root: str, attempt: int, lo: int, hi: int, rng: np.random.Generator, seq0: int = 1) -> None:
+    """Steps lo..hi of one attempt: rank 0 logs even steps, rank 1 odd ones, in 3 segments each."""
+    for rank in (0, 1):
+        steps = np.arange(lo + ((rank - lo) % 2), hi + 1, 2)
+        for i, chunk in enumerate(np.array_split(steps, 3)):
+            write_part(root, attempt, rank, seq0 + i, chunk, rng)
+
+
+@pytest.fixture(scope="module")
+def lod_archive(tmp_path_factory) -> str:
+    """Attempts 0 (0..2999) and 1 (2500..5999) compacted with an LOD; then, uncompacted, attempt 1
+    goes on to 6999 and attempt 2 resumes at 6500: a tail the LOD does not cover, and a new span."""
+    root = str(tmp_path_factory.mktemp("lod") / "archive")
+    ensure_root_file(*open_fs(root))
+    rng = np.random.default_rng(7)
+    attempt_parts(root, 0, 0, 2999, rng)
+    attempt_parts(root, 1, 2500, 5999, rng)
+    report = compact(root, RUN, grace_s=3600, config=CompactionConfig(lod_widths=WIDTHS))
+    assert report.lod_files == 1 and not report.problems
+    attempt_parts(root, 1, 6000, 6999, rng, seq0=10)
+    attempt_parts(root, 2, 6500, 7499, rng)
+    return root
+
+
+def full_scan(a: Archive, name: str, *, lo: int | None, hi: int | None, buckets: int, rank: int | None) -> pd.DataFrame:
+    """The curve by the definition: bucket the journey rows (journey_metrics view) straight from raw rows."""
+    where = [f"run_id = {curves.quote_str(RUN)}", f"name = {curves.quote_str(name)}"]
+    if rank is not None:
+        where.append(f"rank = {rank}")
+    points = curves.points_sql("journey_metrics", x="step", where=where)
+    if lo is None or hi is None:
+        r = a.sql(curves.range_sql(points, x="step")).to_pylist()[0]
+        lo = r["lo"] if lo is None else lo
+        hi = r["hi"] if hi is None else hi
+    return a.sql(curves.curve_sql(points, x="step", lo=lo, hi=hi, buckets=buckets)).to_pandas()
+
+
+def assert_same_curve(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    assert len(got) == len(want)
+    got, want = got.reset_index(drop=True), want.reset_index(drop=True)
+    for col in EXACT:
+        pd.testing.assert_series_equal(got[col], want[col], check_dtype=False, check_names=False, obj=col)
+    np.testing.assert_allclose(got["mean"].to_numpy(float), want["mean"].to_numpy(float), rtol=1e-9)
+
+
+def test_lod_curve_equals_a_full_scan_over_many_windows_and_bucket_counts(lod_archive, monkeypatch):
+    used = []
+    real = lod.curve_sql
+    monkeypatch.setattr(lod, "curve_sql", lambda **kw: used.append(kw) or real(**kw))
+    a = Archive(lod_archive)
+    assert RUN in a.snapshot.lod, "the compacted run must have a level-of-detail table"
+    rng = np.random.default_rng(1)
+    cases = [(None, None, b) for b in (1, 7, 50, 333, 2000)]
+    for _ in range(40):
+        lo = int(rng.integers(0, 7500))
+        cases.append((lo, int(rng.integers(lo, 7600)), int(rng.choice([1, 2, 3, 10, 37, 100, 999]))))
+    for lo, hi, buckets in cases:
+        for name in ("loss", "grad_norm"):
+            got = a.curve(RUN, name, buckets=buckets, lo=lo, hi=hi)
+            assert_same_curve(got, full_scan(a, name, lo=lo, hi=hi, buckets=buckets, rank=None))
+    assert len(used) == 2 * len(cases), "every step curve of the run must go through the LOD"
+    assert any(kw["cut"] == 6500 for kw in used), "attempt 2's new span must cut the LOD's validity"
+
+
+def test_per_rank_lod_curve_equals_a_full_scan(lod_archive):
+    a = Archive(lod_archive)
+    for rank in (0, 1):
+        for lo, hi, buckets in ((None, None, 100), (100, 6600, 13), (3, 90, 5)):
+            got = a.curve(RUN, "loss", buckets=buckets, lo=lo, hi=hi, rank=rank)
+            assert_same_curve(got, full_scan(a, "loss", lo=lo, hi=hi, buckets=buckets, rank=rank))
+
+
+def test_lod_keeps_a_single_spike_nan_and_infinities_visible(lod_archive):
+    a = Archive(lod_archive)
+    c = a.curve(RUN, "loss", buckets=3)
+    raw = a.sql(f"SELECT value FROM journey_metrics WHERE run_id = '{RUN}' AND name = 'loss'").column(0).to_numpy()
+    assert c["max"].max() == np.nanmax(raw[np.isfinite(raw)])
+    assert c["nan_count"].sum() == np.isnan(raw).sum()
+    assert c["posinf_count"].sum() == np.isposinf(raw).sum() and c["neginf_count"].sum() == np.isneginf(raw).sum()
+    assert c["count"].sum() == len(raw)
+
+
+def test_metrics_lod_view_answers_sql(lod_archive):
+    a = Archive(lod_archive)
+    rows = a.sql(f"SELECT width, sum(count) AS n FROM metrics_lod WHERE run_id = '{RUN}' AND rank = -1 "
+                 "AND name = 'loss' GROUP BY width ORDER BY width").to_pylist()
+    assert [r["width"] for r in rows] == list(WIDTHS)
+    assert len({r["n"] for r in rows}) == 1  # every level holds every covered point once
+
+
+def test_tokens_and_time_curves_and_non_journey_curves_still_read_raw_rows(lod_archive):
+    a = Archive(lod_archive)
+    everything = a.curve(RUN, "loss", buckets=5, journey=False)
+    total = a.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{RUN}' AND name = 'loss'").to_pylist()[0]["n"]
+    assert everything["count"].sum() == total
+    assert a.curve(RUN, "loss", x="time", buckets=4)["count"].sum() == total - (
+        a.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{RUN}' AND name = 'loss'").to_pylist()[0]["n"]
+        - a.curve(RUN, "loss", buckets=1)["count"].sum())
