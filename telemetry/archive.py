@@ -282,6 +282,9 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
     def resolve_run(self, run: str) -> str:
         """A run's name or id -> its run_id; UnknownRunError (listing known runs) otherwise."""
         run = str(run)
+        # fast path: an id with metric rows in the snapshot (the query below scans every run_id)
+        if any(f.key.run_id == run and f.rows for f in self._snap.files.get("metrics", [])):
+            return run
         known = self._df("SELECT run_id, name FROM runs UNION SELECT DISTINCT run_id, NULL FROM metrics")
         ids = set(known["run_id"])
         if run in ids:
@@ -465,9 +468,21 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         lo_i, hi_i = math.ceil(float(lo)), math.floor(float(hi))
         if hi_i < lo_i or cut <= lo_i or lo_i != float(lo) or hi_i != float(hi):
             return None  # fractional bounds or nothing the LOD covers: the raw scan handles it
-        return self._df(lod.curve_sql(lod_src=lod_src, covered_src=covered_src, tail_src=tail_src, where=where,
-                                      lod_rank=lod_rank, name=name, lo=lo_i, hi=hi_i, buckets=buckets, cut=cut,
-                                      widths=info.widths))
+        plan = lod.plan_curve(lo=lo_i, hi=hi_i, buckets=buckets, cut=cut, widths=info.widths)
+        if plan is None:
+            return None
+        sql = lod.curve_sql(lod_src=lod_src, covered_src=covered_src, tail_src=tail_src, where=where,
+                            lod_rank=lod_rank, name=name, lo=lo_i, hi=hi_i, buckets=buckets, plan=plan,
+                            blocks="_lod_blocks", edges="_lod_edges")
+        cur = self._cursor()  # the plan's tables are registered on this cursor only
+        try:
+            cur.register("_lod_blocks", plan.blocks)
+            cur.register("_lod_edges", plan.edges)
+            return cur.execute(sql).df()
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {exc}") from None
+        finally:
+            cur.close()
 
     def events(
         self,

@@ -304,7 +304,7 @@ class Catalog:
         compacts = [rel for rel, key, _ in candidates if key.kind == "compact"]
         if not compacts:
             return candidates
-        from telemetry.compaction import live_filter, read_records
+        from telemetry.compaction import live_filter, read_records, resolve
 
         try:
             records = read_records(self.fs, self.root, cache=self._records,
@@ -312,8 +312,13 @@ class Catalog:
         except Exception as exc:  # noqa: BLE001 - without records no compact file counts: parts stay live
             snap.problems.append(f"cannot read compaction records: {exc}")
             records = []
-        _, skip = live_filter([rel for rel, _, _ in candidates], records)
+        rels = [rel for rel, _, _ in candidates]
+        _, skip = live_filter(rels, records)
         snap.replaced = sorted(skip)
+        if snap.manifest:
+            # the manifest may still list replaced parts (deleted after the grace period): not live files
+            for rel in skip | resolve(records, set(rels)).replaced:
+                snap.manifest.pop(rel, None)
         return [c for c in candidates if c[0] not in skip]
 
     def _choose_lods(self, lod_candidates: list[tuple[str, Any, int | None]], snap: Snapshot) -> None:

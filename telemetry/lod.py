@@ -4,7 +4,7 @@ A run's LOD file (`metrics_lod/run_id=<id>/lod-<uid>.parquet`) holds, per metric
 rank (rank -1: all ranks together; single ranks only when the run has several) and per bucket
 of `width` steps (bucket k covers steps [k*width, (k+1)*width - 1]): min, max and sum of the
 finite values, count, finite_count, first and last value (by step), and NaN / +Inf / -Inf
-counts, at a few widths (16, 256, 4096 by default). It is built from the run's compact files
+counts, at a few widths (64, 512, 4096 and 32768 by default). It is built from the run's compact files
 (its "covers", in its footer) over journey-filtered rows, and records the attempt spans the
 filter used: when the spans change (a new attempt), buckets from the first changed span on are
 not used. Any metric file the LOD does not cover (segments written since) is read raw.
@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -100,7 +101,7 @@ def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rel
 
 # ---- build --------------------------------------------------------------------------------------
 
-def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (16, 256, 4096)) -> int:
+def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (64, 512, 4096, 32768)) -> int:
     """Build the run's LOD over its live compact metric files; rows written (0: nothing to do)."""
     from telemetry.compaction import live_filter, read_records
 
@@ -194,7 +195,7 @@ GROUP BY name, rank, step // {w0}""")
             con.execute(f"INSERT INTO lvl SELECT {int(w)}, name, rank, bucket // {f}, {merge} FROM lvl "
                         f"WHERE width = {w0} GROUP BY name, rank, bucket // {f}")
         cols = ", ".join(f'"{c}"' if c in ("min", "max", "sum", "first", "last") else c for c in LOD_SCHEMA.names[1:])
-        out = con.execute(f"SELECT {curves.quote_str(run_id)} AS run_id, {cols} FROM lvl "
+        out = con.sql(f"SELECT {curves.quote_str(run_id)} AS run_id, {cols} FROM lvl "
                           "ORDER BY width, name, rank, bucket").to_arrow_table()
     finally:
         con.close()
@@ -213,63 +214,112 @@ def usable_rank(info: LodInfo, rank: int | None) -> int | None:
 
 
 def valid_below(info: LodInfo, spans_now: Mapping[int, tuple[int, int]]) -> float:
-    """Steps below this are summarised correctly by the LOD under the journey filter of `spans_now`."""
+    """Steps below this are summarised correctly by the LOD under the journey filter of `spans_now`:
+    the first step whose coverage by some attempt's span differs from when the LOD was built."""
     cut = float("inf")
     for a in set(spans_now) | set(info.spans):
         now, then = spans_now.get(a), info.spans.get(a)
-        if now != then:
-            cut = min(cut, *(s[0] for s in (now, then) if s is not None))
+        if now == then:
+            continue
+        if now is None or then is None:
+            cut = min(cut, (now or then)[0])  # type: ignore[index]
+        elif now[0] != then[0]:
+            cut = min(cut, now[0], then[0])
+        else:  # same start, another end: only the steps past the shorter end changed
+            cut = min(cut, min(now[1], then[1]) + 1)
     return cut
 
 
-def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, where: list[str], lod_rank: int,
-              name: str, lo: int, hi: int, buckets: int, cut: float, widths: tuple[int, ...]) -> str:
-    """Exact bucket aggregate (same buckets as curves.curve_sql with x="step") from LOD + raw rows.
+@dataclass(frozen=True, slots=True)
+class CurvePlan:
+    """Which LOD blocks and which raw rows make up an exact curve (see `plan_curve`)."""
 
+    blocks: pa.Table      # width, bucket (LOD block), b (the curve bucket it lies in)
+    edges: pa.Table       # step: raw steps of the finest blocks that straddle a curve-bucket edge
+    full_lo: int          # raw rows below this step, and above `full_hi`, are read by range
+    full_hi: int
+
+
+def _ceil_div(a: np.ndarray | int, d: int) -> np.ndarray | int:
+    return -((-a) // d)
+
+
+def plan_curve(*, lo: int, hi: int, buckets: int, cut: float, widths: tuple[int, ...]) -> CurvePlan | None:
+    """Split each curve bucket (curves.bucket_expression's, over [lo, hi]) into whole LOD blocks,
+    coarsest first, plus raw steps: the canonical decomposition, so every step is counted once.
+    None when no whole finest block fits (the raw scan is as cheap)."""
+    n, w0 = hi - lo + 1, widths[0]
+    top = hi if cut == float("inf") else min(hi, int(cut) - 1)
+    full_lo = int(_ceil_div(max(lo, 0), w0) * w0)
+    full_hi = ((top + 1) // w0) * w0 - 1
+    if full_hi < full_lo:
+        return None
+    b = np.arange(buckets, dtype=np.int64)
+    # bucket b holds the steps s with (s - lo) * buckets // n == b
+    starts = lo + _ceil_div(b * n, buckets)
+    ends = lo + _ceil_div((b + 1) * n, buckets) - 1
+    s, e = np.maximum(starts, full_lo), np.minimum(ends, full_hi)
+    keep = e >= s
+    s, e, owner = s[keep], e[keep], b[keep]
+    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for w in sorted(widths, reverse=True):
+        a, z = _ceil_div(s, w) * w, ((e + 1) // w) * w  # whole blocks [a, z)
+        has = z > a
+        count = np.where(has, (z - a) // w, 0)
+        if count.sum():
+            rep = np.repeat(np.arange(len(s)), count)
+            offset = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+            blocks.append((np.full(len(rep), w, np.int64), a[rep] // w + offset, owner[rep]))
+        # what is left: left and right of the whole blocks (or everything when none fit)
+        ls, le = s, np.where(has, a - 1, e)
+        rs, re = np.where(has, z, 1), np.where(has, e, 0)
+        s = np.concatenate([ls, rs])
+        e = np.concatenate([le, re])
+        owner = np.concatenate([owner, owner])
+        keep = e >= s
+        s, e, owner = s[keep], e[keep], owner[keep]
+    count = e - s + 1
+    edge = np.repeat(s, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+    if blocks:
+        w_, k_, b_ = (np.concatenate(x) for x in zip(*blocks, strict=True))
+    else:
+        w_ = k_ = b_ = np.empty(0, np.int64)
+    return CurvePlan(pa.table({"width": w_, "bucket": k_, "b": b_}), pa.table({"step": edge.astype(np.int64)}),
+                     full_lo, full_hi)
+
+
+def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, where: list[str], lod_rank: int,
+              name: str, lo: int, hi: int, buckets: int, plan: CurvePlan, blocks: str, edges: str) -> str:
+    """Exact bucket aggregate (same buckets as curves.curve_sql with x="step") from LOD blocks and raw
+    rows. `blocks`/`edges`: names under which the caller registered plan.blocks/plan.edges.
     `where`: the raw-row predicates (name, rank, journey) for the covered files and the tail."""
     n = int(hi) - int(lo) + 1
     lo, hi, b = int(lo), int(hi), int(buckets)
-    top = hi if cut == float("inf") else min(hi, int(cut) - 1)
-
-    def cb(s: str) -> str:
-        return f"((({s}) - {lo}) * {b}) // {n}"
-
-    def inside(start: str, w: int) -> str:
-        end = f"({start} + {w - 1})"
-        return f"({start} >= {max(lo, 0)} AND {end} <= {top} AND {cb(start)} = {cb(end)})"
-
-    level_clauses = []
-    for i, w in enumerate(widths):
-        start = f"bucket * {w}"
-        clause = f"width = {w} AND {inside(start, w)}"
-        if i + 1 < len(widths):
-            pw = widths[i + 1]
-            clause += f" AND NOT {inside(f'(bucket // {pw // w}) * {pw}', pw)}"
-        level_clauses.append(f"({clause})")
     fv = "CASE WHEN isfinite(value) THEN value END"
-    raw_cols = (f"{cb('step')} AS b, step AS step_lo, step AS step_hi, {fv} AS mn, {fv} AS mx, {fv} AS sm, "
-                f"(isfinite(value))::BIGINT AS fin, value AS first, value AS last, 1 AS cnt, "
+    raw_cols = (f"((step - {lo}) * {b}) // {n} AS b, step AS step_lo, step AS step_hi, {fv} AS mn, {fv} AS mx, "
+                f"{fv} AS sm, (isfinite(value))::BIGINT AS fin, value AS first, value AS last, 1 AS cnt, "
                 "isnan(value)::BIGINT AS nan, (value = 'inf'::DOUBLE)::BIGINT AS pinf, "
                 "(value = '-inf'::DOUBLE)::BIGINT AS ninf")
-    cond = " AND ".join([*where, f"step BETWEEN {lo} AND {hi}"])
-    w0 = widths[0]
-    raw = []
+    cond = " AND ".join(where) or "TRUE"
+    parts = [f"SELECT s.b, step_lo, step_hi, \"min\" AS mn, \"max\" AS mx, \"sum\" AS sm, finite_count AS fin, "
+             f"first, last, count AS cnt, nan_count AS nan, posinf_count AS pinf, neginf_count AS ninf "
+             f"FROM {lod_src} l JOIN {blocks} s ON l.width = s.width AND l.bucket = s.bucket "
+             f"WHERE l.name = {curves.quote_str(name)} AND l.rank = {int(lod_rank)}"]
     if covered_src is not None:
-        raw.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} "
-                   f"AND NOT (step >= 0 AND {inside(f'(step // {w0}) * {w0}', w0)})")
+        # three narrow reads: sorted files let the two ranges skip row groups; the edges are a semi join
+        for rng in ((lo, plan.full_lo - 1), (plan.full_hi + 1, hi)):
+            if rng[1] >= rng[0]:
+                parts.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} AND step BETWEEN {rng[0]} AND {rng[1]}")
+        if plan.edges.num_rows:
+            parts.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} AND step IN (SELECT step FROM {edges})")
     if tail_src is not None:
-        raw.append(f"SELECT {raw_cols} FROM {tail_src} WHERE {cond}")
-    lod = (f"SELECT {cb('step_lo')} AS b, step_lo, step_hi, \"min\" AS mn, \"max\" AS mx, \"sum\" AS sm, "
-           f"finite_count AS fin, first, last, count AS cnt, nan_count AS nan, posinf_count AS pinf, "
-           f"neginf_count AS ninf FROM {lod_src} WHERE name = {curves.quote_str(name)} AND rank = {int(lod_rank)} "
-           f"AND ({' OR '.join(level_clauses)})")
-    parts = " UNION ALL ".join([lod, *raw])
+        parts.append(f"SELECT {raw_cols} FROM {tail_src} WHERE {cond} AND step BETWEEN {lo} AND {hi}")
     return f"""
 SELECT b AS bucket, min(step_lo) AS x_lo, max(step_hi) AS x_hi, min(mn) AS "min", max(mx) AS "max",
        sum(sm) / nullif(sum(fin), 0) AS mean, arg_min(first, step_lo) AS first, arg_max(last, step_hi) AS last,
        sum(cnt)::BIGINT AS count, sum(nan)::BIGINT AS nan_count, sum(pinf)::BIGINT AS posinf_count,
        sum(ninf)::BIGINT AS neginf_count
-FROM ({parts})
+FROM ({" UNION ALL ".join(parts)})
 GROUP BY 1
 ORDER BY 1
 """
@@ -291,5 +341,5 @@ def range_sql(*, lod_src: str, tail_src: str | None, covered_src: str | None, wh
     return f"SELECT min(lo) AS lo, max(hi) AS hi FROM ({' UNION ALL '.join(parts)})"
 
 
-__all__ = ["ALL_RANKS", "LOD_SCHEMA", "LodInfo", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
+__all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "plan_curve", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
            "rebuild_lod", "usable_rank", "valid_below"]

@@ -7,13 +7,13 @@ on that event (`event.synchronize()` blocks the drainer, never the trainer), rea
 pinned buffer and hands plain floats to a callback. Nothing on the training thread reads
 a device value, so no host-device synchronization is added (guarantee 2).
 
-On CPU there is nothing to wait for: the training thread only keeps references to the
-step's tensors (fresh results such as the loss and the per-parameter grad norms, which the
-loop does not modify afterwards) and the drainer reads them. That keeps the per-step host
-cost at a deque append.
+On CPU there is nothing to wait for and reading a scalar is no sync: `stage` reads the
+step's values right away (about 0.2 µs each) so the tensors are freed at once, and the
+drainer does the rest of the work (metrics rows, NaN and spike checks) off the training
+thread. Keeping thousands of small tensors alive until the drainer runs measured slower.
 
-Values handed over may be a tensor, a list of tensors (per-parameter norms, combined with
-a square root of sums of squares on the drainer), a Python number, or None.
+Values handed over may be a tensor, a list of tensors (per-parameter norms, combined into
+one norm), a Python number, or None.
 """
 
 from __future__ import annotations

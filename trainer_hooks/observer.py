@@ -162,6 +162,7 @@ class Observer:
         self._groups = optimizer.param_groups
         self._params = [p for g in self._groups for p in g["params"]]
         self._n_groups = len(self._groups)
+        self._cat_norm = not self._cuda and sum(p.numel() for p in self._params) <= 1 << 20
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
@@ -240,8 +241,9 @@ class Observer:
     def record_loss(self, loss: Any, tokens: Any = None) -> None:
         """This micro-batch's loss (tensor, float, or an output with `.loss`) and token count.
 
-        Several calls before one optimizer step (gradient accumulation) are averaged. A loss
-        tensor with several elements counts as its mean.
+        Call it before `optimizer.step()` (the step's boundary). Several calls before one step
+        (gradient accumulation) are averaged. A loss tensor with several elements counts as
+        its mean. `tokens`: a Python int (or CPU tensor) of tokens in this micro-batch.
         """
         try:
             if not self._open:
@@ -262,9 +264,15 @@ class Observer:
             self._hook_error("record_loss", exc)
 
     def grad_norm(self, value: Any) -> None:
-        """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value)."""
-        self._gn = value.detach() if isinstance(value, torch.Tensor) else float(value)
-        self._gn_given = True
+        """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value).
+
+        Saves flightlog computing its own; the tensor stays on device (no sync).
+        """
+        try:
+            self._gn = value.detach() if isinstance(value, torch.Tensor) else float(value)
+            self._gn_given = True
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("grad_norm", exc)
 
     def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
         """The data chunk and sample ids of the batch being trained on (kept until changed)."""
@@ -401,8 +409,12 @@ class Observer:
                 self._params = [p for g in self._groups for p in g["params"]]
                 self._n_groups = len(self._groups)
             grads = [p.grad for p in self._params if p.grad is not None]
-            # The per-parameter norms stay on device; CPU: the drainer combines them.
-            self._gn = torch._foreach_norm(grads) if grads else None
+            if not grads:
+                self._gn = None
+            elif self._cat_norm:  # small CPU model: one flat norm beats one op per parameter
+                self._gn = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+            else:  # per-parameter norms stay on device; combined when staged (CUDA) or read (CPU)
+                self._gn = torch._foreach_norm(grads)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("grad_norm", exc)
 
@@ -411,34 +423,34 @@ class Observer:
             self._end_step(skipped=False)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("step_post_hook", exc)
-            self._open, self._step = False, self._step + 1
 
     def _end_step(self, skipped: bool) -> None:
         t = _perf()
-        start = self._t_end if self._t_end is not None else self._t_start
-        scale = None
-        if self.scaler is not None:
-            s = getattr(self.scaler, "_scale", None)
-            if s is not None:
-                scale = float(s) if s.device.type == "cpu" else s  # CPU: read now, update() changes it in place
-        mem = None
-        if self._cuda:
-            mem = (torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device))
-        probe = self._probe.take()
-        gn = None if skipped else self._gn
-        values = (self._loss, gn, scale, probe[0] if probe else None)
-        payload = (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
-                   None if start is None else t - start, self._data_wait, [g["lr"] for g in self._groups],
-                   mem, self._chunk, self._ids, probe[1] if probe else None, skipped, time.time())
-        self._buf.stage(values, payload)
-        if probe is not None and not self._probe_for_good:
-            self._probe.disarm()
-        self._tokens_total += self._tokens
-        self._step += 1
-        self._t_end = t
-        self._open = False
-        self._loss, self._loss_f, self._n_loss, self._tokens = None, 0.0, 0, 0
-        self._gn, self._gn_given = None, False
+        try:
+            start = self._t_end if self._t_end is not None else self._t_start
+            scale = None
+            if self.scaler is not None:
+                s = getattr(self.scaler, "_scale", None)
+                if s is not None:
+                    scale = float(s) if s.device.type == "cpu" else s  # CPU: read now, update() changes it in place
+            mem = None
+            if self._cuda:
+                mem = (torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device))
+            probe = self._probe.take()
+            if probe is not None and not self._probe_for_good:
+                self._probe.disarm()
+            values = (self._loss, None if skipped else self._gn, scale, probe[0] if probe else None)
+            payload = (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
+                       None if start is None else t - start, self._data_wait, [g["lr"] for g in self._groups],
+                       mem, self._chunk, self._ids, probe[1] if probe else None, skipped, time.time())
+            self._buf.stage(values, payload)
+        finally:  # the step ends even when recording it failed
+            self._tokens_total += self._tokens
+            self._step += 1
+            self._t_end = t
+            self._open = False
+            self._loss, self._loss_f, self._n_loss, self._tokens = None, 0.0, 0, 0
+            self._gn, self._gn_given = None, False
         if self._extras:
             self._stage_extras()
 

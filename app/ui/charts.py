@@ -81,8 +81,8 @@ def fmt_count(value: object) -> str:
     if not math.isfinite(v):
         return "—"
     for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:,.2f} {unit}"
+        if abs(v) >= div * 0.9995:  # 999,999 reads 1.00 M, not 1,000.00 k
+            return f"{v / div:,.3g} {unit}"
     return f"{v:,.0f}"
 
 
@@ -186,15 +186,17 @@ def envelope(
     height: int = 240,
     color: str = "#1f77b4",
     x_domain: tuple | None = None,
+    brush: str | None = None,
 ) -> alt.LayerChart:
     """The journey curve: min-max band + mean/last line + NaN/Inf markers (+ incident rules).
 
     `events` (with an `x` column, see `events_on_x`) are drawn as dashed rules coloured by kind.
+    `brush`: name of an x-interval selection on the band (drag to pick a range; the page zooms to it).
     """
     data = curve_frame(curve, line=line, smoothing=smoothing, log=log)
     y_title = metric_title(metric)
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    y_axis = alt.Axis(title=y_title, format=METRIC_FORMATS.get(metric, "~g"))
+    y_axis = alt.Axis(title=y_title, format=METRIC_FORMATS.get(metric, ".4~g"))
     x_scale = alt.Scale(zero=False, nice=False, domain=list(x_domain)) if x_domain else None
     x_enc = _x_encoding(x, scale=x_scale)
     base = alt.Chart(data)
@@ -209,6 +211,8 @@ def envelope(
     band = base.mark_area(opacity=BAND_OPACITY, color=color, interpolate="step-after").encode(
         x=x_enc, y=alt.Y("lo:Q", scale=y_scale, axis=y_axis), y2=alt.Y2("hi:Q"), tooltip=tooltip,
     ).properties(name="band")
+    if brush:
+        band = band.add_params(alt.selection_interval(name=brush, encodings=["x"]))
     # the line's stroke is thin so the band's extremes stay visible around it
     mean_line = base.mark_line(color=color, strokeWidth=1.4).encode(
         x=x_enc, y=alt.Y("line:Q", scale=y_scale, axis=y_axis), tooltip=tooltip,
@@ -227,8 +231,16 @@ def envelope(
     layers: list[alt.Chart] = [band, mean_line, nf_rule, nf_mark]
     if events is not None and not events.empty:
         layers.append(incident_rules(events, x=x, x_scale=x_scale))
-    chart = alt.layer(*layers).properties(height=height, title=title or y_title)
+    chart = alt.layer(*layers).properties(height=height, title=alt.TitleParams(title or y_title, anchor="start"),
+                                          padding={"top": 8, "left": 4, "right": 8, "bottom": 4})
     return chart.resolve_scale(color="independent")
+
+
+def events_legend_html(kinds: list[str]) -> str:
+    """The event colours of the journey charts as one line of HTML (shared by all charts on a page)."""
+    parts = [f'<span style="color:{INCIDENT_COLORS.get(k, "#333333")};white-space:nowrap">&#9474;&#8202;{k}</span>'
+             for k in kinds]
+    return '<span style="font-size:0.85rem">events (dashed, hover for details): ' + " &nbsp; ".join(parts) + "</span>"
 
 
 def incident_rules(events: pd.DataFrame, *, x: str = "step", x_scale: alt.Scale | None = None) -> alt.Chart:
@@ -245,7 +257,7 @@ def incident_rules(events: pd.DataFrame, *, x: str = "step", x_scale: alt.Scale 
     tooltip += [alt.Tooltip(f"{c}:Q") for c in ("attempt", "rank", "data_chunk") if c in data]
     return alt.Chart(data).mark_rule(strokeDash=[4, 3], strokeWidth=1.5).encode(
         x=_x_encoding(x, scale=x_scale),
-        color=alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=colors), legend=alt.Legend(title="event")),
+        color=alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=colors), legend=None),  # one legend for the page: events_legend_html
         tooltip=tooltip,
     ).properties(name="incidents")
 
@@ -275,9 +287,9 @@ def lineage_chart(curves: pd.DataFrame, lineage: pd.DataFrame, *, metric: str = 
         for col in ("min", "max", "mean"):
             data[col] = data[col].where(data[col] > 0)
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, "~g"))
+    y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, ".4~g"))
     x_enc = _x_encoding("step", field="x_lo")
-    color = alt.Color("attempt:N", legend=alt.Legend(title="attempt"))
+    color = alt.Color("attempt:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(title="attempt"))
     band = alt.Chart(data).mark_area(opacity=0.15).encode(
         x=x_enc, y=alt.Y("min:Q", scale=y_scale, axis=y_axis), y2="max:Q", color=color, detail="branch:N")
     lines = alt.Chart(data).mark_line(strokeWidth=1.5).encode(
@@ -309,9 +321,9 @@ def compare_chart(curves: Mapping[str, pd.DataFrame], *, metric: str, x: str = "
             frames.append(f.assign(run=run))
     data = pd.concat(frames, ignore_index=True) if frames else curve_frame(pd.DataFrame()).assign(run="")
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, "~g"))
+    y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, ".4~g"))
     x_enc = _x_encoding(x)
-    color = alt.Color("run:N", legend=alt.Legend(title="run", orient="bottom"))
+    color = alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(title="run", orient="bottom"))
     band = alt.Chart(data).mark_area(opacity=0.18).encode(
         x=x_enc, y=alt.Y("lo:Q", scale=y_scale, axis=y_axis), y2="hi:Q", color=color)
     line = alt.Chart(data).mark_line(strokeWidth=1.5).encode(
@@ -358,28 +370,26 @@ def with_bucket_ends(df: pd.DataFrame, start: str, end: str, *, by: str = "rank"
 
 
 def heatmap(df: pd.DataFrame, *, x: str, value_title: str, stragglers: list[int] | None = None,
-            height: int | None = None, value_format: str = ".3g") -> alt.LayerChart:
-    """Rank x bucket rectangles coloured by the value (x: "step" or "time"); straggler ranks outlined."""
+            height: int | None = None, value_format: str = ".3g") -> alt.Chart:
+    """Rank x bucket rectangles coloured by the value (x: "step" or "time"); straggler ranks labelled on the axis."""
     data = df.copy()
     data["rank"] = data["rank"].astype(int)
-    n_ranks = max(1, data["rank"].nunique())
+    slow = {int(r) for r in stragglers or []}
+    data["rank_label"] = [f"{r} (straggler)" if r in slow else str(r) for r in data["rank"]]
+    order = [f"{r} (straggler)" if r in slow else str(r) for r in sorted(data["rank"].unique())]
+    n_ranks = max(1, len(order))
     x_kind = "temporal" if x == "time" else "quantitative"
     x_enc = alt.X("x0", type=x_kind, title=X_TITLES[x], scale=alt.Scale(nice=False, zero=False),
                   axis=alt.Axis(format=X_FORMATS[x]) if x in X_FORMATS else alt.Axis())
-    y_enc = alt.Y("rank:O", title="rank", sort="ascending")
-    rect = alt.Chart(data).mark_rect().encode(
+    y_enc = alt.Y("rank_label:O", title="rank", sort=order, axis=alt.Axis(
+        labelColor=alt.ExprRef(f"indexof(datum.value, 'straggler') >= 0 ? '{NONFINITE_COLOR}' : 'gray'")))
+    return alt.Chart(data).mark_rect().encode(
         x=x_enc, x2="x1", y=y_enc,
         color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme="viridis")),
         tooltip=[alt.Tooltip("rank:O"), alt.Tooltip("x0", type=x_kind, title="from"),
                  alt.Tooltip("x1", type=x_kind, title="to"),
                  alt.Tooltip("value:Q", title=value_title, format=value_format)],
-    )
-    layers: list[alt.Chart] = [rect]
-    if stragglers:
-        marks = pd.DataFrame({"rank": sorted(int(r) for r in stragglers), "label": "straggler"})
-        layers.append(alt.Chart(marks).mark_text(align="left", dx=4, color=NONFINITE_COLOR, fontWeight="bold").encode(
-            y=y_enc, x=alt.value(0), text="label:N"))
-    return alt.layer(*layers).properties(height=height or min(420, 40 + 28 * n_ranks))
+    ).properties(height=height or min(420, max(120, 30 * n_ranks)))
 
 
 # -- checkpoints, data, evals ------------------------------------------------------------------
@@ -434,7 +444,8 @@ def evals_chart(evals: pd.DataFrame, *, height: int = 300) -> alt.LayerChart:
     data = data.dropna(subset=["x"]).sort_values(["series", "x"])
     x_enc = alt.X("x:Q", title="tokens seen" if use_tokens else "step",
                   axis=alt.Axis(format="~s" if use_tokens else ",d"))
-    color = alt.Color("series:N", legend=alt.Legend(title="benchmark / metric", orient="bottom"))
+    color = alt.Color("series:N", scale=alt.Scale(scheme="tableau10"),
+                      legend=alt.Legend(title="benchmark / metric", orient="bottom"))
     band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x_enc, y=alt.Y("lo:Q", title="score"), y2="hi:Q",
                                                           color=color)
     line = alt.Chart(data).mark_line(point=True).encode(

@@ -17,6 +17,8 @@ from telemetry.errors import ArchiveError
 HERE = Path(__file__).parent
 
 st.set_page_config(page_title="flightlog", page_icon=":material/flight_takeoff:", layout="wide")
+# a laptop screen (1440x900) shows the first charts without scrolling: less empty space above the title
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:2rem}</style>")
 
 pages = {url: st.Page(str(HERE / path), title=title, url_path=url, icon=icon, default=(url == "runs"))
          for path, title, url, icon in state.PAGES}

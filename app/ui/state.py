@@ -26,13 +26,13 @@ REFRESH_EVERY_S = 15.0  # re-scan the archive at most this often (live runs add 
 
 # (file under app/ui/, title, url path, icon): the order of the navigation.
 PAGES: tuple[tuple[str, str, str, str], ...] = (
-    ("pages/runs.py", "Runs", "runs", ":material/list:"),
-    ("pages/journey.py", "Journey", "journey", ":material/show_chart:"),
-    ("pages/incidents.py", "Incidents", "incidents", ":material/warning:"),
-    ("pages/ranks.py", "Ranks & GPUs", "ranks", ":material/memory:"),
-    ("pages/checkpoints.py", "Checkpoints & data", "checkpoints", ":material/save:"),
-    ("pages/compare.py", "Compare", "compare", ":material/compare_arrows:"),
-    ("pages/sql.py", "SQL", "sql", ":material/terminal:"),
+    ("views/runs.py", "Runs", "runs", ":material/list:"),
+    ("views/journey.py", "Journey", "journey", ":material/show_chart:"),
+    ("views/incidents.py", "Incidents", "incidents", ":material/warning:"),
+    ("views/ranks.py", "Ranks & GPUs", "ranks", ":material/memory:"),
+    ("views/checkpoints.py", "Checkpoints & data", "checkpoints", ":material/save:"),
+    ("views/compare.py", "Compare", "compare", ":material/compare_arrows:"),
+    ("views/sql.py", "SQL", "sql", ":material/terminal:"),
 )
 PAGE_PATHS = {url: path for path, _title, url, _icon in PAGES}
 
@@ -95,6 +95,18 @@ def clamp_range(lo: int | None, hi: int | None, first: int, last: int) -> tuple[
     return (lo, hi) if lo <= hi else (hi, lo)
 
 
+def brushed_range(chart_state: Any, name: str) -> tuple[int, int] | None:
+    """The step range of an Altair x-interval selection `name` in a chart's selection state, if any."""
+    try:
+        picked = chart_state["selection"][name]["x"]
+        lo, hi = float(min(picked)), float(max(picked))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not (lo == lo and hi == hi):  # NaN
+        return None
+    return int(round(lo)), int(round(hi))
+
+
 def page_link_url(page: str, **params: Any) -> str:
     """A relative deep link into a page (`?page=journey&run=...`), usable from any page's URL."""
     from urllib.parse import urlencode
@@ -131,25 +143,25 @@ def forget_archive(url: str) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _cached_call(url: str, version: str, method: str, args: tuple, kwargs: tuple) -> Any:
-    del version  # part of the cache key only: a new segment is a new key
-    return getattr(_open_archive(url), method)(*args, **dict(kwargs))
+def _cached_call(_archive: Any, url: str, version: str, method: str, args: tuple, kwargs: tuple) -> Any:
+    del url, version  # the cache key (an underscored argument is not hashed): a new segment is a new key
+    return getattr(_archive, method)(*args, **dict(kwargs))
 
 
 def query(archive: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """`archive.<method>(*args, **kwargs)`, cached per (archive URL, archive version, arguments)."""
-    return _cached_call(archive.url, archive.version, method, tuple(args), tuple(sorted(kwargs.items())))
+    return _cached_call(archive, archive.url, archive.version, method, tuple(args), tuple(sorted(kwargs.items())))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _cached_sql(url: str, version: str, sql: str, params: tuple) -> pd.DataFrame:
-    del version
-    return _open_archive(url).sql(sql, list(params) or None).to_pandas()
+def _cached_sql(_archive: Any, url: str, version: str, sql: str, params: tuple) -> pd.DataFrame:
+    del url, version
+    return _archive.sql(sql, list(params) or None).to_pandas()
 
 
 def sql_df(archive: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
     """A trusted query of the app itself (not the console), as a DataFrame, cached per archive version."""
-    return _cached_sql(archive.url, archive.version, sql, tuple(params))
+    return _cached_sql(archive, archive.url, archive.version, sql, tuple(params))
 
 
 @st.cache_resource(max_entries=16)
@@ -179,6 +191,15 @@ SELECT attempt, (step - {lo}) * {int(buckets)} // {width} AS bucket, min(step) A
        count(*) FILTER (WHERE NOT isfinite(value)) AS nonfinite
 FROM metrics WHERE run_id = ? AND name = ?
 GROUP BY attempt, bucket ORDER BY attempt, bucket""", (run_id, name))
+
+
+def step_spans(archive: Any, run_id: str) -> dict[int, tuple[int, int]]:
+    """{attempt: (first step, last step)} of a run's metrics: footer statistics when the archive has
+    them (Archive.attempt_spans, no scan), else the lineage query."""
+    if hasattr(archive, "attempt_spans"):
+        return {int(a): (int(lo), int(hi)) for a, (lo, hi) in query(archive, "attempt_spans", run_id).items()}
+    lineage = query(archive, "attempt_lineage", run_id).dropna(subset=["first_step", "last_step"])
+    return {int(r.attempt): (int(r.first_step), int(r.last_step)) for r in lineage.itertuples()}
 
 
 def step_time_heatmap(archive: Any, run_id: str, *, buckets: int = 120) -> pd.DataFrame:

@@ -140,16 +140,15 @@ def test_lineage_frame_marks_steps_rerun_by_a_later_attempt_as_abandoned():
     assert [_mark(layer) for layer in spec["layer"]] == ["area", "line", "rule"]
 
 
-def test_heatmap_is_rank_by_bucket_rects():
+def test_heatmap_is_rank_by_bucket_rects_with_stragglers_labelled():
     df = pd.DataFrame({"rank": [0, 0, 1, 1], "bucket": [0, 1, 0, 1], "x_lo": [0, 50, 0, 50], "x_hi": [49, 99, 49, 99],
                        "value": [0.5, 0.5, 0.65, 0.7]})
     spec = charts.heatmap(charts.with_bucket_ends(df, "x_lo", "x_hi"), x="step", value_title="step time (s)",
                           stragglers=[1]).to_dict()
-    rect = spec["layer"][0]
-    assert _mark(rect) == "rect" and rect["encoding"]["y"]["field"] == "rank"
-    rows = spec["datasets"][rect["data"]["name"]]
+    assert spec["mark"]["type"] == "rect" and spec["encoding"]["y"]["title"] == "rank"
+    rows = spec["datasets"][spec["data"]["name"]]
     assert [(r["x0"], r["x1"]) for r in rows if r["rank"] == 0] == [(0, 50), (50, 99)]
-    assert _mark(spec["layer"][1]) == "text"
+    assert {r["rank_label"] for r in rows} == {"0", "1 (straggler)"}
 
 
 def test_evals_chart_has_a_line_per_benchmark_and_a_stderr_band():
@@ -175,3 +174,5 @@ def test_metric_titles_carry_units():
     assert charts.metric_title("mem_allocated_bytes") == "mem allocated (bytes)"
     assert charts.metric_title("tokens_per_s") == "throughput (tokens/s)"
     assert charts.fmt_count(2_048_000) == "2.05 M" and charts.fmt_count(None) == "—"
+    assert charts.fmt_count(999_999) == "1 M" and charts.fmt_count(1_048_576_000_000) == "1.05 T"
+    assert charts.fmt_count(499) == "499"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
@@ -19,21 +18,24 @@ from app.ui import state
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "ui" / "main.py"
 PAGES = [path for path, *_ in state.PAGES]
+URLS = {path: url for path, _title, url, _icon in state.PAGES}
 
 
 @pytest.fixture
 def open_app(fixture_archive, monkeypatch):
-    """open_app(page=None, archive=None, **query_params) -> AppTest after its first run."""
+    """open_app(page_file=None, archive=None, **query_params) -> AppTest after its first run.
+
+    The page is opened the way a deep link does (`?page=journey`), so main.py (sidebar, archive,
+    run and parameter checks) runs before the page, as in the browser.
+    """
     def make(page_file: str | None = None, archive: str | None = None, **params: str) -> AppTest:
         monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive or fixture_archive)
         at = AppTest.from_file(str(MAIN), default_timeout=60)
+        if page_file:
+            at.query_params["page"] = URLS[page_file]
         for k, v in params.items():
             at.query_params[k] = v
-        at.run()  # the first run registers the pages (st.navigation); then switch
-        if page_file:
-            at.switch_page(page_file)
-            at.run()
-        return at
+        return at.run()
     return make
 
 
@@ -47,6 +49,15 @@ def charts_of(at: AppTest) -> list[dict]:
     return out
 
 
+def chart_title(chart: dict) -> str:
+    title = chart.get("title", "")
+    return title.get("text", "") if isinstance(title, dict) else str(title)
+
+
+def loss_chart(at: AppTest) -> dict:
+    return next(c for c in charts_of(at) if chart_title(c) == "loss (nats/token)")
+
+
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
@@ -56,21 +67,24 @@ def assert_clean(at: AppTest) -> None:
 
 
 # -- every page --------------------------------------------------------------------------------
-EXPECTED_CHARTS = {"pages/runs.py": 0, "pages/journey.py": 5, "pages/incidents.py": 1, "pages/ranks.py": 2,
-                   "pages/checkpoints.py": 3, "pages/compare.py": 1, "pages/sql.py": 0}
+TITLES = {"views/runs.py": "Runs", "views/journey.py": "Journey of llm-demo", "views/incidents.py": "Incidents",
+          "views/ranks.py": "Ranks", "views/checkpoints.py": "Checkpoints", "views/compare.py": "Compare",
+          "views/sql.py": "SQL"}
+EXPECTED_CHARTS = {"views/runs.py": 0, "views/journey.py": 5, "views/incidents.py": 1, "views/ranks.py": 2,
+                   "views/checkpoints.py": 3, "views/compare.py": 1, "views/sql.py": 0}
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_the_demo_run_without_exception(open_app, page):
     at = open_app(page, run="llm-demo")
     assert_clean(at)
-    assert at.title, "every page has a title"
+    assert at.title and at.title[0].value.startswith(TITLES[page]), "the deep link opened the page"
     assert len(at.get("vega_lite_chart")) >= EXPECTED_CHARTS[page]
     assert at.query_params["run"] == ["llm-demo"] or at.query_params["run"] == "llm-demo"
 
 
 def test_runs_page_lists_every_run_with_links_into_the_views(open_app):
-    at = open_app("pages/runs.py")
+    at = open_app("views/runs.py")
     assert_clean(at)
     table = at.dataframe[0].value
     assert set(table["run_id"]) == {"llm-demo", "baseline", "empty-run"}
@@ -83,10 +97,10 @@ def test_runs_page_lists_every_run_with_links_into_the_views(open_app):
 
 
 def test_journey_draws_band_line_nan_markers_and_incidents(open_app):
-    at = open_app("pages/journey.py", run="llm-demo")
+    at = open_app("views/journey.py", run="llm-demo")
     assert_clean(at)
     assert at.title[0].value == "Journey of llm-demo"
-    loss = next(c for c in charts_of(at) if c["title"] == "loss (nats/token)")
+    loss = loss_chart(at)
     marks = [layer["mark"]["type"] for layer in loss["layer"]]
     assert marks == ["area", "line", "rule", "point", "rule"]
     band = loss["frames"][loss["layer"][0]["data"]["name"]]
@@ -97,16 +111,16 @@ def test_journey_draws_band_line_nan_markers_and_incidents(open_app):
     kinds = set(loss["frames"][loss["layer"][4]["data"]["name"]]["kind"])
     assert {"nan", "loss_spike", "restart", "checkpoint_saved", "data_chunk_skipped", "dropped_records"} <= kinds
     assert "NaN" in texts(at.caption)
-    lineage = next(c for c in charts_of(at) if "per attempt" in c["title"])
+    lineage = next(c for c in charts_of(at) if "per attempt" in chart_title(c))
     frame = next(iter(f for f in lineage["frames"].values() if "branch" in f))
     assert set(frame["branch"]) == {"journey", "abandoned"}
 
 
 def test_journey_zoom_from_the_url_requeries_at_full_resolution(open_app):
-    at = open_app("pages/journey.py", run="llm-demo", lo="140", hi="170")
+    at = open_app("views/journey.py", run="llm-demo", lo="140", hi="170")
     assert_clean(at)
     assert [n.value for n in at.number_input] == [140, 170]
-    loss = next(c for c in charts_of(at) if c["title"] == "loss (nats/token)")
+    loss = loss_chart(at)
     band = loss["frames"][loss["layer"][0]["data"]["name"]]
     assert (band["x"].min(), band["x"].max(), len(band)) == (140, 170, 31), "one bucket per step when zoomed in"
     at.number_input(key="zoom_hi").set_value(499).run()
@@ -115,17 +129,28 @@ def test_journey_zoom_from_the_url_requeries_at_full_resolution(open_app):
 
 
 def test_journey_toggles_log_scale_smoothing_and_other_x_axes(open_app):
-    at = open_app("pages/journey.py", run="llm-demo")
+    at = open_app("views/journey.py", run="llm-demo")
     at.toggle(key="journey_log").set_value(True).run()
     at.slider(key="journey_smooth").set_value(10).run()
     assert_clean(at)
-    loss = next(c for c in charts_of(at) if c["title"] == "loss (nats/token)")
+    loss = loss_chart(at)
     assert loss["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
     for x, title in (("tokens", "tokens seen"), ("time", "wall time (UTC)")):
         at.button_group(key="journey_x").set_value(x).run()
         assert_clean(at)
-        loss = next(c for c in charts_of(at) if c["title"] == "loss (nats/token)")
+        loss = loss_chart(at)
         assert loss["layer"][0]["encoding"]["x"]["axis"]["title"] == title
+
+
+def test_journey_zoom_holds_on_the_tokens_and_time_axes(open_app):
+    at = open_app("views/journey.py", run="llm-demo", lo="140", hi="170")
+    for x, lo, hi in (("tokens", 141 * 4096, 171 * 4096), ("time", None, None)):
+        at.button_group(key="journey_x").set_value(x).run()
+        assert_clean(at)
+        band = loss_chart(at)["frames"][loss_chart(at)["layer"][0]["data"]["name"]]
+        assert len(band) > 0
+        if lo is not None:  # tokens: exactly the tokens_seen of steps 140-170 (time spans every rank's clock)
+            assert band["x"].min() >= lo and band["x"].max() <= hi and len(band) == 31
 
 
 @pytest.mark.parametrize("params, says", [
@@ -136,7 +161,7 @@ def test_journey_toggles_log_scale_smoothing_and_other_x_axes(open_app):
     ({"page": "nowhere"}, "ignored page='nowhere'"),
 ])
 def test_malformed_query_params_become_warnings_not_exceptions(open_app, params, says):
-    at = open_app(None, **params) if "page" in params else open_app("pages/journey.py", **params)
+    at = open_app(None, **params) if "page" in params else open_app("views/journey.py", **params)
     assert_clean(at)
     assert says in texts(at.warning)
 
@@ -149,8 +174,8 @@ def test_page_param_deep_link_opens_that_page(open_app):
 
 
 @pytest.mark.parametrize("page, says", [
-    ("pages/journey.py", "no metrics yet"), ("pages/incidents.py", "No events in this run"),
-    ("pages/ranks.py", "the sampler was off"), ("pages/checkpoints.py", "No checkpoints recorded"),
+    ("views/journey.py", "no metrics yet"), ("views/incidents.py", "No events in this run"),
+    ("views/ranks.py", "the sampler was off"), ("views/checkpoints.py", "No checkpoints recorded"),
 ])
 def test_an_empty_run_shows_empty_states_that_say_what_to_do(open_app, page, says):
     at = open_app(page, run="empty-run")
@@ -159,26 +184,27 @@ def test_an_empty_run_shows_empty_states_that_say_what_to_do(open_app, page, say
 
 
 def test_ranks_page_highlights_the_straggler_and_draws_heatmaps(open_app):
-    at = open_app("pages/ranks.py", run="llm-demo")
+    at = open_app("views/ranks.py", run="llm-demo")
     assert_clean(at)
     assert "Straggler rank(s): 1" in texts(at.warning)
     table = at.dataframe[0].value
     table = table.data if hasattr(table, "data") else table  # a Styler
     assert list(table.loc[table["straggler"], "rank"]) == [1]
-    rects = [c for c in charts_of(at) if c["layer"][0]["mark"]["type"] == "rect"]
+    rects = [c for c in charts_of(at) if c.get("mark", {}).get("type") == "rect"]
     assert len(rects) == 2
+    assert all("1 (straggler)" in set(next(iter(c["frames"].values()))["rank_label"]) for c in rects)
     at.slider(key="ranks_margin").set_value(50).run()
     assert "No straggler" in texts(at.success)
 
 
 def test_ranks_page_without_gpu_samples_says_the_sampler_was_off(open_app):
-    at = open_app("pages/ranks.py", run="baseline")
+    at = open_app("views/ranks.py", run="baseline")
     assert_clean(at)
     assert "No GPU samples in this run: the sampler was off" in texts(at.info)
 
 
 def test_checkpoints_page_flags_missing_optimizer_state_and_bf16(open_app):
-    at = open_app("pages/checkpoints.py", run="llm-demo")
+    at = open_app("views/checkpoints.py", run="llm-demo")
     assert_clean(at)
     assert "2 of 3 checkpoints have audit problems" in texts(at.warning)
     table = at.dataframe[0].value
@@ -186,13 +212,13 @@ def test_checkpoints_page_flags_missing_optimizer_state_and_bf16(open_app):
     problems = {int(s): list(p) for s, p in zip(table["step"], table["problems"], strict=True)}
     assert any("optimizer" in p for p in problems[100]) and any("bfloat16" in p for p in problems[200])
     assert problems[400] == []
-    titles = [c.get("title") for c in charts_of(at)]
-    assert {"Data chunks against steps", "Evaluations (band: ± stderr)"} <= {t for t in titles if isinstance(t, str)}
+    titles = {chart_title(c) for c in charts_of(at)}
+    assert {"Data chunks against steps", "Evaluations (band: ± stderr)"} <= titles
     assert len(at.dataframe) >= 2  # checkpoints and memorization
 
 
 def test_incident_drilldown_shows_metrics_around_it_its_chunk_and_the_chunk_history(open_app):
-    at = open_app("pages/incidents.py", run="llm-demo")
+    at = open_app("views/incidents.py", run="llm-demo")
     assert_clean(at)
     events = at.dataframe[0].value
     assert {"nan", "inf", "restart", "loss_spike", "checkpoint_saved", "data_chunk_skipped"} <= set(events["kind"])
@@ -210,7 +236,7 @@ def test_incident_drilldown_shows_metrics_around_it_its_chunk_and_the_chunk_hist
 
 
 def test_compare_overlays_runs_by_tokens(open_app):
-    at = open_app("pages/compare.py", run="llm-demo")
+    at = open_app("views/compare.py", run="llm-demo")
     at.button_group(key="cmp_x").set_value("tokens").run()
     assert_clean(at)
     chart = charts_of(at)[0]
@@ -227,7 +253,7 @@ def test_a_bad_archive_url_shows_a_clear_message_on_every_page(open_app, tmp_pat
 
 
 def test_an_unreachable_http_archive_shows_a_message(open_app):
-    at = open_app("pages/journey.py", archive="http://127.0.0.1:9/archive")
+    at = open_app("views/journey.py", archive="http://127.0.0.1:9/archive")
     assert_clean(at)
     assert "Cannot open" in texts(at.error)
 
@@ -250,7 +276,7 @@ def _run_sql(at: AppTest, sql: str) -> AppTest:
 
 @pytest.mark.parametrize("attack, says", ATTACKS, ids=[a.split()[0] + "-" + str(i) for i, (a, _) in enumerate(ATTACKS)])
 def test_sql_console_refuses_an_attack_clearly_then_keeps_working(open_app, attack, says):
-    at = open_app("pages/sql.py")
+    at = open_app("views/sql.py")
     at.number_input(key="sql_timeout").set_value(1).run()
     _run_sql(at, attack)
     assert_clean(at)
@@ -263,7 +289,7 @@ def test_sql_console_refuses_an_attack_clearly_then_keeps_working(open_app, atta
 
 
 def test_sql_console_charts_and_downloads_a_result(open_app):
-    at = open_app("pages/sql.py", run="llm-demo")
+    at = open_app("views/sql.py", run="llm-demo")
     at.selectbox(key="sql_example").select("Loss every 100 steps (journey)").run()
     assert "llm-demo" in at.text_area(key="sql_text").value
     at.button(key="sql_run").click().run()
@@ -278,7 +304,7 @@ def test_sql_console_charts_and_downloads_a_result(open_app):
 
 
 def test_sql_console_caps_rows_and_says_so(open_app):
-    at = open_app("pages/sql.py")
+    at = open_app("views/sql.py")
     _run_sql(at, "SELECT * FROM range(20000)")
     assert_clean(at)
     assert len(at.dataframe[0].value) == 10_000
@@ -293,6 +319,12 @@ def test_archive_url_comes_from_argv_then_environment_then_default():
     assert state.configured_archive_url([], {}) == state.DEFAULT_ARCHIVE
 
 
+def test_a_brushed_range_on_a_chart_becomes_a_step_range():
+    assert state.brushed_range({"selection": {"zoom": {"x": [120.4, 179.6]}}}, "zoom") == (120, 180)
+    assert state.brushed_range({"selection": {"zoom": {}}}, "zoom") is None
+    assert state.brushed_range(None, "zoom") is None
+
+
 def test_step_range_parsing_drops_bad_values_with_a_note():
     assert (state.parse_step_range("10", "20").lo, state.parse_step_range("10", "20").hi) == (10, 20)
     r = state.parse_step_range("abc", "nan")
@@ -303,13 +335,19 @@ def test_step_range_parsing_drops_bad_values_with_a_note():
     assert state.clamp_range(600, 700, 5, 499) == (499, 499)
 
 
-def test_cached_queries_follow_the_archive_version(fixture_archive):
-    """A cache key holds the archive's version: a new segment means a new result, not a stale one."""
-    from telemetry import Archive
+def test_cached_queries_follow_the_archive_version(fixture_archive, tmp_path):
+    """Results are cached per (URL, archive version): a new run in the archive is a new result, not a stale one."""
+    import shutil
 
-    with Archive(fixture_archive, recover=False) as archive:
-        first = state.query(archive, "runs")
-        assert isinstance(first, pd.DataFrame) and len(first) == 3
-        assert state.query(archive, "runs") is not None
-        key_a = (archive.url, archive.version)
-    assert key_a[1], "the archive exposes a version to key caches on"
+    from telemetry import Archive, Writer
+
+    root = tmp_path / "copy"
+    shutil.copytree(fixture_archive, root)
+    with Archive(str(root), recover=False) as archive:
+        before = archive.version
+        assert len(state.query(archive, "runs")) == 3
+        with Writer(str(root), "late-run") as w:
+            w.metric(0, "loss", 1.0)
+        archive.refresh()
+        assert archive.version != before
+        assert "late-run" in set(state.query(archive, "runs")["run_id"])

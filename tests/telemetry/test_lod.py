@@ -90,9 +90,10 @@ def assert_same_curve(got: pd.DataFrame, want: pd.DataFrame) -> None:
 
 
 def test_lod_curve_equals_a_full_scan_over_many_windows_and_bucket_counts(lod_archive, monkeypatch):
-    used = []
-    real = lod.curve_sql
-    monkeypatch.setattr(lod, "curve_sql", lambda **kw: used.append(kw) or real(**kw))
+    used, cuts = [], set()
+    real_sql, real_plan = lod.curve_sql, lod.plan_curve
+    monkeypatch.setattr(lod, "curve_sql", lambda **kw: used.append(kw) or real_sql(**kw))
+    monkeypatch.setattr(lod, "plan_curve", lambda **kw: cuts.add(kw["cut"]) or real_plan(**kw))
     a = Archive(lod_archive)
     assert RUN in a.snapshot.lod, "the compacted run must have a level-of-detail table"
     rng = np.random.default_rng(1)
@@ -104,8 +105,10 @@ def test_lod_curve_equals_a_full_scan_over_many_windows_and_bucket_counts(lod_ar
         for name in ("loss", "grad_norm"):
             got = a.curve(RUN, name, buckets=buckets, lo=lo, hi=hi)
             assert_same_curve(got, full_scan(a, name, lo=lo, hi=hi, buckets=buckets, rank=None))
-    assert len(used) == 2 * len(cases), "every step curve of the run must go through the LOD"
-    assert any(kw["cut"] == 6500 for kw in used), "attempt 2's new span must cut the LOD's validity"
+    # attempt 1 went on past 5999 after the LOD was built: from step 6000 on the LOD is stale
+    served = sum(1 for lo, _, _ in cases if lo is None or lo < 6000)
+    assert len(used) == 2 * served, "every step curve the LOD can serve must go through it"
+    assert cuts == {6000}, "the changed spans must cut the LOD's validity"
 
 
 def test_per_rank_lod_curve_equals_a_full_scan(lod_archive):
@@ -132,13 +135,51 @@ def test_metrics_lod_view_answers_sql(lod_archive):
                  "AND name = 'loss' GROUP BY width ORDER BY width").to_pylist()
     assert [r["width"] for r in rows] == list(WIDTHS)
     assert len({r["n"] for r in rows}) == 1  # every level holds every covered point once
+    from telemetry.sandbox import SandboxedQuery
+
+    assert SandboxedQuery(a).run("SELECT count(*) AS n FROM metrics_lod").to_pylist()[0]["n"] > 0
 
 
-def test_tokens_and_time_curves_and_non_journey_curves_still_read_raw_rows(lod_archive):
+def test_time_curves_and_non_journey_curves_still_read_raw_rows(lod_archive):
     a = Archive(lod_archive)
-    everything = a.curve(RUN, "loss", buckets=5, journey=False)
-    total = a.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{RUN}' AND name = 'loss'").to_pylist()[0]["n"]
-    assert everything["count"].sum() == total
-    assert a.curve(RUN, "loss", x="time", buckets=4)["count"].sum() == total - (
-        a.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{RUN}' AND name = 'loss'").to_pylist()[0]["n"]
-        - a.curve(RUN, "loss", buckets=1)["count"].sum())
+    n = f"SELECT count(*) AS n FROM {{}} WHERE run_id = '{RUN}' AND name = 'loss'"
+    total = a.sql(n.format("metrics")).to_pylist()[0]["n"]
+    journey = a.sql(n.format("journey_metrics")).to_pylist()[0]["n"]
+    assert journey < total
+    assert a.curve(RUN, "loss", buckets=5, journey=False)["count"].sum() == total
+    assert a.curve(RUN, "loss", x="time", buckets=4)["count"].sum() == journey
+
+
+@pytest.mark.parametrize("lo,hi,buckets,cut", [(0, 99_999, 2000, float("inf")), (17, 50_000, 7, 40_000.0),
+                                               (5, 70, 3, float("inf")), (1000, 1000 + 65_536, 999, 30_000.0)])
+def test_curve_plan_counts_every_step_once_and_never_splits_a_block_across_buckets(lo, hi, buckets, cut):
+    widths = (64, 512, 4096, 32768)
+    plan = lod.plan_curve(lo=lo, hi=hi, buckets=buckets, cut=cut, widths=widths)
+    if plan is None:
+        assert min(hi, cut - 1) - max(lo, 0) < 2 * widths[0]
+        return
+    seen = np.zeros(hi - lo + 1, np.int64)
+    for w, k, b in zip(*(plan.blocks[c].to_numpy() for c in ("width", "bucket", "b")), strict=True):
+        steps = np.arange(k * w, (k + 1) * w)
+        assert set(((steps - lo) * buckets) // (hi - lo + 1)) == {b}
+        assert steps[-1] < cut
+        seen[steps - lo] += 1
+    seen[plan.edges["step"].to_numpy() - lo] += 1
+    seen[: plan.full_lo - lo] += 1
+    seen[plan.full_hi + 1 - lo:] += 1
+    assert (seen == 1).all()
+    assert plan.edges.num_rows <= buckets * widths[0]
+
+
+def test_default_lod_widths_give_the_full_scan_curve(tmp_path):
+    root = str(tmp_path / "archive")
+    ensure_root_file(*open_fs(root))
+    rng = np.random.default_rng(3)
+    attempt_parts(root, 0, 0, 119_999, rng)
+    attempt_parts(root, 1, 100_000, 199_999, rng)
+    assert compact(root, RUN, grace_s=3600).lod_files == 1
+    a = Archive(root)
+    assert a.snapshot.lod[RUN].widths == (64, 512, 4096, 32768)
+    for lo, hi, buckets in ((None, None, 2000), (None, None, 10), (12_345, 187_654, 333), (0, 70_000, 100)):
+        assert_same_curve(a.curve(RUN, "loss", buckets=buckets, lo=lo, hi=hi),
+                          full_scan(a, "loss", lo=lo, hi=hi, buckets=buckets, rank=None))

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import trainer_hooks
-from tests.trainer_hooks.conftest import batch, metric_series, read_table, tiny_model
+from tests.trainer_hooks.conftest import batch, details, metric_series, read_table, tiny_model
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -281,3 +282,64 @@ def test_cuda_capture_matches_the_loop_without_syncing(archive):
         assert gn[s] == pytest.approx(norms[s].item(), rel=1e-5)
         assert twice[s] == pytest.approx(2 * losses[s].item(), rel=1e-6)
     assert metric_series(archive, "mem_allocated_bytes")[9] > 0
+
+
+class _SlowMirror:
+    """A mirror that stalls the drainer thread (think: a hung network logger)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        time.sleep(0.05)
+        self.steps.append(step)
+
+
+def test_a_stalled_drainer_drops_and_counts_steps_instead_of_blocking_the_loop(archive):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mirror = _SlowMirror()
+    obs = trainer_hooks.attach(model, opt, run="stalled", archive=archive, sample_gpu=False, ring_size=4,
+                               mirror=mirror)
+    t0 = time.perf_counter()
+    for step in range(60):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        obs.record_loss(loss)
+        opt.step()
+        opt.zero_grad()
+    loop_s = time.perf_counter() - t0
+    obs.close()
+    assert loop_s < 1.5  # 60 steps x 50 ms of mirror time would be 3 s if the loop waited
+    dropped = obs._buf.dropped
+    assert dropped > 10
+    (e,) = read_table(archive, "events", "kind = 'dropped_records'")
+    assert details(e)["steps"] == dropped
+    assert len(metric_series(archive, "loss")) == 60 - dropped == len(mirror.steps)
+
+
+def test_steps_the_grad_scaler_skips_are_still_steps_marked_skipped(archive):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    obs = trainer_hooks.attach(model, opt, run="skips", archive=archive, sample_gpu=False, scaler=scaler)
+    overflow = {0, 1, 5}
+    for step in range(8):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        if step in overflow:  # what an fp16 overflow looks like: an inf in the scaled gradients
+            model.head.bias.grad[0] = float("inf")
+        obs.record_loss(loss)
+        scaler.step(opt)  # skips optimizer.step(): no step hook fires
+        scaler.update()
+        opt.zero_grad()
+    obs.close()
+    loss, skipped = metric_series(archive, "loss"), metric_series(archive, "step_skipped")
+    assert sorted(loss) == list(range(8))  # every iteration is a step, skipped or not
+    assert sorted(skipped) == sorted(overflow)
+    assert sorted(metric_series(archive, "grad_norm")) == [2, 3, 4, 6, 7]  # no norm for a skipped update
+    scale = metric_series(archive, "loss_scale")
+    assert [scale[s] for s in range(8)] == [1024.0, 512.0, 256.0, 256.0, 256.0, 256.0, 128.0, 128.0]
+    assert read_table(archive, "events", "kind IN ('nan', 'inf', 'hook_error')") == []  # overflow is routine

@@ -13,7 +13,8 @@ if picked is None:
     st.stop()
 archive, run_id = picked
 
-margin_pct = st.slider("Straggler margin (% slower than the median rank)", 1, 100, 10, key="ranks_margin")
+margin_pct = st.columns([1, 2])[0].slider("Straggler margin (% slower than the median rank)", 1, 100, 10,
+                                          key="ranks_margin")
 step_times = state.rank_step_times(archive, run_id)
 summary = charts.find_stragglers(step_times, margin=margin_pct / 100.0)
 gpu = state.system_summary(archive, run_id)
@@ -36,7 +37,10 @@ else:
         bad = bool(row.get("straggler", False))
         return ["background-color: rgba(214, 39, 40, 0.18)" if bad else "" for _ in row]
 
-    st.dataframe(summary.style.apply(_highlight, axis=1), hide_index=True, column_config={
+    order = [c for c in ("rank", "straggler", "slower_pct", "median_step_time_s", "p95_step_time_s", "mean_util_pct",
+                         "mean_power_w", "max_temp_c", "max_mem_gb", "steps", "host", "gpu_uuid") if c in summary]
+    st.dataframe(summary.style.apply(_highlight, axis=1), hide_index=True, column_order=order, column_config={
+        "straggler": st.column_config.CheckboxColumn("straggler"),
         "median_step_time_s": st.column_config.NumberColumn("median step time (s)", format="%.3f"),
         "p95_step_time_s": st.column_config.NumberColumn("p95 step time (s)", format="%.3f"),
         "slower_pct": st.column_config.NumberColumn("slower than median (%)", format="%+.1f"),

@@ -36,7 +36,6 @@ table = shown[["name", "run_id", "status", "steps", "tokens", "attempts", "ranks
                "created_at"]].copy()
 table["name"] = table["name"].fillna(table["run_id"])
 table["journey"] = [state.page_link_url("journey", run=r) for r in table["run_id"]]
-table["incidents_link"] = [state.page_link_url("incidents", run=r) for r in table["run_id"]]
 event = st.dataframe(
     table, hide_index=True, on_select="rerun", selection_mode="single-row", key="runs_table",
     column_config={
@@ -48,7 +47,6 @@ event = st.dataframe(
         "incidents": st.column_config.NumberColumn("incidents", help="NaN/Inf, spikes, OOM, XID, skipped chunks"),
         "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
         "journey": st.column_config.LinkColumn("journey", display_text="open journey"),
-        "incidents_link": st.column_config.LinkColumn("incident list", display_text="open incidents"),
     },
 )
 rows = event.selection.rows if event is not None and hasattr(event, "selection") else []

@@ -42,9 +42,10 @@ if shown.empty:
     st.stop()
 
 columns = [c for c in ("step", "attempt", "rank", "kind", "severity", "message", "data_chunk", "sample_ids", "layer",
-                       "wall_time") if c in shown]
+                       "wall_time") if c in shown and (shown[c].notna().any() or c in ("step", "kind"))]
 selection = st.dataframe(
     shown[columns], hide_index=True, on_select="rerun", selection_mode="single-row", key="inc_table",
+    height=min(36 * (len(shown) + 1) + 4, 250),
     column_config={"step": st.column_config.NumberColumn("step", format="localized"),
                    "data_chunk": st.column_config.NumberColumn("data chunk"),
                    "sample_ids": st.column_config.ListColumn("sample ids"),

@@ -3,6 +3,8 @@ incidents overlaid, zoom that re-queries at full resolution, and the attempts' l
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import streamlit as st
 
@@ -18,21 +20,17 @@ info = runs.loc[run_id]
 name = info["name"] if isinstance(info["name"], str) else run_id
 st.title(f"Journey of {name}")
 
-lineage = state.query(archive, "attempt_lineage", run_id)
-spans = lineage.dropna(subset=["first_step", "last_step"])
-cols = st.columns(6)
-cols[0].metric("status", str(info["status"]))
-cols[1].metric("steps", f"{int(info['steps']):,}" if pd.notna(info["steps"]) else "—")
-cols[2].metric("tokens", charts.fmt_count(info["tokens"]))
-cols[3].metric("attempts", int(info["attempts"]))
-cols[4].metric("ranks", int(info["ranks"]))
-cols[5].metric("incidents", int(info["incidents"]))
-if spans.empty:
+spans = state.step_spans(archive, run_id)  # {attempt: (first, last)} from file footers: no scan
+st.caption(" · ".join([
+    f"**{info['status']}**", f"{charts.fmt_count(info['steps'])} steps", f"{charts.fmt_count(info['tokens'])} tokens",
+    f"{int(info['attempts'])} attempt(s)", f"{int(info['ranks'])} rank(s)", f"{int(info['incidents'])} incident(s)",
+    f"run id `{run_id}`"]))
+if not spans:
     st.info("This run has no metrics yet. If it is training now, its first segment appears after the writer's "
             "segment interval (60 s by default); press *Re-scan the archive* in the sidebar.")
     st.stop()
 
-first, last = int(spans["first_step"].min()), int(spans["last_step"].max())
+first, last = min(lo for lo, _ in spans.values()), max(hi for _, hi in spans.values())
 names = state.query(archive, "metric_names", run_id)
 
 # -- controls ---------------------------------------------------------------------------------
@@ -49,25 +47,32 @@ def _reset_zoom() -> None:
     st.session_state["zoom_lo"], st.session_state["zoom_hi"] = first, last
 
 
+def _zoom_to_brush(chart_key: str) -> None:
+    """A range dragged on a step chart becomes the zoom (re-queried at full resolution)."""
+    picked = state.brushed_range(st.session_state.get(chart_key), "zoom")
+    if picked is not None:
+        st.session_state["zoom_lo"], st.session_state["zoom_hi"] = state.clamp_range(*picked, first, last)
+
+
 default_metrics = [m for m in ("loss", "grad_norm", "lr", "tokens_per_s") if m in names] or names[:4]
-with st.container(border=True):
-    c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-    shown = c1.multiselect("Metrics", names, default=default_metrics, key="journey_metrics",
+c1, c2, c3, c4, c5, c6 = st.columns([2.2, 1.6, 1.6, 0.8, 1, 2], vertical_alignment="bottom")
+x = c1.segmented_control("x axis", ["step", "tokens", "time"], default="step", key="journey_x",
+                         help="step, tokens seen, or wall time (UTC)") or "step"
+lo = c2.number_input("From step", min_value=first, max_value=last, step=1, key="zoom_lo")
+hi = c3.number_input("To step", min_value=first, max_value=last, step=1, key="zoom_hi")
+c4.button("Reset", on_click=_reset_zoom, help=f"show all steps ({first:,}–{last:,})", key="zoom_reset")
+log = c5.toggle("Log y", key="journey_log")
+smoothing = c6.slider("Smoothing", 0, 50, 0, key="journey_smooth",
+                      help="EMA over this many buckets, of the line only: the min-max band stays raw")
+with st.expander("Metrics, line, ranks and events"):
+    e1, e2, e3 = st.columns([4, 1, 1])
+    shown = e1.multiselect("Metrics", names, default=default_metrics, key="journey_metrics",
                            format_func=charts.metric_title)
-    x = c2.segmented_control("x axis", ["step", "tokens", "time"], default="step", key="journey_x",
-                             format_func=lambda v: charts.X_TITLES[v]) or "step"
-    line = c3.segmented_control("Line", ["mean", "last"], default="mean", key="journey_line",
+    line = e2.segmented_control("Line", ["mean", "last"], default="mean", key="journey_line",
                                 help="the band is always the bucket's min-max; the line its mean or last value") or "mean"
     rank_options = ["all ranks"] + [f"rank {r}" for r in range(int(info["ranks"] or 1))]
-    rank_label = c4.selectbox("Ranks", rank_options, key="journey_rank",
+    rank_label = e3.selectbox("Ranks", rank_options, key="journey_rank",
                               help="all ranks: each bucket spans every rank's values")
-    d1, d2, d3, d4, d5 = st.columns([2, 2, 1, 2, 2])
-    lo = d1.number_input("From step", min_value=first, max_value=last, step=1, key="zoom_lo")
-    hi = d2.number_input("To step", min_value=first, max_value=last, step=1, key="zoom_hi")
-    d3.button("Reset zoom", on_click=_reset_zoom, help=f"steps {first:,}–{last:,}")
-    log = d4.toggle("Log scale (y)", key="journey_log")
-    smoothing = d5.slider("Smoothing (buckets)", 0, 50, 0, key="journey_smooth",
-                          help="EMA of the line only; the min-max band stays raw so spikes stay visible")
     overlay = st.multiselect("Events on the charts", list(charts.OVERLAY_KINDS), default=list(charts.OVERLAY_KINDS),
                              key="journey_events")
 lo, hi = (int(lo), int(hi)) if lo <= hi else (int(hi), int(lo))
@@ -78,7 +83,7 @@ else:
     st.query_params.pop("lo", None)
     st.query_params.pop("hi", None)
 rank = None if rank_label == "all ranks" else int(rank_label.split()[1])
-buckets = 1000
+buckets = 600
 
 # -- curves -----------------------------------------------------------------------------------
 if zoomed:
@@ -93,8 +98,11 @@ tokens_curve = state.query(archive, "curve", run_id, "tokens_seen", x="step", bu
 events = charts.events_on_x(events, x, tokens_curve) if not events.empty else events
 if x == "tokens" and "tokens_seen" not in names:
     st.warning("This run logged no `tokens_seen`: showing nothing against tokens. Pick step or time.")
-st.caption(f"Steps {lo:,}–{hi:,} · up to {buckets:,} buckets per chart · band: min–max of each bucket · "
-           "red ▼: buckets holding NaN or ±Inf")
+st.caption(f"Steps {lo:,}–{hi:,} · up to {buckets:,} buckets per chart · band: min–max of each bucket, line: "
+           f"its {line} · red ▼: buckets holding NaN or ±Inf" + (" · drag across a chart to zoom" if x == "step" else ""))
+if not events.empty:
+    kinds_shown = [k for k in charts.INCIDENT_COLORS if k in set(events["kind"])]
+    st.markdown(charts.events_legend_html(kinds_shown), unsafe_allow_html=True)
 
 grid = st.columns(2)
 for i, metric in enumerate(shown):
@@ -103,15 +111,22 @@ for i, metric in enumerate(shown):
         if curve.empty:
             st.info(f"No `{metric}` points in this range.")
             continue
-        chart = charts.envelope(curve, metric=metric, x=x, log=log, smoothing=smoothing, line=line, events=events)
-        st.altair_chart(chart, width="stretch", key=f"journey_chart_{metric}")
+        chart = charts.envelope(curve, metric=metric, x=x, log=log, smoothing=smoothing, line=line, events=events,
+                                brush="zoom" if x == "step" else None)
+        key = f"journey_chart_{metric}_{lo}_{hi}"  # a new zoom is a new chart: the old brush goes away
+        if x == "step":  # drag across a chart to zoom into those steps
+            st.altair_chart(chart, width="stretch", key=key, on_select=functools.partial(_zoom_to_brush, key),
+                            selection_mode="zoom")
+        else:
+            st.altair_chart(chart, width="stretch", key=key)
         n_nan, n_pinf, n_ninf = (int(curve[c].sum()) for c in ("nan_count", "posinf_count", "neginf_count"))
         if n_nan or n_pinf or n_ninf:
             st.caption(f":red[{n_nan:,} NaN · {n_pinf:,} +Inf · {n_ninf:,} −Inf in view]")
 
 # -- attempts ---------------------------------------------------------------------------------
 st.subheader("Attempts")
-if len(lineage) > 1:
+if len(spans) > 1:
+    lineage = state.query(archive, "attempt_lineage", run_id)
     st.caption("The journey stitches attempts together: for each step the latest attempt that reached it wins; "
                "earlier attempts' re-run steps are abandoned branches (dashed).")
     lineage_metric = "loss" if "loss" in names else names[0]
@@ -119,6 +134,8 @@ if len(lineage) > 1:
     st.altair_chart(charts.lineage_chart(per_attempt, lineage, metric=lineage_metric, log=log), width="stretch",
                     key="journey_lineage")
 else:
+    lineage = state.sql_df(archive, "SELECT attempt, started_at, ended_at, end_status, seed, reason FROM attempts "
+                                    "WHERE run_id = ? ORDER BY attempt", (run_id,))
     st.caption("One attempt: the run was never restarted.")
 st.dataframe(lineage, hide_index=True, column_config={
     "first_step": st.column_config.NumberColumn("first step", format="localized"),

@@ -40,7 +40,8 @@ else:
         loss = state.query(archive, "curve", run_id, "loss", buckets=800)
         st.altair_chart(charts.checkpoints_chart(loss, ckpts), width="stretch", key="ckpt_chart")
     cols = [c for c in ("step", "attempt", "tokens_seen", "uri", "bytes", "has_optimizer_state", "weights_dtypes",
-                        "optimizer_dtypes", "data_chunk", "sha256", "problems") if c in ckpts]
+                        "optimizer_dtypes", "data_chunk", "sha256", "problems")
+            if c in ckpts and (c in ("step", "problems") or ckpts[c].notna().any())]
 
     def _highlight(row: pd.Series) -> list[str]:
         return ["background-color: rgba(214, 39, 40, 0.18)" if ckpts.loc[row.name, "audit"] == "problems" else ""
