@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.run_all $(if $(QUICK),--quick)
 
 lint: setup
 	$(BIN)/ruff check data_schema telemetry trainer_hooks app tests bench

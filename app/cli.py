@@ -27,10 +27,17 @@ def _default_archive() -> str:
     return default_archive_url()
 
 
+def _not_a_file(url: str) -> str:
+    """A local path that is a plain file is no archive: say so before any reader trips over it."""
+    if "://" not in url and os.path.isfile(url):
+        raise ArchiveError(f"{url} is a file, not an archive folder: pass the folder that holds flightlog.json")
+    return url
+
+
 def _open(url: str | None):
     from telemetry.archive import open_archive
 
-    return open_archive(url or _default_archive())
+    return open_archive(_not_a_file(url or _default_archive()))
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -126,13 +133,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    import math
+
     from telemetry.sandbox import SandboxedQuery
 
+    if args.max_rows is not None and args.max_rows < 1:
+        raise ArchiveError(f"--max-rows must be a positive number of rows, got {args.max_rows}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ArchiveError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     archive = _open(args.archive)
     # the user's own archive: no time limit unless asked, a generous row cap, still read-only
     sandbox = SandboxedQuery(archive, row_limit=args.max_rows, timeout_s=args.timeout)
-    result = sandbox.run_result(args.query)
-    write_table(result.table, args.format, args.output)
+    try:
+        result = sandbox.run_result(args.query)
+    finally:
+        sandbox.close()  # ends the query process
+    try:
+        write_table(result.table, args.format, args.output)
+    except OSError as exc:
+        raise ArchiveError(f"cannot write --output {args.output}: {exc.strerror or exc}") from None
     if result.truncated:
         print(f"flightlog: warning: output cut at {args.max_rows} rows (raise it with --max-rows N)", file=sys.stderr)
     return EXIT_OK
@@ -143,9 +162,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from telemetry.catalog import Catalog
 
-    url = args.url or _default_archive()
+    url = _not_a_file(args.url or _default_archive())
     Catalog(url).check_exists_and_version()
-    steps = ["recover staged data", "write manifest"]
+    steps = ["recover staged data", "check files", "write manifest"]
     with tqdm(total=len(steps), desc="index", unit="step", file=sys.stderr, disable=args.quiet) as bar:
         try:
             from telemetry.recovery import recover
@@ -158,9 +177,17 @@ def cmd_index(args: argparse.Namespace) -> int:
             from telemetry.manifest import write_manifest
         except ImportError:
             raise ArchiveError("this flightlog cannot write manifests (telemetry.manifest is missing)") from None
+        from telemetry.quarantine import bad_file_lines, check_and_set_aside
+
         bar.set_postfix_str(steps[1])
-        manifest = write_manifest(url)
+        check, moved = check_and_set_aside(url, move=args.quarantine,
+                                           progress=lambda i, n: bar.set_postfix_str(f"{steps[1]} {i}/{n}"))
         bar.update(1)
+        bar.set_postfix_str(steps[2])
+        manifest = write_manifest(url, exclude=set(check.broken_files))
+        bar.update(1)
+    for line in bad_file_lines(check, moved):  # after the bar: a warning never mixes with its redraws
+        print(f"flightlog: warning: {line}", file=sys.stderr)
     if report is not None:
         print(f"recovered: {_describe(report)}")
     files = _count_files(manifest)
@@ -189,10 +216,23 @@ def _count_files(manifest: Any) -> int | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from telemetry.integrity import verify
 
-    url = args.url or _default_archive()
-    report = verify(url)
+    url = _not_a_file(args.url or _default_archive())
+    bars: list = []  # opened at the first file: an archive that does not open shows no bar, only its error
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="verify", unit="file", file=sys.stderr, disable=args.quick))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        report = verify(url, deep=not args.quick, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if report.pending:
@@ -243,6 +283,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         from app.ui.server import serve
     except ImportError as exc:
         raise ArchiveError(f"the journey app is not available in this install ({exc})") from None
+    if not 1 <= args.port <= 65535:
+        raise ArchiveError(f"--port must be a TCP port between 1 and 65535, got {args.port}")
     url = args.archive_url or _default_archive()
     _open(url).close()  # a missing archive is a clear error here, not a blank page
     result = serve(url, port=args.port)
@@ -310,10 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="recover staged data and write the manifest")
     p.add_argument("url", nargs="?", metavar="URL")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quarantine", action="store_true",
+                   help="decode every page and move broken files to _quarantine/ (default: readers skip them)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("verify", help="check every file of the archive (exit 1 on problems)")
     p.add_argument("url", nargs="?", metavar="URL")
+    p.add_argument("--quick", action="store_true", help="check footers only, do not decode every page")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("incidents", help="incidents of a run per data chunk, across attempts and seeds")
@@ -330,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_import import add_import_commands
 
     add_import_commands(sub)
+    from app.cli_checkpoints import add_checkpoints_commands
+    add_checkpoints_commands(sub)
+    from app.cli_publish import add_publish_commands
+    add_publish_commands(sub)
+    from app.cli_compact import add_compact_commands
+    add_compact_commands(sub)
 
     for name, func, text in (("demo", cmd_demo, "record a small demo run (needs torch)"),
                              ("train", cmd_train, "train the reference model with flightlog attached (needs torch)")):

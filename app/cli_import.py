@@ -1,4 +1,4 @@
-"""`flightlog import wandb|tensorboard|mlflow|csv|jsonl ...`: bring runs logged elsewhere into the archive.
+"""`flightlog import wandb|tensorboard|mlflow|csv|jsonl|evals ...`: bring runs logged elsewhere into the archive.
 
 The lead's app/cli.py calls `add_import_commands(subparsers)`; every handler returns an exit
 code, prints one summary line on stdout and lets ArchiveError (ImportSourceError) reach the
@@ -63,9 +63,16 @@ def cmd_import_jsonl(args: argparse.Namespace) -> int:
                                 quiet=args.quiet))
 
 
+def cmd_import_evals(args: argparse.Namespace) -> int:
+    from telemetry.importers.evals import import_evals
+
+    return _report(import_evals(list(args.files), _archive(args), args.run, step=args.step, tokens=args.tokens,
+                                quiet=args.quiet))
+
+
 def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `import` and its five sources on the CLI's subparsers; returns the `import` parser."""
-    parser = subparsers.add_parser("import", help="import runs from W&B, TensorBoard, MLflow, CSV or JSONL",
+    """Register `import` and its sources on the CLI's subparsers; returns the `import` parser."""
+    parser = subparsers.add_parser("import", help="import runs from W&B, TensorBoard, MLflow, CSV or JSONL, or eval scores",
                                    description="Import runs logged elsewhere. Re-importing the same source "
                                                "replaces that run.")
     sources = parser.add_subparsers(dest="source", metavar="SOURCE")
@@ -102,6 +109,19 @@ def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
         p.add_argument("--wall-time-col", metavar="COL", help="wall-time column: Unix seconds/ms or ISO time")
         p.add_argument("--metrics", metavar="A,B", help="metric columns (default: every numeric column)")
         p.set_defaults(func=func)
+
+    p = sources.add_parser("evals", help="benchmark scores of a run's checkpoints: lm-evaluation-harness JSON or CSV",
+                           description="Import lm-evaluation-harness result files (one per checkpoint) or a CSV "
+                                       "(step,benchmark,metric,value[,stderr,n_shot,tokens_seen]) into a run's "
+                                       "evals. Scores of the same (step, benchmark, metric) are replaced.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="results_*.json files of the harness, or a CSV")
+    p.add_argument("--run", required=True, metavar="RUN", help="the run (name or id) the checkpoints belong to")
+    common(p, run_help=None)
+    p.add_argument("--step", type=int, metavar="N", help="the checkpoint's step (one file; default: from a "
+                                                         "checkpoint name such as step1000 or ckpt_100)")
+    p.add_argument("--tokens", type=int, metavar="N", help="tokens seen at that checkpoint (one file; default: "
+                                                           "from the run's recorded checkpoint of that step)")
+    p.set_defaults(func=cmd_import_evals)
     return parser
 
 

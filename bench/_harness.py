@@ -212,3 +212,16 @@ def flightlog_live_bytes(archive: str | os.PathLike, table: str = "metrics") -> 
     files = [r for r in list_files(fs, root, table) if r.endswith(".parquet")]
     live, _ = live_filter(files, read_records(fs, root))
     return sum(os.path.getsize(os.path.join(str(archive), r)) for r in live)
+
+
+# ---- the report's summary table ---------------------------------------------------------------
+
+SUMMARY_PREFIX = "BENCH_SUMMARY "
+
+
+def summary(area: str, measurement: str, flightlog: str, compare: str = "", ok: bool | None = None,
+            peak_rss: int | None = None) -> None:
+    """One row of REPORT.md's summary table (bench.run_all collects these lines from stdout)."""
+    print(SUMMARY_PREFIX + json.dumps({"area": area, "measurement": measurement, "flightlog": flightlog,
+                                       "compare": compare, "verdict": verdict(ok) if ok is not None else "",
+                                       "peak": fmt_bytes(peak_rss) if peak_rss else ""}), flush=True)

@@ -162,6 +162,18 @@ def time_to_interactive(driver, url: str, *, charts: int, timeout: float = 120.0
     raise TimeoutError(f"{url} not interactive within {timeout:.0f} s")
 
 
+def _peak_rss(pid: int) -> int | None:
+    """Peak RSS (VmHWM) of a live process, bytes; None where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1_000_000)
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flightlog-bench-journey-"))
     root = Path(args.keep) if args.keep else tmp / "archive"
     proc = driver = None
+    server_peak: int | None = None
     try:
         t = time.perf_counter()
         if not (root / "metrics").exists():
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         # a browser that never saw the app (no cached JS) against the warm server: the frontend's share
         driver = make_driver(str(tmp / "profile-2"))
         fresh_browser = time_to_interactive(driver, url, charts=4)
+        server_peak = _peak_rss(proc.pid)
     finally:
         if driver is not None:
             driver.quit()
@@ -222,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{disk / 1e6:.1f} MB Parquet; built in {build_s:.1f} s"
           + (f"; compact() + LOD call {compact_s:.1f} s" if compact_s is not None else ", raw segments, no LOD")
           + "), headless Chromium 1440x900\n")
+    from bench._harness import summary
+
+    summary("journey page", f"{args.steps:,}-step × {args.ranks}-rank run in headless Chromium: first visit / "
+            "revisit / zoom", f"{cold:.2f} s / {statistics.median(warm):.2f} s / {statistics.median(zoom):.2f} s",
+            "budget ≤ 3 s", cold <= 3.0 and statistics.median(warm) <= 3.0, server_peak)
+    print(f"Peak RSS of the app server: {server_peak / 2**20:.0f} MiB\n" if server_peak else "")
     print("| measurement | time | budget |")
     print("|---|---|---|")
     print(f"| first visit (new session, archive opened, caches cold) | {cold:.2f} s | ≤ 3 s |")

@@ -48,6 +48,7 @@ from bench._harness import (
     median,
     run_child,
     self_peak_rss,
+    summary,
     tree_bytes,
     verdict,
 )
@@ -472,6 +473,13 @@ def section_log(tmp: Path, quick: bool, timeout: float) -> tuple[str, dict]:
                            "in loop µs, 50", "÷ attach()", "peak RSS"], rows))
     hook5, wandb5 = inloop("hooks", 5), inloop("wandb", 5)
     bare = loop[("hooks", 5)].data.get("bare_us")
+    for n in (5, 50):
+        for tool in ("hooks", "flightlog"):
+            mine = inloop(tool, n)
+            peers = ", ".join(f"{LABEL[p].split()[0]} {fmt_ratio(inloop(p, n) / mine)}" for p in TOOLS[1:]
+                              if mine and mine > 0 and inloop(p, n))
+            summary("host cost per step", f"{LABEL[tool]}, {n} scalars, in a CPU loop (peers: their cost ÷ this)",
+                    f"{fmt_us(mine)} µs", peers, None, loop[(tool, n)].peak_rss)
     lines += [
         "\n`call`: the logging call(s) of one step alone (median over chunks; values prepared beforehand). "
         f"`in loop`: a tiny CPU training loop ({fmt_us(bare)} µs/step bare, 1 thread) with the tool minus the same "
@@ -521,6 +529,23 @@ def section_log(tmp: Path, quick: bool, timeout: float) -> tuple[str, dict]:
                  "MLflow the growth of the SQLite db. `everything written` adds metadata files (and for "
                  "flightlog the runs/attempts/ranks rows, manifest and LOD). The 5 series are mixed (fp32 "
                  "loss/norms, float64 lr and rates); the loss-only budget is checked in the curve section.")
+    for n in (5, 50):
+        fl = res[("flightlog", n)]
+        if not fl.ok:
+            continue
+        fl_rate = fl.data["points"] / (fl.data["log_s"] + fl.data["close_s"])
+        peers, bpp = [], []
+        for tool in TOOLS[1:]:
+            r = res[(tool, n)]
+            if r.ok:
+                peers.append(f"{LABEL[tool].split()[0]} {fmt_rate(r.data['points'] / (r.data['log_s'] + r.data['close_s']))}/s")
+                bpp.append(f"{LABEL[tool].split()[0]} {r.data['data_bytes'] / r.data['points']:.1f}")
+        summary("writer", f"throughput, {n} scalars/step, incl. close", f"{fmt_rate(fl_rate)}/s",
+                ", ".join(peers), None, fl.peak_rss)
+        after = fl.data.get("compact_bytes")
+        summary("writer", f"bytes/point on disk, {n} mixed scalars" + (" (after compaction)" if after else ""),
+                f"{(after or fl.data['data_bytes']) / fl.data['points']:.2f} B", ", ".join(bpp), None,
+                fl.data.get("compact_rss"))
     rates = [(n, res[("flightlog", n)]) for n in (5, 50)]
     lines.append("\n" + md_table(["budget", "measured", "verdict"], [
         [f"writer ≥ 2 M points/s ({n} scalars, `metrics()`, incl. close)",
@@ -589,6 +614,13 @@ def section_curve(tmp: Path, quick: bool, timeout: float) -> str:
         ["MLflow SQLite (both runs, whole db)", f"{d['mlflow_bytes'] / (pts + base):.2f}"],
     ]))
     warm = fl.data.get("warm_s") if fl.ok else None
+    peers = [f"{label.split(' `')[0]}{' ' + label.split(' at ')[1].split(' ')[0] if ' at ' in label else ''} "
+             f"{fmt_s(r.data['open_s'] + r.data['load_s'])} ({r.data['rows']:,} points, {fmt_bytes(r.peak_rss)})"
+             for label, tool, r, _ in loads[2:] if r.ok]
+    summary("curve load", f"{n:,}-step loss curve, cold (new process: open + load)",
+            f"{fmt_s(fl_total)} (2,000 buckets)", "; ".join(peers), None, fl.peak_rss if fl.ok else None)
+    summary("bytes on disk", "loss-like series after compaction", f"{fl_b / pts:.2f} B",
+            f"TensorBoard {d['tb_bytes'] / pts:.1f} B, MLflow {d['mlflow_bytes'] / (pts + base):.0f} B")
     out.append("\n" + md_table(["budget", "measured", "verdict"], [
         ["≤ 4 B/point, loss-like series after compaction", f"{fl_b / pts:.2f} B", verdict(fl_b / pts <= 4)],
         [f"2,000-bucket curve cold ≤ 1 s ({n:,} points here; 10 M in bench_scale)",

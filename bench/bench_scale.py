@@ -44,6 +44,7 @@ from bench._harness import (
     median,
     run_child,
     self_peak_rss,
+    summary,
     tree_bytes,
     verdict,
 )
@@ -228,6 +229,8 @@ def bench_curve(work: Path, sizes: list[int], timeout: float) -> str:
             cold = d["open_s"] + d["curve_s"]
             if n == max(sizes):
                 query_peaks.append(r.peak_rss)
+            summary("curve", f"2,000-bucket curve over {n / 1e6:g} M points, {label}: cold / warm",
+                    f"{fmt_s(cold)} / {fmt_s(d['warm_s'])}", "budget ≤ 1 s / ≤ 100 ms", None, r.peak_rss)
             rows.append([f"{n:,}", label, f"{fmt_s(cold)} (import {fmt_s(d['import_s'])})", fmt_s(r.wall_s),
                          fmt_s(d["warm_s"]), fmt_s(d["window_s"]), fmt_bytes(r.peak_rss),
                          f"{fmt_bytes(disk)} ({disk / n:.2f} B/pt)", extra])
@@ -314,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 M / 10 M points, 50 runs x 10 k steps")
-    ap.add_argument("--only", default="curve,agg")
+    ap.add_argument("--only", default="curve", help="curve, agg or both (the 1,000-run aggregate of the "
+                    "report is bench_cross_run's, which generates its archive much faster)")
     ap.add_argument("--sizes", default=None, help="comma-separated series sizes (default 10M,100M)")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)

@@ -1,8 +1,11 @@
-"""Run every benchmark script in bench/ and gather their Markdown tables into one report.
+"""Run every benchmark script in bench/ and gather their results into one report.
 
-Each script prints its own table to stdout; this runner only sequences them (one process
-each, so one benchmark's memory or threads never skew the next) and writes
-bench/results/RESULTS.md. Usage: `make bench` or `python -m bench.run_all [--quick] [name ...]`.
+Each script prints its own Markdown tables to stdout, plus `BENCH_SUMMARY {json}` lines
+(bench._harness.summary) for the report's summary table; this runner sequences them (one
+process each, so one benchmark's memory or threads never skew the next) and writes
+bench/results/REPORT.md: machine info, one summary table (every comparison with peers and every
+budget with pass/miss and peak memory), then each script's own tables. Usage: `make bench` or
+`python -m bench.run_all [--quick] [name ...]`.
 
 `--quick` (small sizes, minutes instead of an hour) is forwarded to scripts that accept it;
 scripts that do not get the small sizes of QUICK_ARGS instead.
@@ -11,16 +14,20 @@ scripts that do not get the small sizes of QUICK_ARGS instead.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import json
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bench_writer", "bench_curve", "bench_capture", "bench_peers", "bench_scale", "bench_import", "bench_lod",
-         "bench_journey_page"]
+sys.path.insert(0, str(HERE.parent))
+from bench._harness import SUMMARY_PREFIX, machine_note, md_table  # noqa: E402
+
+ORDER = ["bench_writer", "bench_curve", "bench_capture", "bench_peers", "bench_scale", "bench_cross_run",
+         "bench_import", "bench_lod", "bench_journey_page"]
 # Small sizes for scripts without their own --quick.
 QUICK_ARGS = {
     "bench_writer": ["--points", "1000000"],
@@ -30,6 +37,8 @@ QUICK_ARGS = {
     "bench_lod": ["--points", "1000000", "--repeat", "3"],
     "bench_journey_page": ["--steps", "100000"],
 }
+_BUDGET_HEADER = re.compile(r"^\|\s*budget\s*\|\s*measured\s*\|\s*verdict\s*\|", re.I)
+_MEASUREMENT_HEADER = re.compile(r"^\|\s*measurement\s*\|\s*(time|value)\s*\|\s*budget\s*\|", re.I)
 
 
 def script_args(name: str, quick: bool) -> list[str]:
@@ -40,18 +49,72 @@ def script_args(name: str, quick: bool) -> list[str]:
     return QUICK_ARGS.get(name, [])
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def budget_rows(name: str, text: str) -> list[list[str]]:
+    """Rows of the script's budget tables (`| budget | measured | verdict |`, or `| measurement |
+    time | budget |` ones with a budget given), as summary-table rows."""
+    rows, mode = [], None
+    for line in text.splitlines():
+        if _BUDGET_HEADER.match(line):
+            mode = "budget"
+            continue
+        if _MEASUREMENT_HEADER.match(line):
+            mode = "measurement"
+            continue
+        if mode and line.startswith("|"):
+            cells = _cells(line)
+            if set("".join(cells)) <= set("-: ") or len(cells) < 3:
+                continue
+            if mode == "budget":
+                rows.append([name, cells[0], cells[1], "budget", cells[2], ""])
+            elif cells[2] not in ("", "—", "-"):
+                rows.append([name, cells[0], cells[1], cells[2], _check(cells[1], cells[2]), ""])
+        else:
+            mode = None
+    return rows
+
+
+def _seconds(text: str) -> float | None:
+    m = re.search(r"([\d.,]+)\s*(µs|ms|s)\b", text)
+    if not m:
+        return None
+    v = float(m.group(1).replace(",", ""))
+    return v * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+
+def _check(measured: str, budget: str) -> str:
+    """pass/miss of "≤ X" budgets on times (one or two '/'-separated values)."""
+    got = [_seconds(p) for p in measured.split("/")]
+    want = [_seconds(p) for p in budget.split("/")]
+    if not budget.strip().startswith("≤") or None in got or None in want or len(got) != len(want):
+        return ""
+    return "pass" if all(g <= w for g, w in zip(got, want, strict=True)) else "**miss**"  # type: ignore[operator]
+
+
+def split_summary(stdout: str) -> tuple[str, list[list[str]]]:
+    """(the script's text without summary lines, its summary rows)."""
+    keep, rows = [], []
+    for line in stdout.splitlines():
+        if line.startswith(SUMMARY_PREFIX):
+            d = json.loads(line[len(SUMMARY_PREFIX):])
+            rows.append([d["area"], d["measurement"], d["flightlog"], d["compare"], d["verdict"], d["peak"]])
+        else:
+            keep.append(line)
+    return "\n".join(keep), rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     quick = "--quick" in args
     names = [a for a in args if a != "--quick"] or [n for n in ORDER if (HERE / f"{n}.py").exists()]
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    parts = [
-        f"# flightlog benchmarks{' (--quick)' if quick else ''}\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · "
-        f"{platform.processor() or platform.machine()} · {os.cpu_count()} CPUs · load average "
-        f"{os.getloadavg()[0]:.2f} · Python {platform.python_version()}\n"
-    ]
-    failed = 0
+    started = dt.datetime.now(dt.UTC)
+    sections, summary, failed = [], [], []
+    t_all = time.perf_counter()
     for name in names:
         extra = script_args(name, quick)
         print(f"== {name} {' '.join(extra)}".rstrip(), flush=True)
@@ -59,13 +122,28 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *extra], cwd=HERE.parent, capture_output=True,
                               text=True)
         took = time.perf_counter() - t0
-        sys.stdout.write(proc.stdout)
+        text, rows = split_summary(proc.stdout)
+        sys.stdout.write(text + "\n")
         if proc.returncode != 0:
-            failed += 1
+            failed.append(name)
             sys.stderr.write(proc.stderr[-4000:])
-        parts.append(f"## {name} ({took:.0f} s{', FAILED' if proc.returncode else ''})\n\n{proc.stdout.strip()}\n")
-    report = out_dir / "RESULTS.md"
-    report.write_text("\n".join(parts))
+        summary += rows + budget_rows(name, text)
+        sections.append(f"## {name} ({took:.0f} s{', FAILED' if proc.returncode else ''})\n\n{text.strip()}\n")
+    misses = sum(r[4] == "**miss**" for r in summary)
+    passes = sum(r[4] == "pass" for r in summary)
+    head = [
+        f"# flightlog benchmarks{' (--quick: small sizes)' if quick else ''}\n",
+        f"{started:%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()} · {platform.platform()} · "
+        f"{machine_note()} · total {time.perf_counter() - t_all:.0f} s\n",
+        f"Budgets: {passes} pass, {misses} miss" + (f"; scripts failed: {', '.join(failed)}" if failed else "") +
+        ". Timings on a shared machine are noisy; each script's section below has the details.\n",
+        "## Summary\n",
+        md_table(["area", "measurement", "flightlog", "peers / budget", "verdict", "peak RSS"], summary,
+                 "llrrrr"),
+        "",
+    ]
+    report = out_dir / "REPORT.md"
+    report.write_text("\n".join(head + sections))
     print(f"report: {report}")
     return 1 if failed else 0
 

@@ -31,6 +31,10 @@ def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
     if pa.types.is_string(t):
         if not isinstance(value, str):
             raise SchemaError(f"{where} must be a string, got {type(value).__name__} {value!r:.80}")
+        try:
+            value.encode("utf-8")  # lone surrogates cannot be stored (Parquet strings are UTF-8)
+        except UnicodeEncodeError as exc:
+            raise SchemaError(f"{where} is not valid Unicode text ({exc.reason} at {exc.start})") from None
         return value
     if pa.types.is_boolean(t):
         if not isinstance(value, bool):
@@ -40,7 +44,7 @@ def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            elif hasattr(value, "__index__") and not isinstance(value, bool):
+            elif hasattr(value, "__index__") and not isinstance(value, bool) and _is_index(value):
                 value = int(value.__index__())
             else:
                 raise SchemaError(f"{where} must be an integer, got {type(value).__name__} {value!r:.80}")
@@ -49,12 +53,14 @@ def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
             raise SchemaError(f"{where} = {value} is outside the {t} range [{lo}, {hi}]")
         return value
     if pa.types.is_floating(t):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = float(value)  # numpy scalars
-            except (TypeError, ValueError):
-                raise SchemaError(f"{where} must be a number, got {type(value).__name__} {value!r:.80}") from None
-        value = float(value)
+        if isinstance(value, (str, bytes)):  # "1.5" is text, not a number: refused, never guessed
+            raise SchemaError(f"{where} must be a number, got {type(value).__name__} {value!r:.80}")
+        try:
+            value = float(value)  # bools are 0/1; numpy scalars convert
+        except (TypeError, ValueError):
+            raise SchemaError(f"{where} must be a number, got {type(value).__name__} {value!r:.80}") from None
+        except OverflowError:
+            raise SchemaError(f"{where} = {value!r:.40} is too large for a float64") from None
         if math.isnan(value) or math.isinf(value):
             return value  # NaN and ±Inf are data
         return value
@@ -64,7 +70,10 @@ def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
                 raise SchemaError(f"{where} must be timezone-aware (UTC), got a naive datetime")
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+            try:
+                return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+            except (OverflowError, OSError, ValueError):
+                raise SchemaError(f"{where} = {value!r:.40} Unix seconds is outside the years 1-9999") from None
         raise SchemaError(f"{where} must be a datetime or Unix seconds, got {value!r:.80}")
     if pa.types.is_list(t):
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
@@ -72,6 +81,15 @@ def _check_value(table: str, index: int, field: pa.Field, value: Any) -> Any:
         item_field = pa.field(field.name, t.value_type, nullable=True)
         return [_check_value(table, index, item_field, v) for v in value]
     return value
+
+
+def _is_index(value: Any) -> bool:
+    """Whether value.__index__() works (numpy ints do; numpy bools refuse it)."""
+    try:
+        value.__index__()
+    except TypeError:
+        return False
+    return True
 
 
 def validate_rows(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ keeping the latest state per key (raw logs as `runs_log`/`attempts_log`), `journ
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from data_schema import TABLES, schema
 from telemetry import curves
-from telemetry.catalog import Catalog, LiveFile, Snapshot
+from telemetry.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
 from telemetry.errors import ArchiveError, QueryError, UnknownRunError
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
@@ -113,6 +114,48 @@ GROUP BY data_chunk
 """
 
 
+def snapshot_spans(files: Sequence[LiveFile]) -> dict[str, dict[int, tuple[int, int]]] | None:
+    """{run_id: {attempt: (min step, max step)}} of metric files from their footers (segment and staged
+    file names carry the attempt; compact files record their spans); None when a file does not tell."""
+    spans: dict[str, dict[int, tuple[int, int]]] = {}
+    for f in files:
+        if f.rows == 0:
+            continue
+        if f.key.kind != "compact" and f.step_range is not None and f.key.attempt is not None:
+            found: Sequence[tuple[int, int, int]] = ((int(f.key.attempt), *f.step_range),)
+        elif f.key.kind == "compact" and f.attempt_spans is not None:
+            found = f.attempt_spans
+        else:
+            return None
+        run = spans.setdefault(f.key.run_id, {})
+        for a, lo, hi in found:
+            old = run.get(a)
+            run[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return spans
+
+
+def journey_sql(files: Sequence[LiveFile]) -> str:
+    """The journey_metrics view. From the footers' spans when they tell: no view scan for them, and
+    runs with a single attempt (most) pass straight through; else the anti join over scanned spans."""
+    spans = snapshot_spans(files)
+    if spans is None:
+        return JOURNEY_SQL
+    later = [(run, a, lo, hi) for run, by in sorted(spans.items()) for a in by
+             for b, (lo, hi) in by.items() if b > a]
+    if not later:
+        return "SELECT * FROM metrics"
+    runs = sorted({r for r, *_ in later})
+    values = ", ".join(f"({curves.quote_str(r)}, {int(a)}, {int(lo)}, {int(hi)})" for r, a, lo, hi in later)
+    in_runs = ", ".join(curves.quote_str(r) for r in runs)
+    return f"""
+WITH later(run_id, attempt, lo, hi) AS (VALUES {values})
+SELECT * FROM metrics WHERE run_id NOT IN ({in_runs})
+UNION ALL
+SELECT m.* FROM (SELECT * FROM metrics WHERE run_id IN ({in_runs})) m
+ANTI JOIN later c ON c.run_id = m.run_id AND c.attempt = m.attempt AND m.step BETWEEN c.lo AND c.hi
+"""
+
+
 def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
     """(Re)create every view of the archive in `con` over the snapshot's files."""
     for table in TABLES:
@@ -120,7 +163,7 @@ def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {table_source_sql(table, snap.files.get(table, []))}")
     for table in _LOGGED_STATE:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {_latest_state_sql(table)}")
-    con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {JOURNEY_SQL}")
+    con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {journey_sql(snap.files.get('metrics', []))}")
     con.execute(f"CREATE OR REPLACE VIEW metrics_lod AS {lod_source_sql(list(getattr(snap, 'lod', {}).values()))}")
     con.execute(f"CREATE OR REPLACE VIEW incidents AS {INCIDENTS_SQL}")
     con.execute(f"CREATE OR REPLACE VIEW chunk_incidents AS {CHUNK_INCIDENTS_SQL}")
@@ -141,10 +184,27 @@ def new_connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET parquet_metadata_cache = true")  # segments are immutable: footers parse once
+    # Parquet min/max leave NaN out: without this DuckDB 2.0 folds isnan(value) to false from them
+    con.execute("SET parquet_can_have_nan = true")
     return con
 
 
 # -- the archive ---------------------------------------------------------------------------
+def _heals(method):
+    """Run a query method again after a broken file it hit was left out (Archive._set_aside_broken):
+    each retry follows a newly found broken file, so the retries end."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except BrokenFileError as exc:
+                self.problems.extend(p for p in (f"skipped {rel}: {why}" for rel, why in exc.found.items())
+                                     if p not in self.problems)
+
+    return wrapper
+
+
 class Archive:
     """A flightlog archive opened for reading (local folder, s3://, memory://, http(s)://, ...)."""
 
@@ -225,11 +285,23 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _set_aside_broken(self, exc: Exception) -> None:
+        """A query failed reading data: find the file broken past its footer (a corrupt page fails
+        every query over its table), leave it out of the views, and raise BrokenFileError naming it;
+        `_heals` runs the query method again. Returns when no broken file explains the error."""
+        if not may_be_a_broken_file(exc):
+            return
+        found = self._catalog.find_broken(self._snap, str(exc))
+        if found:
+            self.refresh()
+            raise BrokenFileError(found) from None
+
     # -- raw SQL ----------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             return self.con.cursor()
 
+    @_heals
     def sql(self, query: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
         """Run SQL over the archive's views (trusted callers: no sandbox). QueryError on failure."""
         cur = self._cursor()
@@ -237,6 +309,7 @@ class Archive:
             rel = cur.sql(query, params=params) if params else cur.sql(query)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as exc:
+            self._set_aside_broken(exc)
             raise QueryError(f"query failed: {exc}") from None
         finally:
             cur.close()
@@ -246,23 +319,44 @@ class Archive:
         try:
             return cur.execute(query, params or []).df()
         except duckdb.Error as exc:
+            self._set_aside_broken(exc)
             raise QueryError(f"query failed: {exc}") from None
         finally:
             cur.close()
 
     # -- runs -------------------------------------------------------------------------------
+    @_heals
     def runs(self) -> pd.DataFrame:
         """One row per run: run_id, name, project, status, created_at, steps, tokens, attempts,
         ranks, last_loss, incidents (newest first)."""
         kinds = ", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)
+        files = [f for f in self._snap.files.get("metrics", []) if f.rows]
+        spans = snapshot_spans(files)
+        # per-run figures from the footers where they tell: a scan of every metric row took 0.5 s on a
+        # 41 M-point archive, and this summary is the first query of most pages
+        if spans is None:
+            steps = "SELECT run_id, max(step) AS steps FROM metrics GROUP BY run_id"
+        elif spans:
+            steps = "SELECT * FROM (VALUES " + ", ".join(
+                f"({curves.quote_str(r)}, {max(hi for _, hi in by.values())})" for r, by in sorted(spans.items())
+            ) + ") AS t(run_id, steps)"
+        else:
+            steps = "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS steps WHERE false"
+        ranked = set(self._df("SELECT DISTINCT run_id FROM ranks")["run_id"])
+        unranked = sorted({f.key.run_id for f in files} - ranked)  # only these need max(rank) from metrics
+        metric_ranks = (f"SELECT run_id, max(rank) + 1 AS metric_ranks FROM metrics WHERE run_id IN "
+                        f"({', '.join(curves.quote_str(r) for r in unranked)}) GROUP BY run_id" if unranked else
+                        "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS metric_ranks WHERE false")
+        metric_ids = ", ".join(f"({curves.quote_str(r)})" for r in sorted({f.key.run_id for f in files}))
+        metric_ids_sql = (f"SELECT * FROM (VALUES {metric_ids}) AS t(run_id)" if metric_ids
+                          else "SELECT NULL::VARCHAR AS run_id WHERE false")
         return self._df(f"""
 WITH ids AS (
-    SELECT run_id FROM runs UNION SELECT DISTINCT run_id FROM metrics UNION SELECT DISTINCT run_id FROM attempts),
+    SELECT run_id FROM runs UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM attempts),
+tok AS (SELECT run_id, max(value) AS tokens FROM metrics WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
 m AS (
-    SELECT run_id, max(step) AS steps,
-           max(value) FILTER (WHERE name = 'tokens_seen' AND isfinite(value)) AS tokens,
-           max(rank) + 1 AS metric_ranks
-    FROM metrics GROUP BY run_id),
+    SELECT s.run_id, s.steps, tok.tokens, mr.metric_ranks
+    FROM ({steps}) s LEFT JOIN tok USING (run_id) LEFT JOIN ({metric_ranks}) mr USING (run_id)),
 last_step AS (SELECT run_id, max(step) AS step FROM metrics WHERE name = 'loss' GROUP BY run_id),
 -- the journey's last loss: at the highest step, the latest attempt wins, then the lowest rank
 ll AS (
@@ -279,6 +373,7 @@ LEFT JOIN k USING (run_id) LEFT JOIN e USING (run_id)
 ORDER BY r.created_at DESC NULLS LAST, ids.run_id
 """)
 
+    @_heals
     def resolve_run(self, run: str) -> str:
         """A run's name or id -> its run_id; UnknownRunError (listing known runs) otherwise."""
         run = str(run)
@@ -315,12 +410,27 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         """The table's rows of one run, reading only that run's files (filtered before anything)."""
         return f"({table_source_sql(table, self._run_files(table, run_id))})"
 
+    @_heals
     def metric_names(self, run: str) -> list[str]:
         run_id = self.resolve_run(run)
+        info = getattr(self._snap, "lod", {}).get(run_id)
+        files = self._run_files("metrics", run_id)
+        covered = set(info.covers) if info is not None else set()
+        # the LOD names every metric of the files it covers, unless the journey filter (several
+        # attempts) or its step >= 0 rule left a name out: then read only the others' name column
+        if info is not None and info.local and len(info.spans) <= 1 and all(
+                f.step_range is not None and f.step_range[0] >= 0 for f in files if f.rel in covered and f.rows):
+            tail = [f for f in files if f.rel not in covered]
+            src = curves.read_parquet_sql([info.local])
+            sql = f"SELECT DISTINCT name FROM {src} WHERE width = {int(info.widths[-1])}"
+            if tail:
+                sql += f" UNION SELECT DISTINCT name FROM ({table_source_sql('metrics', tail)})"
+            return sorted(self._df(sql)["name"])
         df = self._df(f"SELECT DISTINCT name FROM {self._run_source('metrics', run_id)} ORDER BY name")
         return list(df["name"])
 
     # -- journey ----------------------------------------------------------------------------
+    @_heals
     def attempt_spans(self, run: str) -> dict[int, tuple[int, int]]:
         """{attempt: (min step, max step)} over all metrics of the run (footer stats when possible)."""
         run_id = self.resolve_run(run)
@@ -359,6 +469,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
                 where.append(pred)
         return where
 
+    @_heals
     def metrics(
         self,
         run: str,
@@ -387,6 +498,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             f"SELECT * FROM {self._run_source('metrics', run_id)} WHERE {cond} ORDER BY name, step, attempt, rank", params
         )
 
+    @_heals
     def curve(
         self,
         run: str,
@@ -398,17 +510,29 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         hi: float | None = None,
         rank: int | None = None,
         journey: bool = True,
+        align: bool = False,
     ) -> pd.DataFrame:
         """A metric downsampled to at most `buckets` buckets over [lo, hi] of x (step, tokens, time).
 
         One row per non-empty bucket: bucket, x_lo, x_hi, min, max, mean (finite values only),
         first, last (by x), count, nan_count, posinf_count, neginf_count.
+
+        `align=True` (x="step" with lo and hi given): the window is widened to whole blocks of the
+        run's level-of-detail table (less than one bucket more on each side, at most `buckets`
+        buckets), so every bucket is read from the LOD alone: about 20x faster on a 1 M-step run
+        than buckets whose edges cut blocks (those blocks' raw rows are read). For charts.
         """
         if x not in curves.X_KINDS:
             raise QueryError(f"unknown x {x!r}: use one of {', '.join(curves.X_KINDS)}")
         if not isinstance(buckets, int) or buckets < 1:
             raise QueryError(f"buckets must be a positive integer, got {buckets!r}")
         run_id = self.resolve_run(run)
+        if align and x == "step" and journey and lo is not None and hi is not None:
+            info = getattr(self._snap, "lod", {}).get(run_id)
+            if info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo:
+                from telemetry.lod import aligned_window
+
+                lo, hi, buckets = aligned_window(int(math.floor(lo)), int(math.ceil(hi)), buckets, info.widths[0])
         if x == "step" and journey:
             fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
             if fast is not None:
@@ -480,10 +604,12 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             cur.register("_lod_edges", plan.edges)
             return cur.execute(sql).df()
         except duckdb.Error as exc:
+            self._set_aside_broken(exc)
             raise QueryError(f"query failed: {exc}") from None
         finally:
             cur.close()
 
+    @_heals
     def events(
         self,
         run: str | None = None,
@@ -506,12 +632,14 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         cond = " AND ".join(where) or "TRUE"
         return self._df(f"SELECT * FROM {source} WHERE {cond} ORDER BY step NULLS LAST, wall_time, rank", params)
 
+    @_heals
     def incidents(self, run: str | None = None) -> pd.DataFrame:
         """Incident events with their data chunk and the attempt's seed."""
         if run is None:
             return self._df("SELECT * FROM incidents ORDER BY run_id, step NULLS LAST, attempt")
         return self._df("SELECT * FROM incidents WHERE run_id = ? ORDER BY step NULLS LAST, attempt", [self.resolve_run(run)])
 
+    @_heals
     def chunk_incidents(self, run: str | None = None) -> pd.DataFrame:
         """Incidents per data chunk across attempts and seeds: a chunk failing in every order stands out."""
         if run is None:
@@ -519,6 +647,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         sql = CHUNK_INCIDENTS_SQL.replace("WHERE data_chunk IS NOT NULL", "WHERE data_chunk IS NOT NULL AND run_id = ?")
         return self._df(f"{sql} ORDER BY n_attempts DESC, n_incidents DESC, data_chunk", [self.resolve_run(run)])
 
+    @_heals
     def attempt_lineage(self, run: str) -> pd.DataFrame:
         """Per attempt: first/last step, where it resumed from, how it ended, and its abandoned steps."""
         run_id = self.resolve_run(run)

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +34,7 @@ from data_schema.layout import (
     parse_lod_path,
     parse_path,
 )
-from telemetry.errors import ArchiveError, ArchiveNotFoundError, FormatVersionError
+from telemetry.errors import ArchiveError, ArchiveNotFoundError, FormatVersionError, QueryError
 
 # Stores that cannot list a folder: the manifest says which files are live.
 _UNLISTABLE = {"http", "https"}
@@ -75,6 +76,27 @@ def default_cache_dir(url: str) -> str:
     return os.path.join(base, "flightlog", hashlib.sha256(url.encode()).hexdigest()[:16])
 
 
+class BrokenFileError(QueryError):
+    """A query hit a file broken past its footer; the file is now left out (the query may run again)."""
+
+    def __init__(self, found: dict[str, str]):
+        self.found = dict(found)
+        names = "; ".join(f"{rel}: {why}" for rel, why in self.found.items())
+        super().__init__(f"query failed on a broken file, now left out of the archive's views "
+                         f"(`flightlog verify` lists it, `flightlog index --quarantine` moves it aside): {names}")
+
+
+# DuckDB errors that come from the query itself, never from a file's bytes: no file to look for
+_QUERY_ERRORS = tuple(getattr(duckdb, n) for n in (
+    "ParserException", "BinderException", "CatalogException", "InterruptException", "ConversionException",
+    "OutOfMemoryException", "PermissionException", "SyntaxException", "TypeMismatchException") if hasattr(duckdb, n))
+
+
+def may_be_a_broken_file(exc: BaseException) -> bool:
+    """Whether a DuckDB error could come from a file's bytes (worth decoding the files to find it)."""
+    return isinstance(exc, duckdb.Error) and not isinstance(exc, _QUERY_ERRORS)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveFile:
     """One complete, readable Parquet file of a table."""
@@ -99,6 +121,8 @@ class Snapshot:
     temp: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # files readers leave out, {relative path: what is wrong}; each also has a "skipped ..." line in problems
+    skipped: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, dict] | None = None
     from_manifest: bool = False
     version: str = ""
@@ -161,6 +185,10 @@ class Catalog:
         self._footers: dict[str, tuple[tuple, LiveFile | str]] = {}
         self._records: dict[str, dict] = {}  # compaction records (immutable as far as readers care)
         self._lod_footers: dict[str, tuple[tuple, Any]] = {}
+        self.root_problems: list[str] = []  # what is wrong with flightlog.json (set by check_exists_and_version)
+        # files found broken past their footer (a corrupt data page): left out until they change
+        self.broken: dict[str, tuple[tuple, str]] = {}
+        self._pages_ok: dict[str, tuple] = {}
 
     # -- archive-level checks ------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -178,17 +206,33 @@ class Catalog:
             raise ArchiveError(f"cannot read {rel} of archive {self.url!r}: {exc}") from None
 
     def check_exists_and_version(self) -> dict | None:
-        """The archive's flightlog.json (None for an archive without one); errors for missing/newer."""
-        root_info = self.read_json(ROOT_FILE)
+        """The archive's flightlog.json (None for an archive without one); errors for missing/newer.
+
+        An unreadable flightlog.json is a problem of the archive, not a reason to refuse its
+        segments: each file carries its own format version (checked per file in `_footer`).
+        """
+        try:
+            root_info = self.read_json(ROOT_FILE)
+        except ArchiveError as exc:
+            root_info = {}
+            self.root_problems = [f"{ROOT_FILE}: {_one_line(exc)}; rewrite it as "
+                                  f'{{"format_version": {FORMAT_VERSION}}} (readers go on without it)']
         if root_info is None and not self._has_any_table():
             raise ArchiveNotFoundError(
                 f"no flightlog archive at {self.url}: found neither {ROOT_FILE} nor table folders. "
                 "Pass the archive's URL (--archive URL or $FLIGHTLOG_ARCHIVE), or record a run first "
                 "(`flightlog demo` writes one)"
             )
+        if root_info is not None and not isinstance(root_info, dict):
+            self.root_problems = [f"{ROOT_FILE}: holds {type(root_info).__name__}, not a JSON object "
+                                  "(readers go on without it)"]
         if isinstance(root_info, dict):
-            version = root_info.get("format_version", FORMAT_VERSION)
-            if isinstance(version, int) and version > FORMAT_VERSION:
+            version = _as_version(root_info.get("format_version", FORMAT_VERSION))
+            if version is None:
+                self.root_problems = [f"{ROOT_FILE}: format_version {root_info.get('format_version')!r} is not "
+                                      "a whole number (readers go on as if it were "
+                                      f"{FORMAT_VERSION})"]
+            elif version > FORMAT_VERSION:
                 raise FormatVersionError(
                     f"archive {self.url} has format version {version}, newer than this flightlog reads "
                     f"({FORMAT_VERSION}): upgrade flightlog (pip install -U flightlog)"
@@ -241,6 +285,7 @@ class Catalog:
     def scan(self) -> Snapshot:
         """List (or read the manifest), cache remote files locally, open every footer once."""
         snap = Snapshot(files={t: [] for t in TABLES})
+        snap.problems.extend(self.root_problems)
         try:
             snap.manifest = self._read_manifest()
         except (ArchiveError, OSError, ValueError) as exc:
@@ -248,6 +293,10 @@ class Catalog:
         if self.listable:
             listing = self._list()
         else:
+            if snap.manifest is None and snap.problems[len(self.root_problems):]:
+                # the manifest is this store's only listing: unreadable, nothing can be found
+                raise ArchiveError(f"archive {self.url} cannot be listed and {snap.problems[-1]}: run "
+                                   "`flightlog index` where the archive is written, then publish it again")
             if snap.manifest is None:
                 raise ArchiveError(
                     f"archive {self.url} cannot be listed and has no {MANIFEST_FILE}: "
@@ -284,7 +333,8 @@ class Catalog:
                 continue
             info = self._footer(rel, key, local, size)
             if isinstance(info, str):
-                snap.problems.append(info)
+                snap.skipped[rel] = info
+                snap.problems.append(f"skipped {rel}: {info}")
             else:
                 snap.files[key.table].append(info)
         if lod_candidates:
@@ -333,11 +383,16 @@ class Catalog:
             try:
                 st = os.stat(local)
                 stamp = (st.st_size, st.st_mtime_ns)
+                if rel in self.broken and self.broken[rel][0] == stamp:
+                    raise ValueError(self.broken[rel][1])
                 cached = self._lod_footers.get(rel)
                 info = cached[1] if cached and cached[0] == stamp else info_from_metadata(
                     rel, pq.read_metadata(local), local)
                 self._lod_footers[rel] = (stamp, info)
-            except Exception:  # noqa: BLE001 - an unreadable LOD file is not used: curves read raw rows
+            except Exception as exc:  # noqa: BLE001 - an unreadable LOD file is not used: curves read raw rows
+                why = f"not a readable level-of-detail file ({_parquet_error(exc)}); curves read raw rows instead"
+                snap.skipped[rel] = why
+                snap.problems.append(f"skipped {rel}: {why}")
                 continue
             if info is not None:
                 by_run.setdefault(info.run_id, []).append(info)
@@ -346,6 +401,34 @@ class Catalog:
             chosen = choose_lod(infos, live)
             if chosen is not None:
                 snap.lod[run_id] = chosen
+
+    # -- files broken past their footer ------------------------------------------------------
+    def find_broken(self, snap: Snapshot, message: str = "") -> dict[str, str]:
+        """Decode the snapshot's files (the one `message` names, else all) after a query failed
+        reading data; files found broken are left out of every later scan until they change.
+
+        Each file's pages are decoded at most once per (size, mtime): a second failing query
+        costs nothing more. Returns the newly found {relative path: what is wrong}.
+        """
+        files = [(f.rel, f.local) for f in snap.all_files()]
+        files += [(i.rel, i.local) for i in snap.lod.values() if getattr(i, "local", None)]
+        named = [(rel, local) for rel, local in files if local and local in message]
+        found: dict[str, str] = {}
+        for rel, local in named or files:
+            try:
+                st = os.stat(local)
+            except OSError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._pages_ok.get(rel) == stamp or (rel in self.broken and self.broken[rel][0] == stamp):
+                continue
+            why = page_problem(local)
+            if why is None:
+                self._pages_ok[rel] = stamp
+            else:
+                self.broken[rel] = (stamp, why)
+                found[rel] = why
+        return found
 
     # -- caching and footers ----------------------------------------------------------------
     def _localize(self, candidates: list[tuple[str, FileKey, int | None]], snap: Snapshot) -> dict[str, str]:
@@ -375,7 +458,11 @@ class Catalog:
                         try:
                             self.fs.get_file(self.path(rel), tmp)
                         except (OSError, ValueError) as exc:
-                            snap.problems.append(f"skipped {rel}: cannot copy it from {self.url}: {exc}")
+                            why = ("listed in the manifest but missing from the archive"
+                                   if isinstance(exc, FileNotFoundError) or "404" in str(exc)
+                                   else f"cannot copy it from {self.url}: {_one_line(exc)}")
+                            snap.skipped[rel] = why
+                            snap.problems.append(f"skipped {rel}: {why}")
                             continue
                     os.makedirs(os.path.dirname(local), exist_ok=True)
                     os.replace(tmp, local)  # atomic: a half-copied file is never reused
@@ -388,8 +475,11 @@ class Catalog:
         try:
             st = os.stat(local)
         except OSError as exc:
-            return f"skipped {rel}: {exc}"
+            return f"cannot stat it ({_one_line(exc)})"
         stamp = (st.st_size, st.st_mtime_ns)
+        broken = self.broken.get(rel)
+        if broken is not None and broken[0] == stamp:
+            return broken[1]
         cached = self._footers.get(rel)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -397,11 +487,15 @@ class Catalog:
             md = pq.read_metadata(local)
             arrow_schema = md.schema.to_arrow_schema()
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal
-            result: LiveFile | str = f"skipped {rel}: not a readable Parquet file ({exc})"
+            result: LiveFile | str = f"not a readable Parquet file ({_parquet_error(exc)})"
         else:
+            version = file_format_version(md)
             misfits = schema_problems(key.table, arrow_schema)
-            if misfits:
-                result = f"skipped {rel}: does not fit table {key.table!r}: {'; '.join(misfits)}"
+            if version is not None and version > FORMAT_VERSION:
+                result = (f"written by a newer flightlog (format version {version}, this one reads {FORMAT_VERSION}): "
+                          "upgrade flightlog to read it")
+            elif misfits:
+                result = f"does not fit table {key.table!r}: {'; '.join(misfits)}"
             else:
                 columns = tuple(arrow_schema.names)
                 result = LiveFile(rel, key, local, st.st_size, md.num_rows, columns, _step_range(md, columns),
@@ -475,3 +569,54 @@ def _remove_tree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def page_problem(path: str) -> str | None:
+    """Decode every page of a Parquet file; what is wrong with it, or None when it reads whole.
+
+    A footer that opens says nothing of the pages: a flipped bit in one fails every DuckDB
+    query over its table, so `verify` and a failed query come here to find the file.
+    """
+    try:
+        pf = pq.ParquetFile(path)
+        rows = 0
+        for g in range(pf.metadata.num_row_groups):
+            rows += pf.read_row_group(g).num_rows
+    except Exception as exc:  # noqa: BLE001 - any failure to decode is the finding itself
+        return f"a data page does not decode ({_one_line(exc)})"
+    if rows != pf.metadata.num_rows:
+        return f"its footer says {pf.metadata.num_rows} rows, its pages hold {rows}"
+    return None
+
+
+def file_format_version(md: pq.FileMetaData) -> int | None:
+    """The flightlog format version a Parquet file's schema metadata declares (None: not declared)."""
+    raw = (md.metadata or {}).get(b"flightlog.format_version")
+    if raw is None:
+        return None
+    version = _as_version(raw.decode("utf-8", "replace"))
+    return version if version is not None else FORMAT_VERSION + 1  # unreadable version: not ours to read
+
+
+def _as_version(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _parquet_error(exc: BaseException) -> str:
+    """pyarrow's message for a broken file, in words a user can act on."""
+    text = _one_line(exc)
+    if "size is 0 bytes" in text:
+        return "empty file, 0 bytes"
+    if "magic bytes not found" in text:
+        return "truncated or not Parquet at all: no Parquet footer"
+    return text
+
+
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())

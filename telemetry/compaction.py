@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,22 +201,39 @@ def live_filter(rels: Iterable[str], records: list[dict]) -> tuple[set[str], set
 
 def compact(url: str | os.PathLike | None = None, run: str | None = None, *, grace_s: float = 600.0,
             storage_options: dict | None = None, config: CompactionConfig | None = None,
-            recover_first: bool = True, tables: Iterable[str] | None = None) -> CompactionReport:
+            recover_first: bool = True, tables: Iterable[str] | None = None,
+            progress: Callable[[int, int, str], None] | None = None) -> CompactionReport:
     """Compact the parts of one run (or every run), rebuild LOD tables, and delete files replaced
-    more than `grace_s` ago. Safe while writers are alive: their segments are left alone."""
+    more than `grace_s` ago. Safe while writers are alive: their segments are left alone.
+    `progress(done, total, run_id)` is called after each run. An existing manifest is rewritten, so
+    that readers of stores that cannot list see the compact files and stop reading replaced parts."""
     fs, root = open_fs(url, storage_options)
     problems: list[str] = []
     if recover_first:
         from telemetry.recovery import recover
 
         problems = recover(url, storage_options=storage_options).problems
-    report = compact_fs(fs, root, run, grace_s=grace_s, config=config, tables=tables)
+    report = compact_fs(fs, root, run, grace_s=grace_s, config=config, tables=tables, progress=progress)
     report.problems[:0] = problems
+    if report.files_written or report.removed or report.lod_files:
+        from telemetry.manifest import read_manifest, write_manifest
+
+        try:
+            if read_manifest(fs, root) is not None:
+                write_manifest(url, storage_options)
+        except Exception as exc:  # noqa: BLE001 - the data is compacted; only the manifest is stale
+            report.problems.append(f"manifest not rewritten: {exc!r} (run `flightlog index`)")
     return report
 
 
+def all_runs(url: str | os.PathLike | None = None, storage_options: dict | None = None) -> list[str]:
+    """The run ids that have files in any table of the archive."""
+    return _all_runs(*open_fs(url, storage_options))
+
+
 def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None, *, grace_s: float = 600.0,
-               config: CompactionConfig | None = None, tables: Iterable[str] | None = None) -> CompactionReport:
+               config: CompactionConfig | None = None, tables: Iterable[str] | None = None,
+               progress: Callable[[int, int, str], None] | None = None) -> CompactionReport:
     """compact() on an open filesystem, without recovery first."""
     cfg = config or CompactionConfig()
     t0 = time.perf_counter()
@@ -224,7 +241,7 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
     runs = [validate_run_id(run)] if run is not None else _all_runs(fs, root)
     live = _live_writers(fs, root)
     wanted = tuple(t for t in _TABLE_ORDER if tables is None or t in set(tables))
-    for run_id in runs:
+    for done, run_id in enumerate(runs, start=1):
         report.runs += 1
         _collect_garbage(fs, root, run_id, grace_s, report)
         for table in wanted:
@@ -241,6 +258,8 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
                 report.lod_rows += n
             except Exception as exc:  # noqa: BLE001
                 report.problems.append(f"metrics_lod of run {run_id}: build failed: {exc!r}")
+        if progress is not None:
+            progress(done, len(runs), run_id)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -490,5 +509,5 @@ def _age(info: dict[str, Any]) -> float:
     return 0.0  # unknown age: never old enough to delete
 
 
-__all__ = ["CompactionConfig", "CompactionReport", "compact", "compact_closed_run", "compact_fs", "live_filter", "read_records",
+__all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_closed_run", "compact_fs", "live_filter", "read_records",
            "record_path", "resolve"]

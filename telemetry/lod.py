@@ -147,6 +147,7 @@ def _connect():
 
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET parquet_can_have_nan = true")  # else NaN counts read 0 from files with min/max stats
     return con
 
 
@@ -288,6 +289,16 @@ def plan_curve(*, lo: int, hi: int, buckets: int, cut: float, widths: tuple[int,
                      full_lo, full_hi)
 
 
+def aligned_window(lo: int, hi: int, buckets: int, block: int) -> tuple[int, int, int]:
+    """(lo, hi, buckets) covering [lo, hi] whose buckets are whole `block`-step LOD blocks: lo rounded
+    down to a block, each bucket a whole number of blocks, at most `buckets` buckets. With n = hi - lo + 1
+    a multiple of the bucket count, curves' bucket of a step is (step - lo) // width: no block is cut."""
+    lo = (lo // block) * block
+    width = -(-(hi - lo + 1) // (buckets * block)) * block  # steps per bucket, whole blocks
+    count = -(-(hi - lo + 1) // width)
+    return lo, lo + count * width - 1, count
+
+
 def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, where: list[str], lod_rank: int,
               name: str, lo: int, hi: int, buckets: int, plan: CurvePlan, blocks: str, edges: str) -> str:
     """Exact bucket aggregate (same buckets as curves.curve_sql with x="step") from LOD blocks and raw
@@ -341,5 +352,5 @@ def range_sql(*, lod_src: str, tail_src: str | None, covered_src: str | None, wh
     return f"SELECT min(lo) AS lo, max(hi) AS hi FROM ({' UNION ALL '.join(parts)})"
 
 
-__all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "plan_curve", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
+__all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "aligned_window", "plan_curve", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
            "rebuild_lod", "usable_rank", "valid_below"]

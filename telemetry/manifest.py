@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Collection
 from typing import Any
 
 import fsspec
@@ -16,28 +17,51 @@ from data_schema.tables import FORMAT_VERSION
 from telemetry.fs import atomic_write_bytes, list_files, open_fs
 
 
-def live_segments(fs: fsspec.AbstractFileSystem, root: str) -> list[dict[str, Any]]:
-    """Every Parquet file outside "_" folders: table segments, compacted segments, LOD tables."""
+def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collection[str] = (),
+                  problems: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every Parquet file outside "_" folders: table segments, compacted segments, LOD tables.
+
+    A file whose footer does not open is left out (readers skip it too) and, when `problems`
+    is given, named there with the reason; `exclude` leaves out files already found broken.
+    """
+    from telemetry.compaction import live_filter, read_records
+
+    found = list_files(fs, root, "", detail=True)
+    # parts a compaction replaced (on disk until the grace period ends) and compact files without an
+    # accepted record are not live: a reader sent to them would see doubled rows
+    _, replaced = live_filter([r for r in found if parse_path(r) is not None], read_records(fs, root))
     out = []
-    for rel, info in sorted(list_files(fs, root, "", detail=True).items()):
+    for rel, info in sorted(found.items()):
         top = rel.split("/", 1)[0]
         if top.startswith("_") or not rel.endswith(SEGMENT_SUFFIX) or is_temp(rel) or "/" not in rel:
             continue
+        if rel in exclude or rel in replaced:
+            continue
         key = parse_path(rel)
-        with fs.open(join(root, rel), "rb") as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+        try:
+            with fs.open(join(root, rel), "rb") as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - one broken file must not stop indexing the rest
+            if problems is not None:
+                problems[rel] = f"not a readable Parquet file ({' '.join(str(exc).split())})"
+            continue
         out.append({"path": rel, "size": int(info.get("size") or 0), "rows": rows,
                     "table": key.table if key else top, "run_id": key.run_id if key else None})
     return out
 
 
-def write_manifest(url: str | os.PathLike | None, storage_options: dict | None = None) -> dict[str, Any]:
-    """List the archive's live segments into `_manifest/manifest.json` (atomically); return it."""
+def write_manifest(url: str | os.PathLike | None, storage_options: dict | None = None, *,
+                   exclude: Collection[str] = (), problems: dict[str, str] | None = None) -> dict[str, Any]:
+    """List the archive's live segments into `_manifest/manifest.json` (atomically); return it.
+
+    `exclude`: files known to be broken (from `verify`) that readers must not be sent to;
+    `problems` collects files left out because their footer does not open.
+    """
     fs, root = open_fs(url, storage_options)
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "files": live_segments(fs, root),
+        "files": live_segments(fs, root, exclude=exclude, problems=problems),
     }
     atomic_write_bytes(fs, join(root, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
     return manifest

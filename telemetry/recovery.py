@@ -9,6 +9,8 @@ Idempotent and safe while writers live:
   segment, and converting them here would double their rows (`force=True` overrides, for
   a writer known dead). A writer that finds its staged files gone (recovery took it for
   dead during a long stall) leaves those batches out of its segment;
+- staged batches a writer spooled on this machine's local disk while the store was away, and
+  that it never uploaded because it died, are uploaded first (telemetry.spool.upload_orphans);
 - an attempt whose latest `attempts` row has no end_status and no live writer gets a row
   with end_status 'crashed', and its run a 'crashed' `runs` row unless a later attempt exists.
 """
@@ -27,6 +29,7 @@ from data_schema.layout import FileKey, is_temp, join, parse_path, partition_dir
 from data_schema.tables import TABLES, schema
 from telemetry import staging
 from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.spool import upload_orphans
 
 _HEARTBEAT_INTERVALS = 3.0
 _TEMP_AGE_S = 300.0
@@ -42,14 +45,21 @@ class RecoveryReport:
     truncated_files: int = 0          # staged files with a torn tail (complete batches kept)
     attempts_marked_crashed: int = 0
     temps_removed: int = 0
+    spooled_uploaded: int = 0         # staged files of dead writers uploaded from the local spool
     problems: list[str] = field(default_factory=list)
 
 
 def recover(url: str | os.PathLike | None = None, *, storage_options: dict | None = None, force: bool = False,
-            remove_temp: bool = False, temp_age_s: float = _TEMP_AGE_S) -> RecoveryReport:
-    """Convert staged batches of dead writers to segments; mark their attempts/runs crashed."""
+            remove_temp: bool = False, temp_age_s: float = _TEMP_AGE_S, spool_dir: str | None = None) -> RecoveryReport:
+    """Convert staged batches of dead writers to segments; mark their attempts/runs crashed.
+
+    `spool_dir`: the writers' WriterConfig.spool_dir when it was not the default."""
     fs, root = open_fs(url, storage_options)
     report = RecoveryReport()
+    try:
+        report.spooled_uploaded = upload_orphans(fs, root, spool_dir)
+    except Exception as exc:  # noqa: BLE001 - a spool problem must not stop recovery of the archive
+        report.problems.append(f"local spool: {exc!r}")
     live = set() if force else _live_writers(fs, root)
     staged = list_files(fs, root, staging.STAGING_DIR)
     groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}

@@ -6,8 +6,12 @@ swaps the lists out (list swaps and `extend` are atomic under the GIL), builds A
 columns, stages them as Arrow IPC files (`_staging/...`, the write-ahead) and, every
 `segment_interval_s` or `segment_rows`, turns the staged batches of a table into one
 immutable Parquet segment named after the highest staged seq it holds (see
-data_schema.layout). Storage errors stay in the thread: data is kept, retried with
-backoff, logged once, and reported as a `storage_error` event once writing works again.
+data_schema.layout). Storage errors stay in the thread: batches the store refuses go to a
+local spool folder (remote archives, telemetry.spool) or stay in memory (local archives), each
+within a byte bound beyond which they are dropped and counted; the store is retried with
+exponential backoff (capped at `max_backoff_s`), and once it answers the backlog is written
+oldest first and `storage_error` (warning: when it broke, the first error) and
+`storage_recovered` (info: how long, what was spooled, held or dropped) events say what happened.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from data_schema.tables import TABLES, TS, schema
 from data_schema.validation import SchemaError, validate_rows
 from telemetry import staging
 from telemetry.errors import ArchiveError
-from telemetry.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
+from telemetry.fs import atomic_write_bytes, ensure_root_file, is_local, list_files, open_fs, remove
+from telemetry.spool import Spool, archive_key, default_spool_root
 
 _log = logging.getLogger("flightlog.writer")
 _time = time.time
@@ -55,6 +60,8 @@ _MAX_BACKOFF_S = 30.0
 # buffers warm in cache and its GIL slices short.
 _BATCH_POINTS = 131_072
 _METRIC_STAGED = staging.staged_schema("metrics")
+# State rows are tiny and tell the run's story (running, crashed, which ranks): never dropped.
+_STATE_TABLES = frozenset({"runs", "attempts", "ranks"})
 
 
 @dataclass(kw_only=True, slots=True)
@@ -75,6 +82,15 @@ class WriterConfig:
     """On rank 0, close() compacts the run's closed segments and rebuilds its LOD table (never raises)."""
     compact_min_rows: int = 100_000
     """... when its uncompacted metric segments hold at least this many rows (small runs gain little)."""
+    spool_dir: str | None = None
+    """Local folder for batches a remote store refused (outage): None means `$FLIGHTLOG_SPOOL` or
+    `<tmp>/flightlog-spool` for remote archives and no spool for local ones; "" turns it off."""
+    spool_max_bytes: int = 2 << 30
+    """Most bytes spooled on local disk while the store is away; beyond it batches are held in memory."""
+    backlog_max_bytes: int = 256 << 20
+    """Most bytes of batches held in memory while storage fails; beyond it they are dropped and counted."""
+    max_backoff_s: float = _MAX_BACKOFF_S
+    """Retries after a storage failure back off exponentially from 0.25 s up to this cap."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -83,19 +99,28 @@ class WriterConfig:
             ("segment_interval_s", self.segment_interval_s, 0.0),
             ("segment_rows", self.segment_rows, 1),
             ("close_timeout_s", self.close_timeout_s, 0.0),
+            ("spool_max_bytes", self.spool_max_bytes, 0),
+            ("backlog_max_bytes", self.backlog_max_bytes, 0),
+            ("max_backoff_s", self.max_backoff_s, 0.01),
         )
         for name, value, lo in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:
                 raise ValueError(f"WriterConfig.{name} must be a number >= {lo}, got {value!r}")
         if not isinstance(self.queue_size, int) or not isinstance(self.segment_rows, int):
             raise ValueError("WriterConfig.queue_size and segment_rows must be integers")
+        if self.spool_dir is not None and not isinstance(self.spool_dir, (str, os.PathLike)):
+            raise ValueError(f"WriterConfig.spool_dir must be a folder path, '' or None, got {self.spool_dir!r}")
 
 
 @dataclass(slots=True)
 class _Batch:
     seq: int
-    data: pa.Table  # staged schema (no constant columns)
-    staged: bool = False
+    data: pa.Table | None  # staged schema (no constant columns); None while it waits in the spool
+    rows: int
+    nbytes: int
+    staged: bool = False   # in the archive's _staging/
+    spooled: bool = False  # its staged bytes are in the local spool (until its rows are in a segment)
+    held: bool = False     # kept in memory while storage fails (counts against backlog_max_bytes)
 
 
 class _OnceLog:
@@ -146,6 +171,7 @@ class Writer:
         self.rank = rank
         self.host = host or socket.gethostname()
         self._fs, self._root = open_fs(archive_url, storage_options)
+        self._spool = self._make_spool()
         self._file_rank = rank  # rank in file names; differs from `rank` only in a forked child
         self._owner = rank == 0  # writes the runs/attempts state rows
         try:
@@ -175,6 +201,10 @@ class Writer:
         self._storage_failures = 0
         self._first_failure: tuple[float, str] | None = None
         self._backoff = 0.0
+        self._backlog_bytes = 0      # bytes of batches held in memory while storage fails
+        self._outage = _Outage()
+        self._storage_dropped = 0    # records dropped because storage failed and every bound was full
+        self._storage_dropped_reported = 0
         self._closed = False
         self._closing = False
         self._close_deadline = math.inf
@@ -324,9 +354,13 @@ class Writer:
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join(max(0.0, timeout))
+        if self._spool is not None and not self._thread.is_alive():
+            self._spool.close()
         if self._thread.is_alive() or self._has_data():
+            where = (f"; {len(self._spool)} batch(es) stay in the spool {self._spool.folder!r} and are uploaded "
+                     "by `flightlog index` once the store answers") if self._spool is not None and len(self._spool) else ""
             self._oncelog.warn("close", f"flightlog: writer of run {self.run_id!r} rank {self.rank} closed "
-                               f"after {timeout:.1f}s with data not yet written (storage unavailable?)")
+                               f"after {timeout:.1f}s with data not yet written (storage unavailable?){where}")
         elif self._owner and self.cfg.compact_on_close:
             try:
                 from telemetry.compaction import compact_closed_run
@@ -397,7 +431,7 @@ class Writer:
         for table, batches in self._pending.items():
             if not batches or not ok:
                 continue
-            rows = sum(b.data.num_rows for b in batches)
+            rows = sum(b.rows for b in batches)
             last = self._last_segment.setdefault(table, now)
             due = segment_due if segment_due is not None else (
                 final or rows >= self.cfg.segment_rows or now - last >= self.cfg.segment_interval_s)
@@ -405,7 +439,7 @@ class Writer:
                 ok = self._segment(table) and ok
         if ok:
             self._write_heartbeat()
-        self._backoff = 0.0 if ok else min(_MAX_BACKOFF_S, max(0.25, self._backoff * 2))
+        self._backoff = 0.0 if ok else min(self.cfg.max_backoff_s, max(0.25, self._backoff * 2))
         return ok
 
     # ---- drain: Python lists -> Arrow batches -------------------------------------------------
@@ -452,12 +486,15 @@ class Writer:
                 # ranks is a state log like runs/attempts: readers keep the latest row per rank.
                 rows.append(("ranks", {**rank_row, "updated_at": _time()}))
         dropped = self.dropped_count
-        if dropped > self._dropped_reported:
+        # While storage fails the report would only join the backlog; it is written once storage is back.
+        if dropped > self._dropped_reported and not self._storage_failures:
             delta = dropped - self._dropped_reported
-            self._dropped_reported = dropped
+            by_storage = self._storage_dropped - self._storage_dropped_reported
+            self._dropped_reported, self._storage_dropped_reported = dropped, self._storage_dropped
             rows.append(("events", {"kind": "dropped_records", "severity": "warning", "wall_time": _time(),
-                                    "message": f"{delta} records dropped: the writer queue was full",
-                                    "details_json": _json({"dropped": delta, "total": dropped})}))
+                                    "message": f"{delta} records dropped: {_drop_reason(delta, by_storage)}",
+                                    "details_json": _json({"dropped": delta, "total": dropped,
+                                                           "dropped_storage": by_storage})}))
         by_table: dict[str, list[dict]] = {}
         for table, row in rows:
             by_table.setdefault(table, []).append(row)
@@ -467,7 +504,7 @@ class Writer:
                 self._add_batch(table, data)
 
     def _add_batch(self, table: str, data: pa.Table) -> None:
-        self._pending.setdefault(table, []).append(_Batch(next(self._seq), data))
+        self._pending.setdefault(table, []).append(_Batch(next(self._seq), data, data.num_rows, data.nbytes))
 
     def _metrics_table(self, flat: list, n: int, multi: list) -> pa.Table:
         steps, names, values, wts = flat[0:n:4], flat[1:n:4], flat[2:n:4], flat[3:n:4]
@@ -537,16 +574,89 @@ class Writer:
     # ---- storage: staging, segments, heartbeat ----------------------------------------------------
 
     def _stage_all(self) -> bool:
+        """Stage every batch not yet staged, oldest first. After the store's first refusal in a
+        cycle the rest go straight to the spool (or the memory backlog): one timeout per cycle."""
+        store_ok = True
         for table, batches in self._pending.items():
+            kept = []
             for b in batches:
-                if b.staged:
-                    continue
-                path = join(self._root, staged_path(table, self.run_id, self.attempt, self._file_rank, b.seq))
-                buf = staging.encode_staged(b.data, run_id=self.run_id, attempt=self.attempt, rank=self.rank)
-                if not self._store(path, buf, f"staging {table}"):
-                    return False
-                b.staged = True
-        return True
+                if not b.staged:
+                    rel = staged_path(table, self.run_id, self.attempt, self._file_rank, b.seq)
+                    payload = None
+                    if store_ok:
+                        payload = self._staged_bytes(b, rel)
+                        if payload is not None:
+                            store_ok = self._store(join(self._root, rel), payload, f"staging {table}")
+                            if store_ok:
+                                self._mark_staged(b)
+                    if not b.staged and not self._hold(table, b, rel, payload):
+                        self._drop(table, b, rel)
+                        continue
+                kept.append(b)
+            batches[:] = kept
+        return store_ok
+
+    def _staged_bytes(self, b: _Batch, rel: str) -> pa.Buffer | bytes | None:
+        if not b.spooled:
+            if b.data is None:
+                return None
+            return staging.encode_staged(b.data, run_id=self.run_id, attempt=self.attempt, rank=self.rank)
+        try:
+            return self._spool.get(rel)
+        except OSError as exc:  # the local spool lost it (disk error, someone cleaned /tmp): lost, counted
+            self._oncelog.warn("spool-read", f"flightlog: cannot read spooled batch {rel!r}: {exc!r}")
+            self._spool.discard(rel)
+            b.spooled = False
+            return None
+
+    def _mark_staged(self, b: _Batch) -> None:
+        b.staged = True
+        if b.held:
+            b.held = False
+            self._backlog_bytes -= b.nbytes
+
+    def _hold(self, table: str, b: _Batch, rel: str, payload: pa.Buffer | bytes | None) -> bool:
+        """Keep a batch the store refused: on the local spool (memory freed), else in memory, within bounds."""
+        if b.spooled or b.held:
+            return True
+        if b.data is None:
+            return False
+        if self._spool is not None:
+            if payload is None:
+                payload = staging.encode_staged(b.data, run_id=self.run_id, attempt=self.attempt, rank=self.rank)
+            if self._spool.put(rel, memoryview(payload)):
+                b.spooled, b.data = True, None
+                self._outage.spooled_batches += 1
+                return True
+        if table in _STATE_TABLES or self._backlog_bytes + b.nbytes <= self.cfg.backlog_max_bytes:
+            b.held = True
+            self._backlog_bytes += b.nbytes
+            self._outage.held_batches += 1
+            return True
+        return False
+
+    def _drop(self, table: str, b: _Batch, rel: str) -> None:
+        self.dropped_count += b.rows
+        self._storage_dropped += b.rows
+        self._outage.dropped_records += b.rows
+        if b.spooled:
+            self._spool.discard(rel)
+        self._oncelog.warn("storage-drop", f"flightlog: storage is failing and the spool/backlog bounds are full: "
+                           f"dropped {b.rows} {table} record(s) (counted, reported as `dropped_records`)")
+
+    def _batch_data(self, table: str, b: _Batch) -> pa.Table:
+        """A staged batch's rows; a spooled one is read back from the spool, else from _staging/."""
+        if b.data is not None:
+            return b.data
+        rel = staged_path(table, self.run_id, self.attempt, self._file_rank, b.seq)
+        try:
+            raw = self._spool.get(rel)
+        except OSError:
+            raw = self._fs.cat_file(join(self._root, rel))
+        dec = staging.decode_staged(raw, table)
+        if dec.data is None or dec.truncated:
+            raise ArchiveError(f"staged batch {rel!r} cannot be read back")
+        return dec.data
 
     def _segment(self, table: str) -> bool:
         batches = self._pending.get(table) or []
@@ -555,25 +665,42 @@ class Writer:
         staged_here = self._staged_seqs(table)
         if staged_here is None:
             return False
-        # A staged batch whose file vanished was converted by recovery (it took this writer for
-        # dead): it is already in a segment, so it must not be written again.
-        keep = [b for b in batches if not b.staged or b.seq in staged_here]
-        if keep:
-            data = staging.full_table(table, pa.concat_tables([b.data for b in keep]),
-                                      run_id=self.run_id, attempt=self.attempt, rank=self.rank)
-            seq = max(b.seq for b in keep)
-            path = join(self._root, segment_path(table, self.run_id, self.attempt, self._file_rank, seq))
-            if not self._store(path, staging.segment_bytes(data), f"segment {table}"):
-                return False
-        self._pending[table] = []
-        self._last_segment[table] = time.monotonic()
-        for b in batches:
-            if b.staged:
+        # After a long outage the backlog can be large: cut it into segments of at most
+        # 2 x segment_rows, oldest first, so that reading spooled batches back stays bounded. A
+        # segment named seq N must hold every pending batch below N: groups go in seq order.
+        limit = 2 * self.cfg.segment_rows
+        while batches:
+            n, rows = 0, 0
+            while n < len(batches) and (n == 0 or rows + batches[n].rows <= limit):
+                rows += batches[n].rows
+                n += 1
+            group = batches[:n]
+            # A staged batch whose file vanished was converted by recovery (it took this writer for
+            # dead): it is already in a segment, so it must not be written again.
+            keep = [b for b in group if not b.staged or b.seq in staged_here]
+            if keep:
                 try:
-                    remove(self._fs, join(self._root, staged_path(table, self.run_id, self.attempt,
-                                                                  self._file_rank, b.seq)))
-                except Exception:  # noqa: BLE001 - a leftover staged file is covered by the segment's seq
-                    pass
+                    parts = [self._batch_data(table, b) for b in keep]
+                except Exception as exc:  # noqa: BLE001 - the store may have gone again
+                    self._failed(f"reading back staged {table}", exc)
+                    return False
+                data = staging.full_table(table, pa.concat_tables(parts),
+                                          run_id=self.run_id, attempt=self.attempt, rank=self.rank)
+                seq = max(b.seq for b in keep)
+                path = join(self._root, segment_path(table, self.run_id, self.attempt, self._file_rank, seq))
+                if not self._store(path, staging.segment_bytes(data), f"segment {table}"):
+                    return False
+            del batches[:n]
+            for b in group:
+                rel = staged_path(table, self.run_id, self.attempt, self._file_rank, b.seq)
+                if b.spooled:
+                    self._spool.discard(rel)
+                if b.staged:
+                    try:
+                        remove(self._fs, join(self._root, rel))
+                    except Exception:  # noqa: BLE001 - a leftover staged file is covered by the segment's seq
+                        pass
+        self._last_segment[table] = time.monotonic()
         return True
 
     def _staged_seqs(self, table: str) -> set[int] | None:
@@ -605,16 +732,30 @@ class Writer:
                            "keeping data in memory and retrying")
 
     def _report_storage_recovered(self) -> None:
+        """Two events once storage works again: when it broke (warning) and what the outage cost (info)."""
         first_t, first_msg = self._first_failure or (_time(), "")
-        n = self._storage_failures
-        self._storage_failures, self._first_failure = 0, None
+        n, out = self._storage_failures, self._outage
+        self._storage_failures, self._first_failure, self._outage = 0, None, _Outage()
+        now = _time()
+        details = {"failures": n, "first_error": first_msg, "outage_s": round(now - first_t, 3),
+                   "spooled_batches": out.spooled_batches, "held_batches": out.held_batches,
+                   "dropped_records": out.dropped_records,
+                   "spool": self._spool.folder if self._spool is not None and out.spooled_batches else None}
+        kept = ("nothing was lost" if not out.dropped_records
+                else f"{out.dropped_records} record(s) were dropped (bounds full)")
         self._rows.append(("events", {
             "kind": "storage_error", "severity": "warning", "wall_time": first_t,
-            "message": f"archive storage failed {n} time(s) for {_time() - first_t:.1f}s; data was kept and "
-                       "written once storage came back",
-            "details_json": _json({"failures": n, "first_error": first_msg, "outage_s": _time() - first_t}),
+            "message": f"archive storage failed {n} time(s) for {now - first_t:.1f}s ({first_msg:.200}); data was "
+                       "kept and written once storage came back",
+            "details_json": _json(details),
         }))
-        _log.warning("flightlog: archive storage works again after %d failure(s)", n)
+        self._rows.append(("events", {
+            "kind": "storage_recovered", "severity": "info", "wall_time": now,
+            "message": f"archive storage works again after {now - first_t:.1f}s: {out.spooled_batches} batch(es) "
+                       f"spooled on local disk and {out.held_batches} held in memory were written; {kept}",
+            "details_json": _json(details),
+        }))
+        _log.warning("flightlog: archive storage works again after %d failure(s) over %.1fs", n, now - first_t)
 
     def _write_heartbeat(self) -> None:
         path = join(self._root, staging.heartbeat_path(self.run_id, self.attempt, self._file_rank))
@@ -627,6 +768,13 @@ class Writer:
             remove(self._fs, join(self._root, staging.heartbeat_path(self.run_id, self.attempt, self._file_rank)))
         except Exception:  # noqa: BLE001 - a stale heartbeat only delays recovery of nothing
             pass
+
+    def _make_spool(self) -> Spool | None:
+        folder = self.cfg.spool_dir
+        if folder == "" or (folder is None and is_local(self._fs)):
+            return None  # a local archive's disk is likely the spool's disk too: hold in memory instead
+        root = os.fspath(folder) if folder is not None else default_spool_root()
+        return Spool(root, archive_key(self._fs, self._root), self.cfg.spool_max_bytes)
 
     # ---- open: attempt and seq numbers ---------------------------------------------------------
 
@@ -673,6 +821,9 @@ class Writer:
         self._wake = threading.Event()
         self._mbuf, self._multi, self._rows, self._late = [], [], [], []
         self._pending = {}
+        self._backlog_bytes = 0
+        self._outage = _Outage()
+        self._spool = self._make_spool()  # the parent's spool files are the parent's
         self._rank_row = None
         self._owner = False
         self.dropped_count = self._dropped_reported = 0
@@ -686,6 +837,24 @@ class Writer:
         except Exception:  # noqa: BLE001
             self._seq = itertools.count(1)
         self._start_thread()
+
+
+def _drop_reason(total: int, by_storage: int) -> str:
+    queue, storage = "the writer queue was full", "storage failed and the spool and backlog bounds were full"
+    if by_storage == 0:
+        return queue
+    if by_storage == total:
+        return storage
+    return f"{total - by_storage} because {queue}, {by_storage} because {storage}"
+
+
+@dataclass(slots=True)
+class _Outage:
+    """What one storage outage cost, for the events written once storage is back."""
+
+    spooled_batches: int = 0
+    held_batches: int = 0
+    dropped_records: int = 0
 
 
 class _SafeJson:

@@ -10,7 +10,8 @@
 
 from trainer_hooks.checkpoints import CheckpointAudit, audit_file, audit_object, save_checkpoint
 from trainer_hooks.data import observe_batches
-from trainer_hooks.observer import Observer, ObserverConfig, attach
+from trainer_hooks.config import ObserverConfig
+from trainer_hooks.observer import Observer, attach
 
 __all__ = [
     "CheckpointAudit", "Observer", "ObserverConfig", "attach", "audit_file", "audit_object", "observe_batches",

@@ -7,10 +7,16 @@ on that event (`event.synchronize()` blocks the drainer, never the trainer), rea
 pinned buffer and hands plain floats to a callback. Nothing on the training thread reads
 a device value, so no host-device synchronization is added (guarantee 2).
 
-On CPU there is nothing to wait for and reading a scalar is no sync: `stage` reads the
-step's values right away (about 0.2 µs each) so the tensors are freed at once, and the
-drainer does the rest of the work (metrics rows, NaN and spike checks) off the training
-thread. Keeping thousands of small tensors alive until the drainer runs measured slower.
+On CPU there is nothing to wait for and reading a scalar is no sync: the Observer reads
+each value with `.item()` (about 0.1 µs) as it gets it, so `stage` only appends one tuple
+to a deque, and the drainer does the rest (metrics rows, NaN and spike checks) off the
+training thread. Keeping thousands of small tensors alive until the drainer runs measured
+slower.
+
+On CUDA the step's device scalars are written into the slot tensor with one `torch.stack(...,
+out=)` (one kernel when they share a dtype, as loss, grad norm, loss scale and the probe do)
+instead of one `copy_` launch per value; with the pinned copy and the event record that is
+three launches per step whatever the number of values.
 
 Values handed over may be a tensor, a list of tensors (per-parameter norms, combined into
 one norm), a Python number, or None.
@@ -30,7 +36,13 @@ import torch
 _log = logging.getLogger("flightlog.hooks")
 
 DrainFn = Callable[[list[float | None], Any], None]
-_ON_DEVICE = object()  # marks a value that was copied into the device slots (read from pinned memory)
+
+
+class _Slot(int):
+    """Marks a staged value that lives in slot i of the pinned copy (a plain int would be a host value)."""
+
+
+_SLOTS = [_Slot(i) for i in range(1024)]
 
 
 def _norm_of_norms(norms: Sequence[torch.Tensor]) -> float:
@@ -72,7 +84,7 @@ class DeviceBuffer:
         self._idle = threading.Condition()
         if self.cuda:
             self._slots = torch.zeros(slots, dtype=torch.float32, device=self.device)
-            self._views = [self._slots[i] for i in range(slots)]  # cached: indexing costs a view per call
+            self._prefix = [self._slots[:n] for n in range(slots + 1)]  # cached: slicing costs a view per call
             self._pinned = [torch.zeros(slots, dtype=torch.float32, pin_memory=True) for _ in range(ring)]
             self._events = [torch.cuda.Event() for _ in range(ring)]
         self._thread = threading.Thread(target=self._run, name="flightlog-drainer", daemon=True)
@@ -87,24 +99,23 @@ class DeviceBuffer:
             self.dropped += 1
             return False
         if not self.cuda:
-            # Reading a CPU scalar costs ~0.2 µs and lets the tensor go now; keeping thousands
-            # alive until the drainer runs costs more (the allocator loses its hot blocks).
-            pending.append((None, [_host_value(v) for v in values], payload))
+            pending.append((None, values, payload))  # host values: read on the drainer when not floats
             return True
         if len(values) > self.slots:
             raise ValueError(f"{len(values)} device values in one step; the buffer has {self.slots} slots")
         k = self._next
         self._next = (k + 1) % self.ring
-        kinds = []
-        for i, v in enumerate(values):
+        kinds, srcs = [], []
+        for v in values:
+            if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor) and v[0].device.type == "cuda":
+                v = torch.linalg.vector_norm(torch.stack(list(v)).float())
             if isinstance(v, torch.Tensor) and v.device.type == "cuda":
-                self._views[i].copy_(v.detach().reshape(()))
-                kinds.append(_ON_DEVICE)
-            elif isinstance(v, (list, tuple)) and v and v[0].device.type == "cuda":
-                self._views[i].copy_(torch.linalg.vector_norm(torch.stack(list(v)).float()))
-                kinds.append(_ON_DEVICE)
+                kinds.append(_SLOTS[len(srcs)])
+                srcs.append(v.detach().reshape(()))
             else:
                 kinds.append(v)  # host value (number, CPU tensor or None): read on the drainer
+        if srcs:
+            torch.stack(srcs, out=self._prefix[len(srcs)])
         self._pinned[k].copy_(self._slots, non_blocking=True)
         self._events[k].record()
         pending.append((k, kinds, payload))
@@ -115,10 +126,10 @@ class DeviceBuffer:
     def _take(self, item: tuple) -> tuple[list[float | None], Any]:
         k, values, payload = item
         if k is None:
-            return [_host_value(v) for v in values], payload
+            return [v if v is None or type(v) is float else _host_value(v) for v in values], payload
         self._events[k].synchronize()  # blocks this thread only
         host = self._pinned[k].tolist()
-        return [host[i] if v is _ON_DEVICE else _host_value(v) for i, v in enumerate(values)], payload
+        return [host[v] if type(v) is _Slot else _host_value(v) for v in values], payload
 
     def _drain_once(self) -> bool:
         pending = self._pending

@@ -9,10 +9,11 @@
     obs.close()
 
 Step boundaries come from `optimizer.register_step_post_hook`; the pre-hook computes the
-grad norm on device (`torch._foreach_norm`) unless the trainer hands one to `grad_norm()`;
-a forward pre-hook on the model marks the start of a step (data_wait_s). Everything the
-training thread does per step is: a few tensor references, Python numbers and one
-`DeviceBuffer.stage`. The drainer thread turns each step into `metrics` rows, checks for
+grad norm (`torch._foreach_norm`, on device) unless the loop's own `clip_grad_norm_` result
+was seen (clip_watch.py) or handed to `grad_norm()`; a forward pre-hook on the model marks
+the start of a step (data_wait_s). Everything the training thread does per step is: a few
+tensor references (GPU) or `.item()` reads (CPU, no sync there), Python numbers, and one
+`DeviceBuffer.stage` of one tuple. The drainer thread turns each step into `metrics` rows, checks for
 NaN/Inf and spikes (forensics.py), tracks data chunks and mirrors to another logger.
 A failure inside any hook is caught here: one log line, an `events` row of kind
 `hook_error`, and training goes on.
@@ -21,17 +22,21 @@ A failure inside any hook is caught here: one log line, an `events` row of kind
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import math
 import os
+import re
 import time
 import weakref
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from trainer_hooks import checkpoints as ckpt
+from trainer_hooks import clip_watch, log_input
+from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
@@ -42,73 +47,14 @@ _log = logging.getLogger("flightlog.hooks")
 _perf = time.perf_counter
 _STEP, _LOG = 0, 1  # payload kinds
 
+__all__ = ["Observer", "ObserverConfig", "attach"]
 
-@dataclass(kw_only=True, slots=True)
-class ObserverConfig:
-    """What an Observer records and how; every field is a keyword of attach()."""
 
-    attempt: int | None = None
-    """Launch number of this run; None: rank 0 finds the next one in the archive and broadcasts it."""
-    rank: int | None = None
-    """Global rank; None: from Megatron, torch.distributed or $RANK."""
-    local_rank: int | None = None
-    world_size: int | None = None
-    tp_size: int = 1
-    """Tensor-parallel size, used when neither Megatron nor a DeviceMesh says (dp = world / (tp*pp))."""
-    pp_size: int = 1
-    project: str | None = None
-    framework: str = "pytorch"
-    seed: int | None = None
-    """The run's seed: stored on the attempt and in every NaN/spike event."""
-    start_step: int = 0
-    """Step number of the first optimizer step of this attempt (the resumed step on a restart)."""
-    start_tokens: int = 0
-    resumed_from_step: int | None = None
-    resumed_from_checkpoint: str | None = None
-    reason: str | None = None
-    master_weights_dtype: str | None = None
-    """E.g. "float32": checkpoints whose floating weights are another dtype get a `weights_not_fp32` problem."""
-    model_flops_per_token: float | None = None
-    """Training FLOPs per token (about 6 x parameters); with peak_flops gives `mfu`."""
-    peak_flops: float | None = None
-    """Peak FLOP/s of one device (e.g. 989e12 for an H100 in bf16)."""
-    spike_window: int = 100
-    spike_zscore: float = 6.0
-    spike_min_points: int = 20
-    nan_layer_probe_every: int = 0
-    """Probe which layer goes non-finite every N steps; 0: only from the first non-finite step on."""
-    sample_gpu: bool = True
-    """Run the NVML/host sampler thread."""
-    gpu_sample_interval_s: float = 2.0
-    ecc_interval_s: float = 30.0
-    mirror: Any = None
-    """Also send each step's metrics to an object with `.log(dict, step=)` (e.g. a wandb run), off-thread."""
-    ring_size: int = 256
-    """Steps the drainer may fall behind before steps are dropped (and counted)."""
-    writer_config: Any = None
-    """A telemetry.WriterConfig for the Writer this Observer opens."""
-    storage_options: dict | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("tp_size", "pp_size", "spike_window", "spike_min_points", "ring_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ObserverConfig.{name} must be an integer >= 1, got {v!r}")
-        for name in ("attempt", "rank", "local_rank", "start_step", "start_tokens", "nan_layer_probe_every"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"ObserverConfig.{name} must be an integer >= 0, got {v!r}")
-        for name in ("spike_zscore", "gpu_sample_interval_s", "ecc_interval_s", "model_flops_per_token", "peak_flops"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-                raise ValueError(f"ObserverConfig.{name} must be a number > 0, got {v!r}")
-        if self.master_weights_dtype is not None:
-            dt = getattr(torch, str(self.master_weights_dtype).removeprefix("torch."), None)
-            if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-                raise ValueError(f"ObserverConfig.master_weights_dtype must name a float dtype such as 'float32', "
-                                 f"got {self.master_weights_dtype!r}")
-        if self.mirror is not None and not callable(getattr(self.mirror, "log", None)):
-            raise ValueError("ObserverConfig.mirror must have a .log(metrics, step=) method (e.g. a wandb run)")
+def _lr_value(lr: Any) -> Any:
+    """A tensor lr (capturable optimizers) changes in place: read it now on CPU, copy it on a GPU."""
+    if isinstance(lr, torch.Tensor):
+        return lr.item() if lr.device.type == "cpu" else lr.detach().clone()
+    return lr
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -142,6 +88,7 @@ class Observer:
         self._errors: dict[str, int] = {}
         self._warned: set[str] = set()
         self._closed = False
+        self._dp = max(1, int(topo.dp_size or 1))  # tokens_seen counts every data-parallel replica
 
         # ---- training-thread state (touched only by hooks on the training thread)
         self._step = cfg.start_step
@@ -162,13 +109,14 @@ class Observer:
         self._groups = optimizer.param_groups
         self._params = [p for g in self._groups for p in g["params"]]
         self._n_groups = len(self._groups)
-        self._cat_norm = not self._cuda and sum(p.numel() for p in self._params) <= 1 << 20
+        self._param_ids = frozenset(map(id, self._params))
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
         # ---- drainer-thread state
         self._chunks = ChunkTracker(self.writer)
         self._tokens_seen = cfg.start_tokens
+        self._mirror, self._own_mirror = self._open_mirror(run, config)
         self.forensics = Forensics(self._emit, self._want_probe, spike_window=cfg.spike_window,
                                    spike_zscore=cfg.spike_zscore, spike_min_points=cfg.spike_min_points, seed=cfg.seed)
         self._buf = DeviceBuffer(self.device, self._on_drain, ring=cfg.ring_size, on_error=self._hook_error)
@@ -179,8 +127,12 @@ class Observer:
                        optimizer.register_step_post_hook(self._post_step),
                        model.register_forward_pre_hook(self._on_forward)]
         self._scaler_update = None
-        if scaler is not None and hasattr(scaler, "update"):
+        # A disabled GradScaler (enabled=False) scales nothing: no loss_scale metric for it.
+        self._scaler_on = scaler is not None and bool(getattr(scaler, "_enabled", True))
+        if self._scaler_on and hasattr(scaler, "update"):
             self._wrap_scaler(scaler)
+        if cfg.observe_clip:
+            clip_watch.watch(self)
         self.sampler: NvmlSampler | None = None
         if cfg.sample_gpu:
             self._start_sampler(nvml)
@@ -203,6 +155,25 @@ class Observer:
                                        step_fn=lambda: self._step, on_error=self._hook_error).start()
         except Exception as exc:  # noqa: BLE001
             self._hook_error("nvml_sampler", exc)
+
+    def _open_mirror(self, run: str, config: Any) -> tuple[Any, bool]:
+        mirror = self.cfg.mirror
+        if mirror != "wandb":
+            return mirror, False
+        if self.topology.rank != 0:
+            return None, False  # one W&B run per training run, as W&B users expect: rank 0's view
+        from trainer_hooks.mirror import WandbMirror  # noqa: PLC0415 - wandb only when asked for
+
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        elif config is not None and not isinstance(config, Mapping):
+            config = vars(config) if hasattr(config, "__dict__") else None
+        try:
+            return WandbMirror(run, config, project=self.cfg.project,
+                               mode=None if os.environ.get("WANDB_MODE") else "offline"), True
+        except Exception as exc:  # noqa: BLE001 - no W&B: the archive still records everything
+            self._hook_error("mirror", exc)
+            return None, False
 
     def _wrap_scaler(self, scaler: Any) -> None:
         update = scaler.update
@@ -243,36 +214,61 @@ class Observer:
 
         Call it before `optimizer.step()` (the step's boundary). Several calls before one step
         (gradient accumulation) are averaged. A loss tensor with several elements counts as
-        its mean. `tokens`: a Python int (or CPU tensor) of tokens in this micro-batch.
+        its mean. `tokens`: a Python int (or CPU tensor) of tokens this rank trained on in this
+        micro-batch; the `tokens_seen` metric multiplies by the data-parallel size.
         """
         try:
             if not self._open:
                 self._on_forward(None, None)
-            if not isinstance(loss, (torch.Tensor, int, float)) and hasattr(loss, "loss"):
-                loss = loss.loss
+            if not isinstance(loss, torch.Tensor):
+                if not isinstance(loss, (int, float)) and hasattr(loss, "loss"):
+                    loss = loss.loss
+                if not isinstance(loss, torch.Tensor):
+                    self._loss_f += float(loss)
             if isinstance(loss, torch.Tensor):
-                t = loss.detach()
-                if t.numel() != 1:
-                    t = t.float().mean()
-                self._loss = t if self._loss is None else self._loss + t
-            else:
-                self._loss_f += float(loss)
+                if loss.numel() != 1:
+                    loss = loss.detach().float().mean()
+                if loss.device.type == "cpu":
+                    self._loss_f += loss.item()  # a CPU read is no sync, and frees the tensor now
+                else:
+                    t = loss.detach()
+                    self._loss = t if self._loss is None else self._loss + t
             self._n_loss += 1
             if tokens is not None:
-                self._tokens += int(tokens) if not isinstance(tokens, torch.Tensor) else self._host_int(tokens)
+                self._tokens += tokens if type(tokens) is int else (
+                    self._host_int(tokens) if isinstance(tokens, torch.Tensor) else int(tokens))
         except Exception as exc:  # noqa: BLE001
             self._hook_error("record_loss", exc)
 
     def grad_norm(self, value: Any) -> None:
         """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value).
 
-        Saves flightlog computing its own; the tensor stays on device (no sync).
+        Saves flightlog computing its own; a GPU tensor stays on device (no sync). Not needed
+        after `torch.nn.utils.clip_grad_norm_`, whose result flightlog picks up by itself.
         """
         try:
-            self._gn = value.detach() if isinstance(value, torch.Tensor) else float(value)
+            self._gn = self._host_or_device(value)
             self._gn_given = True
         except Exception as exc:  # noqa: BLE001
             self._hook_error("grad_norm", exc)
+
+    def _clip_norm(self, params: Any, total: Any) -> None:
+        """clip_watch: the loop clipped `params`; when they are this optimizer's, that is the step's norm."""
+        try:
+            if self._gn_given or not params or len(params) != len(self._param_ids):
+                return
+            ids = self._param_ids
+            if id(params[0]) in ids and id(params[-1]) in ids:
+                self._gn = self._host_or_device(total)
+                self._gn_given = True
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("clip_grad_norm", exc)
+
+    def _host_or_device(self, v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            v = v.detach()
+            return v.item() if v.device.type == "cpu" else v
+        return float(v)
 
     def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
         """The data chunk and sample ids of the batch being trained on (kept until changed)."""
@@ -288,35 +284,39 @@ class Observer:
         except Exception as exc:  # noqa: BLE001
             self._hook_error("set_batch", exc)
 
-    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+    def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
         """Log extra scalars: Python/numpy numbers or 0-d/1-element tensors on any device.
 
-        A tensor with several elements is refused (one warning per name, nothing written):
-        reduce it yourself (`x.mean()`, `x.max()`) so the curve says which statistic it is.
-        `step=None` means the step in progress, or the step just finished between steps.
+        What cannot be stored faithfully (None, strings, complex numbers, tensors with several
+        elements, meta tensors, empty or over-long names, negative steps) is skipped with one
+        warning per name (log_input.py says what is accepted). `step=None` means the step in
+        progress, or the step just finished between steps. Never raises, never syncs.
         """
         try:
+            if not isinstance(values, Mapping):
+                self._warn_once("log:values", f"flightlog: obs.log() takes a dict of {{name: value}}, got "
+                                f"{type(values).__name__}; skipped")
+                return
             if step is None:
                 step = self._step if self._open or self._step == self.cfg.start_step else self._step - 1
+                bad_step = None
+            else:
+                step, bad_step = log_input.step_of(step)
+            extras = self._extras
             for name, v in values.items():
-                if isinstance(v, torch.Tensor):
-                    if v.numel() != 1:
-                        self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got a tensor of {v.numel()} "
-                                        "elements; log a scalar such as .mean() or .max(); skipped")
+                why = bad_step or log_input.name_problem(name)
+                if why is None:
+                    if type(v) is float:
+                        extras.append((step, name, v))
                         continue
-                    v = v.detach().reshape(())
-                    v = v.clone() if v.device.type != "cpu" else float(v)  # CPU: read now (no sync)
-                elif isinstance(v, (int, float)) or hasattr(v, "__float__"):
-                    if getattr(v, "size", 1) != 1:
-                        self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got an array of {v.size} "
-                                        "elements; log a scalar; skipped")
+                    v, why = log_input.value_of(v)
+                    if why is None:
+                        extras.append((step, name, v))
                         continue
-                    v = float(v.item() if hasattr(v, "item") else v)
-                else:
-                    self._warn_once(f"log:{name}", f"flightlog: obs.log({name!r}) got {type(v).__name__}, not a "
-                                    "number; skipped")
-                    continue
-                self._extras.append((int(step), str(name), v))
+                shown = name[:80] + "..." if isinstance(name, str) and len(name) > 80 else name
+                kind = "step" if bad_step else re.sub(r"\d+", "#", why)[:30]  # not per value or per step
+                self._warn_once(f"log:{name!r:.200}:{kind}",
+                                f"flightlog: obs.log({shown!r}) {why}; skipped (said once per name)")
             if not self._open:
                 self._stage_extras()
         except Exception as exc:  # noqa: BLE001
@@ -364,6 +364,7 @@ class Observer:
             self._probe.disarm()
             if self._scaler_update is not None:
                 self.scaler.update = self._scaler_update
+            clip_watch.unwatch(self)
             self._stage_extras()
             self._buf.close(timeout)
             self.forensics.close()
@@ -375,6 +376,8 @@ class Observer:
                 self.writer.event("dropped_records", severity="warning", step=self._last_step(),
                                   message=f"{self._buf.dropped} steps dropped: the drainer fell behind",
                                   details={"steps": self._buf.dropped})
+            if self._own_mirror:
+                self._mirror.close(0 if status == "finished" else 1)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("close", exc)
         if self._own_writer:
@@ -407,14 +410,15 @@ class Observer:
         try:
             if len(self._groups) != self._n_groups:
                 self._params = [p for g in self._groups for p in g["params"]]
+                self._param_ids = frozenset(map(id, self._params))
                 self._n_groups = len(self._groups)
             grads = [p.grad for p in self._params if p.grad is not None]
             if not grads:
                 self._gn = None
-            elif self._cat_norm:  # small CPU model: one flat norm beats one op per parameter
-                self._gn = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
-            else:  # per-parameter norms stay on device; combined when staged (CUDA) or read (CPU)
-                self._gn = torch._foreach_norm(grads)
+            elif self._cuda:  # one norm per tensor in one multi-tensor kernel, combined on device
+                self._gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+            else:  # CPU reads are no sync; combining in Python beats two more op dispatches
+                self._gn = math.sqrt(sum(n.item() ** 2 for n in torch._foreach_norm(grads, 2, dtype=torch.float32)))
         except Exception as exc:  # noqa: BLE001
             self._hook_error("grad_norm", exc)
 
@@ -428,24 +432,30 @@ class Observer:
         t = _perf()
         try:
             start = self._t_end if self._t_end is not None else self._t_start
-            scale = None
-            if self.scaler is not None:
-                s = getattr(self.scaler, "_scale", None)
-                if s is not None:
-                    scale = float(s) if s.device.type == "cpu" else s  # CPU: read now, update() changes it in place
-            mem = None
+            scale = self._read_scale() if self._scaler_on else None
+            mem = first_bad = calls = None
+            if self._probe._handles:  # armed: the probe's device scalar and the call names
+                first_bad, calls = self._probe.take()
+                if not self._probe_for_good:
+                    self._probe.disarm()
+                if first_bad is not None and not self._cuda:
+                    first_bad = first_bad.item()
             if self._cuda:
                 mem = (torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device))
-            probe = self._probe.take()
-            if probe is not None and not self._probe_for_good:
-                self._probe.disarm()
-            values = (self._loss, None if skipped else self._gn, scale, probe[0] if probe else None)
-            payload = (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
-                       None if start is None else t - start, self._data_wait, [g["lr"] for g in self._groups],
-                       mem, self._chunk, self._ids, probe[1] if probe else None, skipped, time.time())
-            self._buf.stage(values, payload)
+            groups = self._groups
+            if len(groups) == 1:
+                lrs = groups[0]["lr"]
+                if type(lrs) is not float:
+                    lrs = _lr_value(lrs)
+            else:
+                lrs = [g["lr"] if type(g["lr"]) is float else _lr_value(g["lr"]) for g in groups]
+            # One tuple per step; on CPU every value is already a Python number (read above, no sync).
+            self._buf.stage((self._loss, None if skipped else self._gn, scale, first_bad),
+                            (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
+                             None if start is None else t - start, self._data_wait, lrs, mem, self._chunk,
+                             self._ids, calls, skipped, time.time()))
         finally:  # the step ends even when recording it failed
-            self._tokens_total += self._tokens
+            self._tokens_total += self._tokens * self._dp
             self._step += 1
             self._t_end = t
             self._open = False
@@ -453,6 +463,13 @@ class Observer:
             self._gn, self._gn_given = None, False
         if self._extras:
             self._stage_extras()
+
+    def _read_scale(self) -> Any:
+        s = getattr(self.scaler, "_scale", None)  # None until the scaler's first scale()
+        if isinstance(s, torch.Tensor):
+            # update() changes it in place, after this step was staged (stream order on a GPU)
+            return s.item() if s.device.type == "cpu" else s
+        return None if s is None else float(s)
 
     def _stage_extras(self) -> None:
         extras, self._extras = self._extras, []
@@ -468,8 +485,13 @@ class Observer:
 
     def _on_drain(self, values: list[float | None], payload: tuple) -> None:
         if payload[0] == _LOG:
+            by_step: dict[int, dict[str, float]] = {}
             for (step, name), v in zip(payload[1], values, strict=True):
                 self.writer.metric(step, name, v)
+                by_step.setdefault(step, {})[name] = v
+            if self._mirror is not None:
+                for step, m in by_step.items():
+                    self._mirror_log(m, step)
             return
         (_, step, n_loss, loss_f, tokens, step_time, data_wait, lrs, mem, chunk, ids, calls, skipped, wall) = payload
         loss_sum, gn, scale, first_bad = values
@@ -479,8 +501,11 @@ class Observer:
             loss = m["loss"] = ((loss_sum or 0.0) + loss_f) / n_loss
         if gn is not None:
             m["grad_norm"] = gn
-        for i, lr in enumerate(lrs):
-            m["lr" if i == 0 else f"lr/group{i}"] = float(lr)
+        if isinstance(lrs, list):
+            for i, lr in enumerate(lrs):
+                m["lr" if i == 0 else f"lr/group{i}"] = float(lr)
+        else:
+            m["lr"] = float(lrs)
         if scale is not None:
             m["loss_scale"] = scale
         if skipped:
@@ -489,11 +514,11 @@ class Observer:
             m["step_time_s"] = step_time
         if data_wait is not None:
             m["data_wait_s"] = data_wait
-        self._tokens_seen += tokens
         if tokens:
-            m["tokens_seen"] = float(self._tokens_seen)
+            self._tokens_seen += tokens * self._dp
+            m["tokens_seen"] = float(self._tokens_seen)  # global: every data-parallel replica's tokens
             if step_time:
-                m["tokens_per_s"] = tps = tokens / step_time
+                m["tokens_per_s"] = tps = tokens / step_time  # this rank's throughput (what mfu needs)
                 if self.cfg.model_flops_per_token and self.cfg.peak_flops:
                     m["mfu"] = tps * self.cfg.model_flops_per_token / self.cfg.peak_flops
         if mem is not None:
@@ -503,11 +528,14 @@ class Observer:
         self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
                                          sample_ids=ids, probed=calls is not None,
                                          layer=layer_from_probe(first_bad, calls or ())))
-        if self.cfg.mirror is not None:
-            try:
-                self.cfg.mirror.log(m, step=step)
-            except Exception as exc:  # noqa: BLE001
-                self._hook_error("mirror", exc)
+        if self._mirror is not None:
+            self._mirror_log(m, step)
+
+    def _mirror_log(self, m: dict[str, float], step: int) -> None:
+        try:
+            self._mirror.log(m, step=step)
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("mirror", exc)
 
     def _want_probe(self) -> None:
         self._probe_for_good = True  # read by the training thread at the next forward

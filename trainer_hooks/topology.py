@@ -1,7 +1,7 @@
 """Where this process sits in the job: rank, local rank, host, GPU, and dp/tp/pp coordinates.
 
 Sources, first match wins:
-1. Megatron's `megatron.core.parallel_state`, when importable and initialised.
+1. Megatron's `megatron.core.parallel_state`, when the job has imported and initialised it.
 2. A `DeviceMesh` passed to attach(), with dimension names among dp/tp/pp (aliases below).
 3. `torch.distributed` world/rank, with tp_size/pp_size from the config and dp = world/(tp*pp).
    Ranks are laid out as Megatron does by default: tp varies fastest, then dp, then pp.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -53,9 +54,10 @@ def _env_int(name: str) -> int | None:
 
 
 def _from_megatron() -> dict[str, Any] | None:
-    try:
-        from megatron.core import parallel_state as ps  # noqa: PLC0415 - optional dependency
-    except Exception:  # noqa: BLE001 - not installed, or broken: fall through to the next source
+    # A Megatron job has imported parallel_state long before attach(); importing it ourselves would
+    # cost seconds (and warnings) in every job that merely has megatron-core installed.
+    ps = sys.modules.get("megatron.core.parallel_state")
+    if ps is None:
         return None
     try:
         if not ps.model_parallel_is_initialized():

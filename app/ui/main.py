@@ -35,6 +35,27 @@ if wanted:
         st.warning(f"ignored page={wanted!r}: pages are {', '.join(pages)}")
 
 
+def _refresh_control() -> int:
+    """The live view's interval in seconds (0 = off): `?refresh=N` sets it, the sidebar changes it."""
+    wanted, problem = state.parse_refresh(st.query_params.get("refresh"))
+    if problem:
+        st.warning(problem)
+        st.query_params.pop("refresh", None)
+    choices = sorted(set(state.REFRESH_CHOICES) | {wanted})
+    if "refresh_select" not in st.session_state or (
+            "refresh" in st.query_params and st.session_state.get("_refresh_param") != wanted):
+        st.session_state["refresh_select"] = wanted  # a new ?refresh= wins over the last choice
+    st.session_state["_refresh_param"] = wanted
+    seconds = st.selectbox("Live refresh", choices, key="refresh_select",
+                           format_func=lambda s: "off" if s == 0 else f"every {s} s",
+                           help="While a run is training: re-read the archive (staged data included) this often")
+    if seconds:
+        st.query_params["refresh"] = str(seconds)  # a deep link keeps the live view
+    else:
+        st.query_params.pop("refresh", None)
+    return int(seconds)
+
+
 def _sidebar() -> None:
     """Archive and run pickers; they set st.session_state['_archive'] and ['_run_id']."""
     st.session_state["_archive"] = None
@@ -45,8 +66,10 @@ def _sidebar() -> None:
         url = st.text_input("Archive", value=configured, key="archive_url",
                             help="A folder, or an s3://, gs://, hf:// or http(s):// URL of a published archive")
         url = (url or "").strip() or configured
+        refresh_s = _refresh_control()
+        st.session_state["_refresh_s"] = refresh_s
         try:
-            archive = state.get_archive(url)
+            archive = state.get_archive(url, refresh_s)
         except ArchiveError as exc:
             state.forget_archive(url)
             st.session_state["_archive_error"] = f"Cannot open this archive: {exc}"
@@ -90,6 +113,18 @@ def _sidebar() -> None:
 
 
 _sidebar()
+
+
+def _live_watch(archive, version: str) -> None:
+    """Every interval: re-scan (only new files are read); redraw the whole page when something changed."""
+    state.get_archive(archive.url, st.session_state.get("_refresh_s"))
+    if archive.version != version:
+        st.rerun(scope="app")
+
+
+if st.session_state["_archive"] is not None and st.session_state.get("_refresh_s"):
+    _archive = st.session_state["_archive"]
+    st.fragment(_live_watch, run_every=st.session_state["_refresh_s"])(_archive, _archive.version)
 if st.session_state["_archive_error"]:
     st.error(st.session_state["_archive_error"], icon=":material/error:")
 try:

@@ -23,6 +23,8 @@ from telemetry.errors import ArchiveError
 ARCHIVE_ENV = "FLIGHTLOG_ARCHIVE"
 DEFAULT_ARCHIVE = "./flightlog-archive"
 REFRESH_EVERY_S = 15.0  # re-scan the archive at most this often (live runs add segments)
+# live view (`?refresh=N` or the sidebar): re-scan every N seconds and redraw when the archive changed
+REFRESH_CHOICES: tuple[int, ...] = (0, 2, 5, 15, 60)  # 0 = off
 
 # (file under app/ui/, title, url path, icon): the order of the navigation.
 PAGES: tuple[tuple[str, str, str, str], ...] = (
@@ -67,7 +69,25 @@ def parse_step(raw: Any, label: str) -> tuple[int | None, str | None]:
         return None, f"ignored {label}={raw!r}: not a step number"
     if value != value or value in (float("inf"), float("-inf")) or value < 0:
         return None, f"ignored {label}={raw!r}: a step is a whole number >= 0"
+    if value >= 2**63:  # past int64: no step can be there, and SQL parameters would overflow
+        return None, f"ignored {label}={raw!r:.40}: larger than any step"
     return int(value), None
+
+
+def parse_refresh(raw: Any) -> tuple[int, str | None]:
+    """`?refresh=N` -> (seconds, None); 0 means off; a bad value is (0, why it was ignored).
+    Seconds are rounded to whole seconds, at least 1 (never faster than every second)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return 0, None
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        return 0, f"ignored refresh={raw!r}: give a number of seconds (e.g. refresh=5), or 0 for off"
+    if value != value or value < 0 or value == float("inf"):
+        return 0, f"ignored refresh={raw!r}: give a number of seconds >= 1, or 0 for off"
+    if value == 0:
+        return 0, None
+    return max(1, int(round(value))), None
 
 
 @dataclass(slots=True)
@@ -118,17 +138,20 @@ def page_link_url(page: str, **params: Any) -> str:
 # -- the archive (Streamlit caches) ----------------------------------------------------------
 @st.cache_resource(show_spinner="Opening the archive...", max_entries=8)
 def _open_archive(url: str) -> Any:
-    from telemetry.archive import open_archive
+    # the live view: staged batches of running writers are shown too (telemetry.live)
+    from telemetry.live import open_live_archive
 
-    archive = open_archive(url)
+    archive = open_live_archive(url)
     archive._ui_refreshed_at = time.monotonic()  # noqa: SLF001 - our own bookkeeping on the cached object
     return archive
 
 
-def get_archive(url: str) -> Any:
-    """The Archive at `url` (one per URL and process), re-scanned at most every REFRESH_EVERY_S."""
+def get_archive(url: str, refresh_s: float | None = None) -> Any:
+    """The Archive at `url` (one per URL and process), re-scanned at most every `refresh_s` seconds
+    (the live view's interval) or REFRESH_EVERY_S. A re-scan lists files; only new ones are read."""
     archive = _open_archive(url)
-    if time.monotonic() - getattr(archive, "_ui_refreshed_at", 0.0) > REFRESH_EVERY_S:
+    every = refresh_s if refresh_s else REFRESH_EVERY_S
+    if time.monotonic() - getattr(archive, "_ui_refreshed_at", 0.0) >= every:
         archive._ui_refreshed_at = time.monotonic()
         try:
             archive.refresh()

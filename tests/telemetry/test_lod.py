@@ -183,3 +183,27 @@ def test_default_lod_widths_give_the_full_scan_curve(tmp_path):
     for lo, hi, buckets in ((None, None, 2000), (None, None, 10), (12_345, 187_654, 333), (0, 70_000, 100)):
         assert_same_curve(a.curve(RUN, "loss", buckets=buckets, lo=lo, hi=hi),
                           full_scan(a, "loss", lo=lo, hi=hi, buckets=buckets, rank=None))
+
+
+@pytest.mark.parametrize(("lo", "hi", "buckets", "block"), [(0, 999_999, 600, 64), (5, 17, 4, 4), (130, 7999, 600, 4),
+                                                            (0, 0, 1, 64), (3, 3, 10, 4), (100, 5000, 1, 16)])
+def test_an_aligned_window_covers_the_asked_one_in_whole_blocks_per_bucket(lo, hi, buckets, block):
+    a_lo, a_hi, n = lod.aligned_window(lo, hi, buckets, block)
+    width = (a_hi - a_lo + 1) // n
+    assert a_lo <= lo and a_hi >= hi and 1 <= n <= buckets
+    assert a_lo % block == 0 and width % block == 0 and width * n == a_hi - a_lo + 1
+    assert a_hi - hi < width and lo - a_lo < block, "at most one bucket more than asked"
+
+
+def test_aligned_curves_read_no_raw_rows_of_covered_files_and_equal_a_full_scan(lod_archive, monkeypatch):
+    plans = []
+    real_plan = lod.plan_curve
+    monkeypatch.setattr(lod, "plan_curve", lambda **kw: plans.append(real_plan(**kw)) or plans[-1])
+    a = Archive(lod_archive)
+    for lo, hi, buckets in ((0, 5999, 100), (37, 4100, 13), (0, 7499, 600), (1000, 1003, 5)):
+        a_lo, a_hi, n = lod.aligned_window(lo, hi, buckets, WIDTHS[0])
+        for name in ("loss", "grad_norm"):
+            got = a.curve(RUN, name, buckets=buckets, lo=lo, hi=hi, align=True)
+            assert_same_curve(got, full_scan(a, name, lo=a_lo, hi=a_hi, buckets=n, rank=None))
+            if a_hi < 6000:  # all inside what the LOD covers and still validates: no straddling block
+                assert plans[-1] is not None and plans[-1].edges.num_rows == 0

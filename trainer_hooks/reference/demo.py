@@ -8,6 +8,9 @@ flightlog attached, and meets the troubles LLM360's Amber met:
 3. the job crashes (every rank SIGKILLed) after a checkpoint; a second launch resumes from the
    last checkpoint as attempt 1, and hits the corrupted chunk again.
 
+After training, every checkpoint gets a held-out perplexity (`evals`, benchmark `heldout_ppl`)
+and memorization scores over a few data chunks (`memorization`), as LLM360 publishes them.
+
 Then the archive is recovered and indexed, a summary says what flightlog saw, and the journey
 app opens on it (`--no-ui`: print the command instead).
 """
@@ -115,6 +118,22 @@ def _index(archive_url: str) -> None:
     write_manifest(archive_url)
 
 
+def _checkpoint_science(archive_url: str, run: str, cfg: TrainConfig) -> str:
+    """Held-out perplexity and memorization of every checkpoint, so the Checkpoints page has data."""
+    from trainer_hooks.reference.science import measure_run
+
+    half = min(32, (cfg.seq_len + 1) // 2)  # k = l = 32 on the full demo (Biderman et al.), 16 on --quick
+    t0 = time.perf_counter()
+    report = measure_run(archive_url, run, k=half, l=half, n=cfg.chunk_sequences, progress=False)
+    best = max(report.results, key=lambda r: r["token_match"], default=None)
+    line = (f"checkpoint science: {report.eval_rows} held-out perplexities and {report.memorization_rows} "
+            f"memorization scores (k = l = {half}) in {time.perf_counter() - t0:.1f} s")
+    if best is not None:
+        line += (f"; most memorized: chunk {best['data_chunk']} at step {best['step']} "
+                 f"(token match {best['token_match']:.2f})")
+    return line + "".join(f"\n  problem: {p}" for p in report.problems)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flightlog demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--archive", default=None, help="archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
@@ -172,7 +191,9 @@ def main(argv: list[str] | None = None, serve: Callable[..., object] | None = No
     train_s = time.perf_counter() - t0
 
     _index(archive)
+    science = _checkpoint_science(archive, run, cfg)
     text, found = summarize(archive, run, cfg.poison_chunk)
+    text += "\n" + science
     print(f"\n== flightlog demo summary ({train_s:.0f} s of training) ==\n{text}")
     print(f"\nexplore: flightlog incidents {run} --archive {archive}\n"
           f"         flightlog sql \"SELECT kind, step, data_chunk, layer FROM events WHERE run_id = '{run}'\" "

@@ -205,12 +205,22 @@ class Attention(nn.Module):
         self.wv = ColumnParallelLinear(cfg.d_model, cfg.d_model, tp, std)
         self.wo = RowParallelLinear(cfg.d_model, cfg.d_model, tp, out_std)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple]:
+        """Attention over the cached keys/values (earlier positions) and `x`; returns (output, new cache)."""
         B, T, _ = x.shape
+        past = 0 if cache is None else cache[0].size(2)
         q, k, v = (w(x).view(B, T, self.local_heads, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
-        q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.local_heads * self.head_dim))
+        cos, sin = cos[past:past + T], sin[past:past + T]  # positions continue after the cached ones
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i sits at position past + i and sees keys 0 .. past + i
+            allowed = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.local_heads * self.head_dim)), (k, v)
 
 
 class SwiGLU(nn.Module):
@@ -234,9 +244,11 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg, tp, std, out_std)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple | None = None
+                ) -> tuple[torch.Tensor, tuple]:
+        a, cache = self.attn(self.attn_norm(x), cos, sin, cache)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), cache
 
 
 # -----------------------------------------------------------------------------
@@ -263,14 +275,23 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, vocab); with `targets`, also the mean cross-entropy loss."""
-        if idx.size(1) > self.cfg.seq_len:
-            raise ValueError(f"sequence of {idx.size(1)} tokens is longer than seq_len={self.cfg.seq_len}")
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                past_key_values: list | None = None, use_cache: bool = False):
+        """Logits (B, T, vocab); with `targets`, also the mean cross-entropy loss.
+
+        `use_cache=True` (decoding) returns (logits, past_key_values): pass them back with the next
+        tokens only, and each layer attends to the cached keys/values instead of recomputing them."""
+        past = 0 if not past_key_values else past_key_values[0][0].size(2)
+        if past + idx.size(1) > self.cfg.seq_len:
+            raise ValueError(f"sequence of {past + idx.size(1)} tokens is longer than seq_len={self.cfg.seq_len}")
         x = self.tok_emb(idx)
-        for layer in self.layers:
-            x = layer(x, self.rope_cos, self.rope_sin)
+        caches = []
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, self.rope_cos, self.rope_sin, past_key_values[i] if past_key_values else None)
+            caches.append(c)
         logits = self.lm_head(self.norm(x))
+        if use_cache:
+            return logits, caches
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())

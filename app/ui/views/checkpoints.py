@@ -1,12 +1,13 @@
 """Checkpoints & data: checkpoints with their audit (optimizer state, dtypes, problems), data chunks
-against steps, evaluations against tokens and memorization, when the run has them."""
+against steps, evaluations against tokens (and a benchmark × checkpoint heatmap), and memorization
+against checkpoint, against how recently a chunk was read, and its correlation between checkpoints."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app.ui import charts, state
+from app.ui import charts, eval_charts, state
 
 st.title("Checkpoints & data")
 picked = state.require_run()
@@ -76,17 +77,45 @@ else:
 st.subheader("Evaluations")
 evals = state.sql_df(archive, "SELECT * FROM evals WHERE run_id = ? ORDER BY benchmark, metric, step", (run_id,))
 if evals.empty:
-    st.info("No evaluations in this run. Import lm-eval-harness results with `flightlog import`, or write rows "
-            "with `Writer.row('evals', step=..., benchmark=..., metric=..., value=..., stderr=...)`.")
+    st.info("No evaluations in this run. Import lm-evaluation-harness results with "
+            "`flightlog import evals results_*.json --run RUN` (or a CSV), or write rows with "
+            "`Writer.row('evals', step=..., benchmark=..., metric=..., value=..., stderr=...)`.")
 else:
-    st.altair_chart(charts.evals_chart(evals), width="stretch", key="evals_chart")
+    series = sorted(eval_charts.series_label(evals).unique())
+    picked_series = st.multiselect("benchmarks", series, default=series[:8], key="evals_series",
+                                   help="benchmark / metric pairs drawn against tokens") if len(series) > 1 else series
+    shown = evals[eval_charts.series_label(evals).isin(picked_series)]
+    if not shown.empty:
+        st.altair_chart(eval_charts.scores_chart(shown), width="stretch", key="evals_chart")
+    if evals["step"].nunique() > 1:
+        st.altair_chart(eval_charts.eval_heatmap(evals), width="stretch", key="evals_heatmap")
+    with st.expander(f"{len(evals)} scores (table)"):
+        st.dataframe(evals.drop(columns=["run_id"]), hide_index=True)
 
 # -- memorization -------------------------------------------------------------------------------
 mem = state.sql_df(archive, "SELECT * FROM memorization WHERE run_id = ? ORDER BY step, data_chunk", (run_id,))
 st.subheader("Memorization")
 if mem.empty:
-    st.caption("No memorization measurements in this run (`Writer.row('memorization', ...)` records them).")
+    st.caption("No memorization scores in this run. `flightlog memorization --run RUN --chunk C` measures them "
+               "for the reference trainer's checkpoints; `trainer_hooks.memorization.memorization_score` does it "
+               "for any causal LM (write rows with `Writer.row('memorization', ...)`).")
 else:
+    groups = mem[["k", "l"]].drop_duplicates().sort_values(["k", "l"])
+    labels = [f"k={int(k)}, l={int(l)}" for k, l in groups.itertuples(index=False)]
+    label = st.selectbox("prompt / continuation", labels, key="mem_kl") if len(labels) > 1 else labels[0]
+    k_sel, l_sel = groups.iloc[labels.index(label)]
+    mem_kl = mem[(mem["k"] == k_sel) & (mem["l"] == l_sel)]
+    measure = st.radio("score", ["token_match", "full_match"], horizontal=True, key="mem_measure",
+                       help="token match: fraction of the l decoded tokens equal to the data; full match: fraction "
+                            "of sequences reproduced exactly (k-extractible)")
+    st.altair_chart(eval_charts.memorization_by_checkpoint(mem_kl, measure=measure), width="stretch",
+                    key="mem_by_checkpoint")
+    if not chunks.empty:
+        st.altair_chart(eval_charts.memorization_by_recency(mem_kl, chunks, measure=measure), width="stretch",
+                        key="mem_by_recency")
+    if mem_kl["step"].nunique() > 1 and mem_kl["data_chunk"].nunique() > 1:
+        st.altair_chart(eval_charts.memorization_correlation(mem_kl, measure=measure), width="stretch",
+                        key="mem_correlation")
     st.dataframe(mem.drop(columns=["run_id"]), hide_index=True, column_config={
         "token_match": st.column_config.NumberColumn("token match", format="%.3f"),
         "full_match": st.column_config.NumberColumn("full match", format="%.3f"),

@@ -106,7 +106,11 @@ if not events.empty:
 
 grid = st.columns(2)
 for i, metric in enumerate(shown):
-    curve = state.query(archive, "curve", run_id, metric, x=x, buckets=buckets, lo=x_lo, hi=x_hi, rank=rank)
+    if x == "step":  # buckets of whole LOD blocks over the shown steps: served from the LOD alone (~20x faster)
+        curve = state.query(archive, "curve", run_id, metric, x=x, buckets=buckets, lo=lo, hi=hi, rank=rank,
+                            align=True)
+    else:
+        curve = state.query(archive, "curve", run_id, metric, x=x, buckets=buckets, lo=x_lo, hi=x_hi, rank=rank)
     with grid[i % 2]:
         if curve.empty:
             st.info(f"No `{metric}` points in this range.")

@@ -1,0 +1,99 @@
+"""`flightlog compact [URL] [--run RUN] [--grace SECONDS]`: merge a run's small segments into large
+sorted files, rebuild its level-of-detail table, and delete files replaced long enough ago.
+
+Writers compact their own run on close; this command is for archives written by older writers,
+imports, crashed runs (after recovery) and for removing replaced parts once their grace period
+(readers of an older file list may still read them) is over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"
+
+
+def summary_line(report) -> str:
+    """One line: what was written, replaced and removed (the CLI's stdout)."""
+    text = (f"compacted {report.runs} run(s) in {report.seconds:.1f} s: {report.files_written} file(s) written, "
+            f"{report.segments_replaced} segment(s) replaced, {report.rows:,} rows, "
+            f"{_mib(report.bytes_before)} -> {_mib(report.bytes_after)}")
+    if report.lod_files:
+        text += f", {report.lod_files} LOD table(s) rebuilt"
+    text += f", {report.removed} old file(s) removed"
+    if report.skipped_live:
+        text += f", {report.skipped_live} segment(s) of live writers skipped"
+    if report.problems:
+        text += f", {len(report.problems)} problem(s)"
+    return text
+
+
+def _resolve_run(url: str, run: str) -> str:
+    """A run's id or name -> its id (by the file names: no DuckDB needed); ArchiveError if unknown."""
+    from data_schema.layout import run_id_from_name
+    from telemetry.compaction import all_runs
+    from telemetry.errors import UnknownRunError
+
+    known = all_runs(url)
+    if run in known:
+        return run
+    try:
+        slug = run_id_from_name(run)
+    except ValueError:
+        slug = None
+    if slug in known:
+        return slug
+    hint = f"known runs: {', '.join(known)}" if 0 < len(known) <= 20 else (
+        f"{len(known)} runs are known; `flightlog runs` lists them" if known else "the archive holds no runs yet")
+    raise UnknownRunError(f"unknown run {run!r} in {url}: {hint}")
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from telemetry.catalog import Catalog
+    from telemetry.compaction import all_runs, compact
+    from telemetry.errors import ArchiveError
+    from telemetry.fs import default_archive_url
+
+    url = args.url or default_archive_url()
+    if args.grace is not None and args.grace < 0:
+        raise ArchiveError(f"--grace must be 0 or more seconds, got {args.grace:g}")
+    Catalog(url).check_exists_and_version()  # a clear message for a wrong URL, before any work
+    run = _resolve_run(url, args.run) if args.run else None
+    total = 1 if run else len(all_runs(url))
+    with tqdm(total=total, desc="compact", unit="run", file=sys.stderr, disable=args.quiet) as bar:
+        def progress(done: int, _total: int, run_id: str) -> None:
+            bar.set_postfix_str(run_id, refresh=False)
+            bar.update(1)
+
+        report = compact(url, run, grace_s=args.grace if args.grace is not None else 600.0, progress=progress)
+    print(summary_line(report))
+    for p in report.problems:
+        print(f"flightlog: problem: {' '.join(str(p).split())}", file=sys.stderr)
+    return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def add_compact_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `compact` on the CLI's subparsers; returns its parser."""
+    p = subparsers.add_parser(
+        "compact", help="merge segments into large sorted files, rebuild LOD tables, remove replaced files",
+        description="Merge each run's segments into large files sorted by (name, step), rebuild its "
+                    "level-of-detail table, and delete files replaced more than --grace seconds ago. "
+                    "Segments of writers that are still running are left alone. Exit 1 when a problem "
+                    "was found (listed on stderr).")
+    p.add_argument("url", nargs="?", metavar="URL", help="archive folder or URL (default $FLIGHTLOG_ARCHIVE or "
+                                                         "./flightlog-archive)")
+    p.add_argument("--run", metavar="RUN", help="only this run (name or id); default every run")
+    p.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                   help="delete replaced files only after this long (default 600: readers that opened the "
+                        "archive before may still read them)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compact)
+    return p
