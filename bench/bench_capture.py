@@ -3,8 +3,9 @@
     python -m bench.bench_capture [--steps 3000] [--trials 5]
 
 The same small model trains in each variant, one intra-op thread, variants interleaved over
-`trials` rounds; each number is the variant's best round (the least disturbed by other
-processes on a shared machine). Three clocks: wall time, CPU time of the training thread
+`trials` rounds; each cost is the median over rounds of (variant - its baseline in the same
+round), with the best round beside it (the least disturbed by other processes on a shared
+machine). Three clocks: wall time, CPU time of the training thread
 (`time.thread_time`: what the loop itself pays) and CPU time of the whole process (adds the
 drainer and writer threads, which share the GIL). Capture cost = variant - its baseline.
 Variants:
@@ -12,8 +13,10 @@ Variants:
 - bare: forward, backward, AdamW step, zero_grad.
 - flightlog: + attach() (default capture: loss, grad norm computed on device, lr, step time,
   data wait, tokens) and `obs.record_loss(loss, tokens=n)`.
-- flightlog, grad norm handed over: the loop clips (`clip_grad_norm_`, also in its baseline
-  `bare + clip`) and passes the value with `obs.grad_norm(...)`; flightlog computes no norm.
+- flightlog+clip: the loop clips (`clip_grad_norm_`, also in its baseline `bare + clip`);
+  flightlog picks up the norm clip returned (clip_watch.py) and computes none: capture
+  without the grad-norm reduction, as in most LLM loops.
+- flightlog+handed: as +clip, and the loop also passes the value with `obs.grad_norm(...)`.
 - wandb offline: the clipping loop + `run.log` of 5 scalars (loss, clip's grad_norm, lr,
   tokens_seen, step_time_s) with the `.item()` calls it needs, WANDB_MODE=offline; its
   baseline is `bare + clip`.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -51,7 +55,7 @@ def run_variant(kind: str, steps: int, data: list, tmp: str) -> tuple[float, flo
     """(wall, training-thread CPU, process CPU) seconds per step of one variant."""
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    clip = kind in ("bare+clip", "flightlog+handed", "wandb")
+    clip = kind in ("bare+clip", "flightlog+clip", "flightlog+handed", "wandb")
     obs = run = None
     if kind.startswith("flightlog"):
         obs = trainer_hooks.attach(model, opt, run=f"bench-{kind}", archive=os.path.join(tmp, "archive"),
@@ -71,7 +75,7 @@ def run_variant(kind: str, steps: int, data: list, tmp: str) -> tuple[float, flo
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if obs is not None:
             obs.record_loss(loss, tokens=256)
-            if clip:
+            if kind == "flightlog+handed":
                 obs.grad_norm(gn)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wandb", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    kinds = ["bare", "flightlog", "bare+clip", "flightlog+handed"] + ([] if args.no_wandb else ["wandb"])
+    kinds = ["bare", "flightlog", "bare+clip", "flightlog+clip", "flightlog+handed"] + (
+        [] if args.no_wandb else ["wandb"])
     data = _data(args.steps)
     rounds: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,25 +113,33 @@ def main(argv: list[str] | None = None) -> int:
             for k in kinds:
                 rounds[k].append(run_variant(k, args.steps, data, tmp))
     clocks = ("wall", "thread", "process")
-    us = {k: {c: min(r[i] for r in v) * 1e6 for i, c in enumerate(clocks)} for k, v in rounds.items()}
-    base = {"flightlog": "bare", "flightlog+handed": "bare+clip", "wandb": "bare+clip"}
-    cost = {k: {c: us[k][c] - us[b][c] for c in clocks} for k, b in base.items() if k in us}
-    print(f"Capture host cost, CPU, 1 intra-op thread, {args.steps} steps x {args.trials} rounds (best round), "
-          f"torch {torch.__version__}\n")
+    base = {"flightlog": "bare", "flightlog+clip": "bare+clip", "flightlog+handed": "bare+clip", "wandb": "bare+clip"}
+    us = {k: {c: statistics.median(r[i] for r in v) * 1e6 for i, c in enumerate(clocks)} for k, v in rounds.items()}
+    # cost per round against the baseline of the same round, so a slow round shifts both alike
+    per_round = {k: {c: [(rounds[k][j][i] - rounds[b][j][i]) * 1e6 for j in range(args.trials)]
+                     for i, c in enumerate(clocks)} for k, b in base.items() if k in rounds}
+    cost = {k: {c: statistics.median(v[c]) for c in clocks} for k, v in per_round.items()}
+    best = {k: {c: min(v[c]) for c in clocks} for k, v in per_round.items()}
+    print(f"Capture host cost, CPU, 1 intra-op thread, {args.steps} steps x {args.trials} rounds "
+          f"(median of per-round costs; best round in brackets), torch {torch.__version__}\n")
     print("| variant | wall µs/step | cost: wall | cost: training-thread CPU | cost: process CPU | "
           "wandb cost / this cost (thread CPU) |")
     print("|---|---:|---:|---:|---:|---:|")
     for k in kinds:
         c = cost.get(k)
-        cells = ["", "", ""] if c is None else [f"{c[x]:.1f}" for x in clocks]
+        cells = ["", "", ""] if c is None else [f"{c[x]:.1f} ({best[k][x]:.1f})" for x in clocks]
         ratio = ""
         if c is not None and k != "wandb" and "wandb" in cost and c["thread"] > 0:
             ratio = f"{cost['wandb']['thread'] / c['thread']:.0f}x"
         print(f"| {k} | {us[k]['wall']:.1f} | " + " | ".join(cells) + f" | {ratio} |")
-    print("\ncost = variant - its baseline (flightlog: bare; flightlog+handed and wandb: bare+clip). "
-          "flightlog's default cost includes computing the grad norm (torch._foreach_norm); "
-          "`+handed` is the loop passing clip_grad_norm_'s value. Process CPU adds flightlog's drainer and "
-          "writer threads; wandb's own work runs in its service process, outside this process's CPU time.")
+    if "flightlog" in cost and "flightlog+clip" in cost:
+        print(f"\ngrad-norm reduction alone (flightlog - flightlog+clip, thread CPU): "
+              f"{cost['flightlog']['thread'] - cost['flightlog+clip']['thread']:.1f} µs/step")
+    print("\ncost = variant - its baseline (flightlog: bare; the others: bare+clip). flightlog's default cost "
+          "includes computing the grad norm (torch._foreach_norm) because this loop does not clip; "
+          "`+clip` is capture without that reduction (the loop's clip_grad_norm_ result is picked up). Process "
+          "CPU adds flightlog's drainer and writer threads; wandb's own work runs in its service process, "
+          "outside this process's CPU time.")
     return 0
 
 

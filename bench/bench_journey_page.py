@@ -14,9 +14,11 @@ Budget (ARCHITECTURE.md): interactive <= 3 s.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
+import sys
 import tempfile
 import time
 import urllib.request
@@ -208,7 +210,17 @@ def main(argv: list[str] | None = None) -> None:
         from app.ui.server import serve
 
         port = free_port()
-        proc = serve(str(root), port=port, block=False, address="127.0.0.1")
+        # the server inherits stdout: point it at /dev/null so its banner stays out of the report
+        sys.stdout.flush()
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            proc = serve(str(root), port=port, block=False, address="127.0.0.1")
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/_stcore/health")
         driver = make_driver(str(tmp / "profile"))

@@ -4,7 +4,9 @@
 
 Trains a small model on CUDA with `trainer_hooks.attach()` under
 `torch.cuda.set_sync_debug_mode("error")` (switched on after warm-up), with the grad norm
-computed by flightlog, `obs.log` of a GPU tensor, the NaN layer probe armed every 10 steps,
+computed by flightlog on even steps and picked up from the loop's `clip_grad_norm_` on odd
+steps, `obs.log` of GPU tensors (float, int, bool, and a vector it must refuse), the NaN
+layer probe armed every 10 steps,
 and one poisoned batch (NaN loss) whose `nan` event must name its layer. Any synchronizing
 CUDA call on the training thread raises there; one on the drainer thread would become a
 `hook_error`, so both are checked. Then compares recorded vs computed losses, prints the
@@ -59,9 +61,12 @@ def _loop(model, opt, sched, xs, steps: int, obs=None, poison: int | None = None
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = torch.nn.functional.mse_loss(model(x).float(), x)
         loss.backward()
+        if i % 2:  # the clip's pre-clip norm becomes the step's grad_norm (clip_watch.py)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
         if obs is not None:
             obs.record_loss(loss, tokens=x.shape[0])
-            obs.log({"act_abs_mean": x.abs().mean()})  # a GPU tensor: must not sync
+            obs.log({"act_abs_mean": x.abs().mean(),  # GPU tensors: none of these may sync
+                     "argmax": x[0].argmax(), "all_finite": torch.isfinite(loss), "refused_vector": x[0]})
         if losses is not None:
             losses.append(loss.detach())
         opt.step()
@@ -128,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"expected the first nan/inf event at step {5 + poison}, got {first}")
         layers = {e["step"]: e["layer"] for e in nan_events}
         names = {r["name"] for r in _rows(archive, "metrics")}
-        for n in ("grad_norm", "lr", "step_time_s", "mem_allocated_bytes", "act_abs_mean"):
+        if "refused_vector" in {r["name"] for r in _rows(archive, "metrics")}:
+            failures.append("a 512-element GPU tensor was stored by obs.log (it must be refused)")
+        for n in ("grad_norm", "lr", "step_time_s", "mem_allocated_bytes", "act_abs_mean", "argmax", "all_finite"):
             if n not in names:
                 failures.append(f"metric {n} missing")
         system = _rows(archive, "system")

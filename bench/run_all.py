@@ -77,21 +77,29 @@ def budget_rows(name: str, text: str) -> list[list[str]]:
     return rows
 
 
-def _seconds(text: str) -> float | None:
-    m = re.search(r"([\d.,]+)\s*(µs|ms|s)\b", text)
+_UNITS = {"µs": (1e-6, "s"), "ms": (1e-3, "s"), "s": (1.0, "s"), "B": (1.0, "B")}
+
+
+def _quantity(text: str) -> tuple[float, str] | None:
+    """The first number with a unit (µs, ms, s, B) in `text`, as (value in s or B, "s" or "B")."""
+    m = re.search(r"(-?[\d.,]+)\s*(µs|ms|s|B)(?![\w/])", text)
     if not m:
         return None
-    v = float(m.group(1).replace(",", ""))
-    return v * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+    scale, kind = _UNITS[m.group(2)]
+    return float(m.group(1).replace(",", "")) * scale, kind
 
 
 def _check(measured: str, budget: str) -> str:
-    """pass/miss of "≤ X" budgets on times (one or two '/'-separated values)."""
-    got = [_seconds(p) for p in measured.split("/")]
-    want = [_seconds(p) for p in budget.split("/")]
-    if not budget.strip().startswith("≤") or None in got or None in want or len(got) != len(want):
+    """pass/miss of "≤ X" budgets on times or bytes (one or several '/'-separated values, the first
+    ones of `measured` against those of `budget`)."""
+    if not budget.strip().startswith("≤"):
         return ""
-    return "pass" if all(g <= w for g, w in zip(got, want, strict=True)) else "**miss**"  # type: ignore[operator]
+    want = [_quantity(p) for p in budget.split("/")]
+    got = [_quantity(p) for p in measured.split("/")][: len(want)]
+    if None in got or None in want or len(got) != len(want) or any(
+            g[1] != w[1] for g, w in zip(got, want, strict=True)):  # type: ignore[index]
+        return ""
+    return "pass" if all(g[0] <= w[0] for g, w in zip(got, want, strict=True)) else "**miss**"  # type: ignore[index]
 
 
 def split_summary(stdout: str) -> tuple[str, list[list[str]]]:

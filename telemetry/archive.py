@@ -326,25 +326,29 @@ class Archive:
 
     # -- runs -------------------------------------------------------------------------------
     @_heals
-    def runs(self) -> pd.DataFrame:
+    def runs(self, run: str | None = None) -> pd.DataFrame:
         """One row per run: run_id, name, project, status, created_at, steps, tokens, attempts,
-        ranks, last_loss, incidents (newest first)."""
+        ranks, last_loss, incidents (newest first). `run`: that run's row only, reading only its files."""
         kinds = ", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)
-        files = [f for f in self._snap.files.get("metrics", []) if f.rows]
+        run_id = None if run is None else self.resolve_run(run)
+        metrics = "metrics" if run_id is None else self._run_source("metrics", run_id)
+        where = "" if run_id is None else f" WHERE run_id = {curves.quote_str(run_id)}"
+        and_ = "" if run_id is None else f" AND run_id = {curves.quote_str(run_id)}"
+        files = [f for f in self._snap.files.get("metrics", []) if f.rows and run_id in (None, f.key.run_id)]
         spans = snapshot_spans(files)
         # per-run figures from the footers where they tell: a scan of every metric row took 0.5 s on a
         # 41 M-point archive, and this summary is the first query of most pages
         if spans is None:
-            steps = "SELECT run_id, max(step) AS steps FROM metrics GROUP BY run_id"
+            steps = f"SELECT run_id, max(step) AS steps FROM {metrics} GROUP BY run_id"
         elif spans:
             steps = "SELECT * FROM (VALUES " + ", ".join(
                 f"({curves.quote_str(r)}, {max(hi for _, hi in by.values())})" for r, by in sorted(spans.items())
             ) + ") AS t(run_id, steps)"
         else:
             steps = "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS steps WHERE false"
-        ranked = set(self._df("SELECT DISTINCT run_id FROM ranks")["run_id"])
+        ranked = set(self._df(f"SELECT DISTINCT run_id FROM ranks{where}")["run_id"])
         unranked = sorted({f.key.run_id for f in files} - ranked)  # only these need max(rank) from metrics
-        metric_ranks = (f"SELECT run_id, max(rank) + 1 AS metric_ranks FROM metrics WHERE run_id IN "
+        metric_ranks = (f"SELECT run_id, max(rank) + 1 AS metric_ranks FROM {metrics} WHERE run_id IN "
                         f"({', '.join(curves.quote_str(r) for r in unranked)}) GROUP BY run_id" if unranked else
                         "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS metric_ranks WHERE false")
         metric_ids = ", ".join(f"({curves.quote_str(r)})" for r in sorted({f.key.run_id for f in files}))
@@ -352,19 +356,19 @@ class Archive:
                           else "SELECT NULL::VARCHAR AS run_id WHERE false")
         return self._df(f"""
 WITH ids AS (
-    SELECT run_id FROM runs UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM attempts),
-tok AS (SELECT run_id, max(value) AS tokens FROM metrics WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
+    SELECT run_id FROM runs{where} UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM attempts{where}),
+tok AS (SELECT run_id, max(value) AS tokens FROM {metrics} WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
 m AS (
     SELECT s.run_id, s.steps, tok.tokens, mr.metric_ranks
     FROM ({steps}) s LEFT JOIN tok USING (run_id) LEFT JOIN ({metric_ranks}) mr USING (run_id)),
-last_step AS (SELECT run_id, max(step) AS step FROM metrics WHERE name = 'loss' GROUP BY run_id),
+last_step AS (SELECT run_id, max(step) AS step FROM {metrics} WHERE name = 'loss' GROUP BY run_id),
 -- the journey's last loss: at the highest step, the latest attempt wins, then the lowest rank
 ll AS (
     SELECT x.run_id, arg_max(x.value, x.attempt * 65536 - x.rank) AS last_loss
-    FROM metrics x JOIN last_step USING (run_id, step) WHERE x.name = 'loss' GROUP BY x.run_id),
-a AS (SELECT run_id, count(*) AS attempts FROM attempts GROUP BY run_id),
-k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM ranks GROUP BY run_id),
-e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}) GROUP BY run_id)
+    FROM {metrics} x JOIN last_step USING (run_id, step) WHERE x.name = 'loss' GROUP BY x.run_id),
+a AS (SELECT run_id, count(*) AS attempts FROM attempts{where} GROUP BY run_id),
+k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM ranks{where} GROUP BY run_id),
+e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}){and_} GROUP BY run_id)
 SELECT ids.run_id, r.name, r.project, r.status, r.created_at, m.steps, m.tokens,
        coalesce(a.attempts, 0) AS attempts, coalesce(k.ranks, m.metric_ranks, 0) AS ranks,
        ll.last_loss, coalesce(e.incidents, 0) AS incidents

@@ -517,7 +517,9 @@ class Writer:
         try:
             cols = [pa.array(steps, pa.int64()), pa.array(names, pa.string()), pa.array(values, pa.float64()),
                     _timestamps(wts)]
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            if cols[0].null_count or cols[1].null_count:  # None step/name: sort them out point by point
+                raise ValueError("missing step or name")
+        except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
             cols = self._metrics_slow(steps, names, values, wts)
         return pa.Table.from_arrays(cols, schema=_METRIC_STAGED)
 
@@ -527,11 +529,18 @@ class Writer:
         for s, n, v, w in zip(steps, names, values, wts, strict=True):
             try:
                 s = operator.index(s) if not isinstance(s, float) or not s.is_integer() else int(s)
+                if not -(2**63) <= s < 2**63:
+                    raise OverflowError("step is outside the int64 range")
                 if not isinstance(n, str):
                     raise TypeError(f"metric name must be a string, got {type(n).__name__}")
+                n.encode("utf-8")  # lone surrogates cannot be stored
+                if isinstance(v, (str, bytes)):
+                    raise TypeError("a metric value is a number, not text")
                 v = float(v)
                 w = w.timestamp() if isinstance(w, dt.datetime) else float(w)
-            except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+                if not -62135596800.0 <= w < 253402300800.0:  # NaN fails too
+                    raise ValueError("wall_time must be Unix seconds within the years 1-9999")
+            except (TypeError, ValueError, OverflowError, AttributeError, UnicodeEncodeError) as exc:
                 self._invalid += 1
                 self._oncelog.warn("invalid-metric", f"flightlog: skipped an invalid metric point "
                                    f"(step={s!r:.40}, name={n!r:.60}, value={v!r:.40}): {exc}")

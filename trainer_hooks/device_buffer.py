@@ -107,9 +107,9 @@ class DeviceBuffer:
         self._next = (k + 1) % self.ring
         kinds, srcs = [], []
         for v in values:
-            if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor) and v[0].device.type == "cuda":
+            if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor) and v[0].is_cuda:
                 v = torch.linalg.vector_norm(torch.stack(list(v)).float())
-            if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+            if isinstance(v, torch.Tensor) and v.is_cuda:
                 kinds.append(_SLOTS[len(srcs)])
                 srcs.append(v.detach().reshape(()))
             else:

@@ -8,8 +8,9 @@ tokens, which are compared with the true next `l` tokens:
 - full_match: the fraction of sequences reproduced exactly ("k-extractible").
 
 Works for any HF-style causal LM (`model(input_ids)` gives logits, or an output with `.logits`).
-Decoding is batched; when the model takes `past_key_values`/`use_cache` (Hugging Face models, the
-reference GPT) each new token costs one position instead of a re-forward of the whole prefix.
+Decoding is batched; when the model takes a KV cache with `use_cache` (`past_key_values`, or `cache`
+in recent transformers; the reference GPT too) each new token costs one position instead of a
+re-forward of the whole prefix.
 """
 
 from __future__ import annotations
@@ -33,23 +34,33 @@ class MemorizationResult:
     comparing it between checkpoints shows which sequences stay memorized."""
 
 
+_CACHE_NAMES = ("past_key_values", "cache")  # transformers < 5.20 / newer releases
+
+
 def _logits_and_cache(out: Any) -> tuple[torch.Tensor, Any]:
     if isinstance(out, torch.Tensor):
         return out, None
     if hasattr(out, "logits"):
-        return out.logits, getattr(out, "past_key_values", None)
+        return out.logits, next((getattr(out, n) for n in _CACHE_NAMES if getattr(out, n, None) is not None), None)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0], out[1] if len(out) > 1 else None
     raise TypeError(f"cannot find logits in the model's output of type {type(out).__name__}")
 
 
-def supports_kv_cache(model: torch.nn.Module) -> bool:
-    """Whether `model.forward` names both `past_key_values` and `use_cache` (Hugging Face's decoding API)."""
+def cache_argument(model: torch.nn.Module) -> str | None:
+    """The name under which `model.forward` takes its KV cache next to `use_cache` (Hugging Face's decoding
+    API: `past_key_values`, renamed `cache` in recent transformers), or None when it takes none."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        return False
-    return "past_key_values" in params and "use_cache" in params
+        return None
+    if "use_cache" not in params:
+        return None
+    return next((n for n in _CACHE_NAMES if n in params), None)
+
+
+def supports_kv_cache(model: torch.nn.Module) -> bool:
+    return cache_argument(model) is not None
 
 
 @torch.inference_mode()
@@ -60,15 +71,17 @@ def greedy_continuations(model: torch.nn.Module, prompts: torch.Tensor, l: int, 
     All prompts have the same length, so no padding or attention mask is needed."""
     if prompts.dim() != 2 or prompts.size(1) < 1:
         raise ValueError(f"prompts must be a (batch, k >= 1) tensor of token ids, got shape {tuple(prompts.shape)}")
-    cached = supports_kv_cache(model) if use_cache is None else use_cache
+    name = cache_argument(model)
+    if use_cache and name is None:
+        raise ValueError(f"{type(model).__name__}.forward takes no KV cache (past_key_values/cache and use_cache)")
     out: list[torch.Tensor] = []
-    if cached:
-        logits, past = _logits_and_cache(model(prompts, past_key_values=None, use_cache=True))
+    if name is not None and use_cache is not False:
+        logits, past = _logits_and_cache(model(prompts, use_cache=True))
         for i in range(l):
             nxt = logits[:, -1, :].argmax(dim=-1)
             out.append(nxt)
             if i + 1 < l:
-                logits, past = _logits_and_cache(model(nxt[:, None], past_key_values=past, use_cache=True))
+                logits, past = _logits_and_cache(model(nxt[:, None], use_cache=True, **{name: past}))
     else:
         ids = prompts
         for _ in range(l):

@@ -7,8 +7,10 @@ Offline mode (the default) writes a `.wandb` file that `flightlog import wandb` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,3 +77,14 @@ def _plain(v: Any) -> Any:
         except (TypeError, ValueError, RuntimeError):
             return math.nan
     return v
+
+
+def wandb_mirror_for(run: str, config: Any, *, project: str | None = None) -> WandbMirror:
+    """The mirror `attach(mirror="wandb")` makes: offline unless $WANDB_MODE says otherwise, in $WANDB_DIR."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    elif config is not None and not isinstance(config, Mapping):
+        config = vars(config) if hasattr(config, "__dict__") else None
+    # $WANDB_DIR passed on: wandb reads its environment once per process, not per run
+    return WandbMirror(run, config, project=project, dir=os.environ.get("WANDB_DIR") or None,
+                       mode=None if os.environ.get("WANDB_MODE") else "offline")

@@ -22,7 +22,6 @@ A failure inside any hook is caught here: one log line, an `events` row of kind
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import math
 import os
@@ -41,11 +40,12 @@ from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
 from trainer_hooks.nvml_sampler import NvmlSampler
+from trainer_hooks.step_metrics import TokenCount, step_metrics
 from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
 _perf = time.perf_counter
-_STEP, _LOG = 0, 1  # payload kinds
+_STEP, _LOG = 0, 1  # payload kinds (step_metrics.py reads _STEP payloads)
 
 __all__ = ["Observer", "ObserverConfig", "attach"]
 
@@ -115,7 +115,8 @@ class Observer:
 
         # ---- drainer-thread state
         self._chunks = ChunkTracker(self.writer)
-        self._tokens_seen = cfg.start_tokens
+        self._dp_tokens = TokenCount(seen=cfg.start_tokens, dp_size=self._dp, model_flops_per_token=cfg.model_flops_per_token,
+                                     peak_flops=cfg.peak_flops)
         self._mirror, self._own_mirror = self._open_mirror(run, config)
         self.forensics = Forensics(self._emit, self._want_probe, spike_window=cfg.spike_window,
                                    spike_zscore=cfg.spike_zscore, spike_min_points=cfg.spike_min_points, seed=cfg.seed)
@@ -123,9 +124,10 @@ class Observer:
         self._ckpt = ckpt.CheckpointRecorder(self.writer, master_weights_dtype=cfg.master_weights_dtype,
                                              on_error=self._hook_error)
 
-        self._hooks = [optimizer.register_step_pre_hook(self._pre_step),
-                       optimizer.register_step_post_hook(self._post_step),
+        self._hooks = [optimizer.register_step_post_hook(self._post_step),
                        model.register_forward_pre_hook(self._on_forward)]
+        if cfg.compute_grad_norm:
+            self._hooks.append(optimizer.register_step_pre_hook(self._pre_step))
         self._scaler_update = None
         # A disabled GradScaler (enabled=False) scales nothing: no loss_scale metric for it.
         self._scaler_on = scaler is not None and bool(getattr(scaler, "_enabled", True))
@@ -157,20 +159,14 @@ class Observer:
             self._hook_error("nvml_sampler", exc)
 
     def _open_mirror(self, run: str, config: Any) -> tuple[Any, bool]:
-        mirror = self.cfg.mirror
-        if mirror != "wandb":
-            return mirror, False
+        if self.cfg.mirror != "wandb":
+            return self.cfg.mirror, False
         if self.topology.rank != 0:
             return None, False  # one W&B run per training run, as W&B users expect: rank 0's view
-        from trainer_hooks.mirror import WandbMirror  # noqa: PLC0415 - wandb only when asked for
-
-        if dataclasses.is_dataclass(config) and not isinstance(config, type):
-            config = dataclasses.asdict(config)
-        elif config is not None and not isinstance(config, Mapping):
-            config = vars(config) if hasattr(config, "__dict__") else None
         try:
-            return WandbMirror(run, config, project=self.cfg.project,
-                               mode=None if os.environ.get("WANDB_MODE") else "offline"), True
+            from trainer_hooks.mirror import wandb_mirror_for  # noqa: PLC0415 - wandb only when asked for
+
+            return wandb_mirror_for(run, config, project=self.cfg.project), True
         except Exception as exc:  # noqa: BLE001 - no W&B: the archive still records everything
             self._hook_error("mirror", exc)
             return None, False
@@ -228,7 +224,7 @@ class Observer:
             if isinstance(loss, torch.Tensor):
                 if loss.numel() != 1:
                     loss = loss.detach().float().mean()
-                if loss.device.type == "cpu":
+                if loss.is_cpu:
                     self._loss_f += loss.item()  # a CPU read is no sync, and frees the tensor now
                 else:
                     t = loss.detach()
@@ -255,6 +251,8 @@ class Observer:
     def _clip_norm(self, params: Any, total: Any) -> None:
         """clip_watch: the loop clipped `params`; when they are this optimizer's, that is the step's norm."""
         try:
+            if len(self._groups) != self._n_groups:
+                self._refresh_params()
             if self._gn_given or not params or len(params) != len(self._param_ids):
                 return
             ids = self._param_ids
@@ -264,10 +262,15 @@ class Observer:
         except Exception as exc:  # noqa: BLE001
             self._hook_error("clip_grad_norm", exc)
 
+    def _refresh_params(self) -> None:  # the loop called optimizer.add_param_group()
+        self._params = [p for g in self._groups for p in g["params"]]
+        self._param_ids = frozenset(map(id, self._params))
+        self._n_groups = len(self._groups)
+
     def _host_or_device(self, v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             v = v.detach()
-            return v.item() if v.device.type == "cpu" else v
+            return v.item() if v.is_cpu else v
         return float(v)
 
     def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
@@ -409,9 +412,7 @@ class Observer:
             return
         try:
             if len(self._groups) != self._n_groups:
-                self._params = [p for g in self._groups for p in g["params"]]
-                self._param_ids = frozenset(map(id, self._params))
-                self._n_groups = len(self._groups)
+                self._refresh_params()
             grads = [p.grad for p in self._params if p.grad is not None]
             if not grads:
                 self._gn = None
@@ -468,7 +469,7 @@ class Observer:
         s = getattr(self.scaler, "_scale", None)  # None until the scaler's first scale()
         if isinstance(s, torch.Tensor):
             # update() changes it in place, after this step was staged (stream order on a GPU)
-            return s.item() if s.device.type == "cpu" else s
+            return s.item() if s.is_cpu else s
         return None if s is None else float(s)
 
     def _stage_extras(self) -> None:
@@ -493,37 +494,8 @@ class Observer:
                 for step, m in by_step.items():
                     self._mirror_log(m, step)
             return
-        (_, step, n_loss, loss_f, tokens, step_time, data_wait, lrs, mem, chunk, ids, calls, skipped, wall) = payload
-        loss_sum, gn, scale, first_bad = values
-        m: dict[str, float] = {}
-        loss = None
-        if n_loss:
-            loss = m["loss"] = ((loss_sum or 0.0) + loss_f) / n_loss
-        if gn is not None:
-            m["grad_norm"] = gn
-        if isinstance(lrs, list):
-            for i, lr in enumerate(lrs):
-                m["lr" if i == 0 else f"lr/group{i}"] = float(lr)
-        else:
-            m["lr"] = float(lrs)
-        if scale is not None:
-            m["loss_scale"] = scale
-        if skipped:
-            m["step_skipped"] = 1.0
-        if step_time is not None:
-            m["step_time_s"] = step_time
-        if data_wait is not None:
-            m["data_wait_s"] = data_wait
-        if tokens:
-            self._tokens_seen += tokens * self._dp
-            m["tokens_seen"] = float(self._tokens_seen)  # global: every data-parallel replica's tokens
-            if step_time:
-                m["tokens_per_s"] = tps = tokens / step_time  # this rank's throughput (what mfu needs)
-                if self.cfg.model_flops_per_token and self.cfg.peak_flops:
-                    m["mfu"] = tps * self.cfg.model_flops_per_token / self.cfg.peak_flops
-        if mem is not None:
-            m["mem_allocated_bytes"], m["mem_reserved_bytes"] = float(mem[0]), float(mem[1])
-        self.writer.metrics(step, m, wall_time=wall)
+        step, m, loss, gn, scale, first_bad, tokens, chunk, ids, calls = step_metrics(values, payload, self._dp_tokens)
+        self.writer.metrics(step, m, wall_time=payload[-1])
         self._chunks.step(step, chunk, tokens)
         self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
                                          sample_ids=ids, probed=calls is not None,

@@ -3,6 +3,8 @@ when every run has a single attempt (the common case, and the cost of cross-run 
 
 from __future__ import annotations
 
+import pandas as pd
+
 from telemetry.archive import JOURNEY_SQL, Archive, journey_sql
 from telemetry.compaction import compact
 from telemetry.writer import Writer, WriterConfig
@@ -54,5 +56,23 @@ def test_an_archive_of_single_attempt_runs_reads_its_journey_without_a_join(tmp_
     try:
         assert journey_sql(a.snapshot.files["metrics"]).strip() == "SELECT * FROM metrics"
         assert journey_rows(a, "SELECT * FROM journey_metrics") == journey_rows(a, JOURNEY_SQL)
+    finally:
+        a.close()
+
+
+def test_the_summary_of_one_run_equals_its_row_of_every_run(tmp_path):
+    url = str(tmp_path / "a")
+    write(url, "one", range(0, 500), 1.0)
+    write(url, "two", range(0, 300), 2.0)
+    write(url, "two", range(200, 400), 3.0)
+    a = Archive(url)
+    try:
+        every = a.runs().set_index("run_id")
+        assert list(every.loc[["one", "two"], "steps"]) == [499, 399]
+        assert list(every.loc[["one", "two"], "last_loss"]) == [500.0, 402.0]
+        for run in ("one", "two"):
+            alone = a.runs(run).set_index("run_id")
+            assert list(alone.index) == [run]
+            pd.testing.assert_series_equal(alone.loc[run], every.loc[run], check_names=False)
     finally:
         a.close()

@@ -119,3 +119,17 @@ def test_cli_unknown_run_is_one_line(planted, capsys):
     assert cli(["checkpoints", "verify", "no-such-run", "--archive", planted["root"]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("flightlog: error:") and "no-such-run" in err and "\n" not in err
+
+
+def test_without_torch_verify_checks_files_and_says_so_and_memorization_says_what_to_install(planted, capsys,
+                                                                                          monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert cli(["checkpoints", "verify", RUN, "--archive", planted["root"], "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "only sizes, hashes and tokens are checked" in captured.err
+    assert "files only (sizes, hashes, tokens)" in captured.out and "missing_optimizer_state" not in captured.out
+    assert cli(["memorization", "--run", RUN, "--archive", planted["root"]]) == 2
+    assert "needs torch: pip install 'flightlog[train]'" in capsys.readouterr().err

@@ -114,3 +114,22 @@ def test_kv_cache_decoding_of_the_reference_model_equals_re_forward(memorizer):
     model.train()
     assert torch.equal(fast, slow)
     assert torch.equal(fast[:4], data[:, 10:30])
+
+
+def test_a_hugging_face_causal_lm_decodes_the_same_with_and_without_its_kv_cache():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(cfg).eval()  # built from a config: nothing is downloaded
+    assert supports_kv_cache(model)
+    seqs = torch.randint(0, 64, (6, 20), generator=torch.Generator().manual_seed(1))
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: widths.append((args[0] if args else kwargs["input_ids"]).size(1)), with_kwargs=True)
+    fast = greedy_continuations(model, seqs[:, :8], 12)
+    hook.remove()
+    assert widths == [8] + [1] * 11  # the cache was used: one new token per forward after the prompt
+    slow = greedy_continuations(model, seqs[:, :8], 12, use_cache=False)
+    assert torch.equal(fast, slow)
+    r = memorization_score(model, torch.cat([seqs[:, :8], fast], dim=1), k=8, l=12)
+    assert (r.token_match, r.full_match) == (1.0, 1.0)  # its own greedy continuations are "memorized"

@@ -52,3 +52,57 @@ def test_a_failing_mirror_turns_itself_off_without_raising(tmp_path, monkeypatch
     mirror._closed = False  # log after finish: W&B raises; the mirror must swallow it
     mirror.log({"loss": 1.0}, step=0)
     assert mirror.failed is not None
+
+
+def test_attach_with_mirror_wandb_forwards_every_drained_step_from_the_drainer_thread(tmp_path, monkeypatch):
+    import threading
+
+    import torch
+
+    import trainer_hooks
+    from telemetry.importers.wandb_file import find_wandb_files, read_wandb_file
+    from tests.trainer_hooks.conftest import batch, metric_series, tiny_model
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    archive = str(tmp_path / "archive")
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    obs = trainer_hooks.attach(model, opt, run="mirrored", archive=archive, sample_gpu=False, mirror="wandb",
+                               config={"lr": 0.01})
+    mirror = obs._mirror
+    threads = []
+    original_log = mirror.log
+    monkeypatch.setattr(mirror, "log", lambda m, step: (threads.append(threading.current_thread()),
+                                                        original_log(m, step=step)))
+    for step in range(25):
+        x, y = batch(step)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        obs.record_loss(loss, tokens=8)
+        opt.step()
+        opt.zero_grad()
+        obs.log({"extra": float(step)})
+    obs.close()
+    assert threads and all(t is not threading.main_thread() for t in threads)  # never the training thread
+    assert mirror.failed is None
+
+    (path,) = find_wandb_files(str(tmp_path / "wandb"))
+    got = read_wandb_file(path).metrics.to_pylist()
+    wandb_points = {(r["step"], r["name"]): r["value"] for r in got}
+    archived = {name: metric_series(archive, name) for name in ("loss", "grad_norm", "lr", "tokens_seen", "extra")}
+    for name, series in archived.items():
+        assert sorted(series) == list(range(25)), name
+        for step, value in series.items():
+            assert wandb_points[(step, name)] == pytest.approx(value, rel=1e-12), (step, name)
+
+
+def test_mirror_must_be_wandb_or_have_a_log_method():
+    import trainer_hooks
+
+    with pytest.raises(ValueError, match="'wandb' or"):
+        trainer_hooks.ObserverConfig(mirror="tensorboard")
+    with pytest.raises(ValueError, match="log"):
+        trainer_hooks.ObserverConfig(mirror=object())

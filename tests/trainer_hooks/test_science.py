@@ -57,7 +57,7 @@ def test_memorization_mistakes_are_one_line(trained, capsys):
                        (["--k", "16", "--l", "16"], "lower --k/--l"),
                        (["--chunk", "99999"], "data chunk 99999 does not exist"),
                        (["--checkpoint", "four"], "--checkpoint must be whole numbers")):
-        assert cli(["memorization", "--run", RUN, "--archive", root, "--quiet", *argv]) == 2
+        assert cli(["memorization", "--run", RUN, "--archive", root, "--quiet", "--k", "8", "--l", "8", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert says in err and "\n" not in err, err
 
@@ -71,3 +71,26 @@ def test_a_checkpoint_loads_back_into_the_same_model(trained):
     assert loaded_cfg.d_model == 32 and state["iteration"] == 8 and not model.training
     chunks = spread_chunks(loaded_cfg, seen=2, unseen=1)
     assert 2 <= len(chunks) <= 3 and all(isinstance(c, int) for c in chunks)
+
+
+def test_tensor_parallel_shards_merge_into_the_tp1_model(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from trainer_hooks.reference.model import GPT, TPGroup
+
+    cfg = TrainConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, tp=2)
+    shape = dataclasses.replace(cfg, tp=1).model_config()
+    torch.manual_seed(3)
+    whole = GPT(shape).state_dict()
+    for r in range(2):  # every TP rank draws the full weights from the same seed and keeps its slice
+        torch.manual_seed(3)
+        shard = GPT(shape, TPGroup(2, r, None)).state_dict()
+        path = tmp_path / "iter_0000004" / f"mp_rank_{r:02d}" / "model_optim_rng.pt"
+        path.parent.mkdir(parents=True)
+        torch.save({"iteration": 4, "model": shard, "config": dataclasses.asdict(cfg)}, path)
+    model, _, _ = load_model(str(tmp_path / "iter_0000004" / "mp_rank_00" / "model_optim_rng.pt"))
+    merged = model.state_dict()
+    assert merged.keys() == whole.keys()
+    assert all(torch.equal(merged[k], whole[k]) for k in whole)

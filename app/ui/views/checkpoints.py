@@ -57,6 +57,8 @@ else:
         "optimizer_dtypes": st.column_config.ListColumn("optimizer dtypes"),
         "problems": st.column_config.ListColumn("audit problems", width="large"),
     })
+    st.caption(f"The audit ran when each checkpoint was saved. To re-read the files now (size, hash, optimizer "
+               f"state, dtypes, steps against tokens, identical weights): `flightlog checkpoints verify {run_id}`")
 
 # -- data chunks --------------------------------------------------------------------------------
 st.subheader("Data chunks")
@@ -101,7 +103,7 @@ if mem.empty:
                "for any causal LM (write rows with `Writer.row('memorization', ...)`).")
 else:
     groups = mem[["k", "l"]].drop_duplicates().sort_values(["k", "l"])
-    labels = [f"k={int(k)}, l={int(l)}" for k, l in groups.itertuples(index=False)]
+    labels = [f"k={int(k)}, l={int(cont)}" for k, cont in groups.itertuples(index=False)]
     label = st.selectbox("prompt / continuation", labels, key="mem_kl") if len(labels) > 1 else labels[0]
     k_sel, l_sel = groups.iloc[labels.index(label)]
     mem_kl = mem[(mem["k"] == k_sel) & (mem["l"] == l_sel)]

@@ -15,7 +15,7 @@ if picked is None:
     st.title("Journey")
     st.stop()
 archive, run_id = picked
-runs = state.query(archive, "runs").set_index("run_id")
+runs = state.query(archive, "runs", run_id).set_index("run_id")  # this run's row: reads only its files
 info = runs.loc[run_id]
 name = info["name"] if isinstance(info["name"], str) else run_id
 st.title(f"Journey of {name}")
