@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -r requirements.lock
-	$(BIN)/python -m pip install -q -c requirements.lock --no-deps -e '.[train,gpu,wandb,s3,import,dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock --no-deps -e '.[train,gpu,wandb,s3,import,integrations,engines,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
