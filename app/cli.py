@@ -287,7 +287,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ArchiveError(f"--port must be a TCP port between 1 and 65535, got {args.port}")
     url = args.archive_url or _default_archive()
     _open(url).close()  # a missing archive is a clear error here, not a blank page
-    result = serve(url, port=args.port)
+    result = serve(url, port=args.port, address=args.address)
     return int(result) if isinstance(result, int) else EXIT_OK
 
 
@@ -368,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_incidents)
 
     p = sub.add_parser("ui", help="open the journey app in a browser")
-    p.add_argument("archive_url", nargs="?", metavar="ARCHIVE_URL")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("archive_url", nargs="?", metavar="ARCHIVE_URL",
+                   help="folder or URL (s3://, gs://, hf://, http(s):// of a published archive)")
+    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p.add_argument("--address", default="127.0.0.1", metavar="HOST",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 serves other hosts: the app can "
+                        "open any archive path the server can read, so put it behind authentication)")
     p.set_defaults(func=cmd_ui)
 
     from app.cli_import import add_import_commands

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary("journey page", f"{args.steps:,}-step × {args.ranks}-rank run in headless Chromium: first visit / "
             "revisit / zoom", f"{cold:.2f} s / {statistics.median(warm):.2f} s / {statistics.median(zoom):.2f} s",
-            "budget ≤ 3 s", cold <= 3.0 and statistics.median(warm) <= 3.0, server_peak)
+            "budget ≤ 3 s (verdicts in the rows below)", None, server_peak)
     print(f"Peak RSS of the app server: {server_peak / 2**20:.0f} MiB\n" if server_peak else "")
     print("| measurement | time | budget |")
     print("|---|---|---|")

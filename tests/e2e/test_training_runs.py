@@ -129,6 +129,12 @@ def test_crash_and_resume_gives_two_attempts_and_a_journey_that_continues_at_the
         assert [r["step"] for r in journey] == list(range(1, 17))  # every step once, no gap, no double
         assert {r["attempt"] for r in journey if r["step"] <= 8} == {0}
         assert {r["attempt"] for r in journey if r["step"] > 8} == {1}
+        # tokens_seen is the global count on every rank and goes on across the resume without a jump
+        tokens = _rows(a, "SELECT rank, step, value FROM journey_metrics WHERE run_id = 'crash-resume' "
+                          "AND name = 'tokens_seen' ORDER BY rank, step")
+        per_step = tokens[0]["value"]
+        assert per_step > 0 and {r["rank"] for r in tokens} == {0, 1}
+        assert all(r["value"] == r["step"] * per_step for r in tokens), tokens
         lineage = a.attempt_lineage("crash-resume")
         assert int(lineage.loc[lineage["attempt"] == 0, "abandoned_steps"].iloc[0]) == spans[0]["hi"] - 8
         loaded = a.events("crash-resume", kinds=["checkpoint_loaded"])

@@ -230,11 +230,11 @@ def _attach(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, star
         return _NoObserver()
     import trainer_hooks  # only when observing: the trainer also runs without flightlog
 
-    rank_tokens_per_step = cfg.micro_batch * cfg.seq_len
+    tokens_per_step = cfg.global_batch * cfg.seq_len  # start_tokens is the global count, like tokens_seen
     return trainer_hooks.attach(
         model, optimizer, run=cfg.run, archive=cfg.archive, config=dataclasses.asdict(cfg),
         attempt=None,  # rank 0 finds the next attempt of this run in the archive
-        start_step=start, start_tokens=(start - 1) * rank_tokens_per_step,
+        start_step=start, start_tokens=(start - 1) * tokens_per_step,
         resumed_from_step=resumed_from, resumed_from_checkpoint=resumed_path, seed=cfg.seed,
         tp_size=cfg.tp, pp_size=1, framework="flightlog-reference", master_weights_dtype="float32",
         model_flops_per_token=model.flops_per_token(), nan_layer_probe_every=cfg.nan_layer_probe_every,
