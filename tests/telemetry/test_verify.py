@@ -9,9 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_schema import rows_to_table, segment_path
-from telemetry import Writer
+from telemetry import Writer, verify
 from telemetry.errors import ArchiveNotFoundError
-from telemetry import verify
 
 
 @pytest.fixture()

@@ -153,15 +153,17 @@ def test_odd_gpu_values_are_stored_or_refused_without_a_sync(archive):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     obs = trainer_hooks.attach(model, opt, run="odd-gpu", archive=archive, sample_gpu=False)
     x, y = (t.to(dev) for t in batch(0))
+    # made before the check: torch.tensor(value, device="cuda") is itself a synchronizing copy
+    values = {"g_nan": torch.tensor(math.nan, device=dev), "g_int": torch.tensor(7, device=dev),
+              "g_bool": torch.tensor(True, device=dev), "g_vec": torch.ones(3, device=dev),
+              "g_complex": torch.tensor(1j, device=dev), "g_bf16": torch.tensor(0.25, device=dev).bfloat16()}
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
         obs.record_loss(loss)
-        obs.log({"g_nan": torch.tensor(math.nan, device=dev), "g_int": torch.tensor(7, device=dev),
-                 "g_bool": torch.tensor(True, device=dev), "g_vec": torch.ones(3, device=dev),
-                 "g_complex": torch.tensor(1j, device=dev), "g_bf16": torch.tensor(0.25, device=dev).bfloat16()})
+        obs.log(values)
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
