@@ -19,6 +19,7 @@ escape the archive folder.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ def run_id_from_name(name: str) -> str:
         slug = "run"
     if slug.isdigit():
         slug = f"run-{slug}"[:128]
+    if slug != name:
+        # "a/b" and "a-b" must not become one run: a name the slug changed gets its own suffix
+        slug = f"{slug[:119]}-{hashlib.sha1(str(name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
     return validate_run_id(slug)
 
 

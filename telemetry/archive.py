@@ -182,10 +182,10 @@ def lod_source_sql(infos: Sequence[Any]) -> str:
 
 def new_connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET parquet_metadata_cache = true")  # segments are immutable: footers parse once
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
+    con.execute("SET GLOBAL parquet_metadata_cache = true")  # segments are immutable: footers parse once
     # Parquet min/max leave NaN out: without this DuckDB 2.0 folds isnan(value) to false from them
-    con.execute("SET parquet_can_have_nan = true")
+    con.execute("SET GLOBAL parquet_can_have_nan = true")  # GLOBAL: cursors are new sessions
     return con
 
 

@@ -146,8 +146,8 @@ def _connect():
     import duckdb
 
     con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET parquet_can_have_nan = true")  # else NaN counts read 0 from files with min/max stats
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
+    con.execute("SET GLOBAL parquet_can_have_nan = true")  # GLOBAL: cursors are new sessions; else NaN counts read 0 from min/max stats
     return con
 
 

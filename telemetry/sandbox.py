@@ -106,8 +106,9 @@ class SandboxedQuery:
     def _setup_statements(self) -> list[str]:
         """What a fresh worker runs: the connection's settings, the views, then the lock-down."""
         recorder = _Recorder()
-        recorder.statements.extend(["SET TimeZone = 'UTC'", "SET parquet_metadata_cache = true",
-                                    "SET parquet_can_have_nan = true"])  # NaN hides from min/max stats
+        # GLOBAL: each query runs on a cursor, a new session that would not see plain SETs
+        recorder.statements.extend(["SET GLOBAL TimeZone = 'UTC'", "SET GLOBAL parquet_metadata_cache = true",
+                                    "SET GLOBAL parquet_can_have_nan = true"])  # NaN hides from min/max stats
         create_views(recorder, self.archive.snapshot)
         return recorder.statements + self._settings
 

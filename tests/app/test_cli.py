@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.cli import main
+from data_schema import run_id_from_name
 from telemetry import Writer
+
+CLI_ID = run_id_from_name("cli run")  # the folder name of the run called "cli run"
 
 
 @pytest.fixture()
@@ -30,13 +33,13 @@ def archive(tmp_path, monkeypatch) -> str:
 def test_runs_lists_the_runs(archive, capsys):
     assert main(["runs", "--archive", archive]) == 0
     out = capsys.readouterr().out
-    assert "cli-run" in out and "cli run" in out and "finished" in out
+    assert CLI_ID in out and "cli run" in out and "finished" in out
 
 
 def test_archive_defaults_to_the_environment_variable(archive, capsys, monkeypatch):
     monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive)
     assert main(["runs", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["run_id"] == "cli-run"
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["run_id"] == CLI_ID
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "table"])
@@ -85,7 +88,7 @@ def test_missing_archive_is_one_line_and_exit_code_2(tmp_path, capsys):
 
 def test_unknown_run_lists_known_runs(archive, capsys):
     assert main(["incidents", "no such run", "--archive", archive]) == 2
-    assert "known runs: cli-run" in capsys.readouterr().err
+    assert f"known runs: {CLI_ID}" in capsys.readouterr().err
 
 
 def test_incidents_per_chunk_across_attempts_and_seeds(archive, capsys):
@@ -97,7 +100,7 @@ def test_incidents_per_chunk_across_attempts_and_seeds(archive, capsys):
 def test_verify_ok_and_problems_exit_1(archive, capsys):
     assert main(["verify", archive]) == 0
     assert capsys.readouterr().out.startswith("ok: ")
-    folder = os.path.join(archive, "metrics", "run_id=cli-run")
+    folder = os.path.join(archive, "metrics", f"run_id={CLI_ID}")
     with open(os.path.join(folder, "part-a0-r0-00000999.parquet"), "wb") as fh:
         fh.write(b"no footer")
     assert main(["verify", archive]) == 1

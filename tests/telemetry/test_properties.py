@@ -143,3 +143,19 @@ def check_curves(url: str, recs: list, queries: list) -> None:
             for buckets, lo, hi, rank in queries:
                 curve = a.curve(RUN, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
                 assert_curve_matches(curve, reference_curve(recs, name, rank, buckets, lo, hi))
+
+
+def test_nan_counts_survive_parquet_statistics_on_every_query_path(tmp_path):
+    """Six NaN and one -0.0 in one file: its min/max statistics say [-0.0, 0.0]. DuckDB must not
+    fold isnan(value) to false from them on any cursor (curve, SQL, sandbox)."""
+    url = str(tmp_path / "archive")
+    write(url, [(0, 0, "loss", math.nan)] * 6 + [(0, 0, "loss", -0.0)])
+    with Archive(url) as a:
+        assert int(a.curve(RUN, "loss", buckets=1)["nan_count"].iloc[0]) == 6
+        assert a.sql("SELECT count_if(isnan(value)) AS n FROM metrics").to_pylist() == [{"n": 6}]
+        from telemetry.sandbox import SandboxedQuery
+        sandbox = SandboxedQuery(a)
+        try:
+            assert sandbox.run("SELECT count_if(isnan(value)) AS n FROM metrics").to_pylist() == [{"n": 6}]
+        finally:
+            sandbox.close()

@@ -326,7 +326,7 @@ def test_forked_child_writes_through_its_own_flush_thread(archive, fast, rd):
     child = [r for r in rows if r["run_id"] == "forked" and r["name"] == "child"]
     assert sorted(r["step"] for r in parent) == list(range(120))
     assert sorted(r["step"] for r in child) == list(range(50)) and {r["rank"] for r in child} == {0}
-    assert [r["run_id"] for r in rows if r["name"] == "x"] == ["forked-child-run"]
+    assert [r["run_id"] for r in rows if r["name"] == "x"] == [run_id_from_name("forked child run")]
     assert [r["status"] for r in rd.table(archive, "runs").to_pylist() if r["run_id"] == "forked"].count(
         "finished") == 1  # only the parent owns the run's state rows
 
