@@ -56,7 +56,6 @@ _log = logging.getLogger("flightlog.compaction")
 
 COMPACTIONS_DIR = f"{MANIFEST_DIR}/compactions"
 META_KEY = b"flightlog.compaction"
-_HEARTBEAT_INTERVALS = 3.0  # same liveness rule as recovery
 # Sort order of compacted files: (name, step) for metrics, as ARCHITECTURE.md asks; time for the rest.
 _SORT_KEYS: dict[str, tuple[str, ...]] = {
     "metrics": ("name", "step", "attempt", "rank"),
@@ -308,7 +307,7 @@ def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
             hb = staging.parse_heartbeat(fs.cat_file(join(root, rel)))
         except (FileNotFoundError, OSError):
             continue
-        if hb and now - hb["updated_at"] <= _HEARTBEAT_INTERVALS * hb["flush_interval_s"]:
+        if hb and staging.writer_is_alive(hb, now=now):  # the rule recovery uses: a starved writer lives
             live.add((hb["run_id"], hb["attempt"], hb["rank"]))
     return live
 

@@ -49,11 +49,13 @@ class LiveCatalog(Catalog):
         if not hasattr(self, "view_dir"):
             self._setup_live()
         covered: dict[tuple, int] = {}
-        for files in snap.files.values():
-            for f in files:
-                if f.key.kind == "segment":
-                    group = (f.key.table, f.key.run_id, f.key.attempt, f.key.rank)
-                    covered[group] = max(covered.get(group, -1), int(f.key.seq or 0))
+        # Parts a compact file replaced are not read, but their seqs still cover staged batches:
+        # a staged file left behind for such a part must not count its rows a second time.
+        keys = [f.key for files in snap.files.values() for f in files] + [parse_path(r) for r in snap.replaced]
+        for key in keys:
+            if key is not None and key.kind == "segment":
+                group = (key.table, key.run_id, key.attempt, key.rank)
+                covered[group] = max(covered.get(group, -1), int(key.seq or 0))
         wanted = set()
         for rel in snap.staged:
             key = parse_path(rel)

@@ -4,11 +4,14 @@ Idempotent and safe while writers live:
 - a staged file whose (table, run, attempt, file rank) already has a segment with seq >= its
   seq was converted before (a crash between "segment written" and "staged deleted"): it is
   deleted, not converted again;
-- a writer's staged files are left alone while its heartbeat (`_staging/_live/...`) is
-  fresher than 3 of its flush intervals: that writer will put them into its own next
-  segment, and converting them here would double their rows (`force=True` overrides, for
-  a writer known dead). A writer that finds its staged files gone (recovery took it for
-  dead during a long stall) leaves those batches out of its segment;
+- a writer's staged files are left alone while it lives: on its own host while its process
+  (pid and start time) exists, however old its heartbeat (`_staging/_live/...`) — a writer
+  starved of CPU is slow, not dead —, elsewhere while the heartbeat is fresher than 3 of its
+  flush intervals. That writer will put them into its own next segment, and converting them
+  here would double their rows (`force=True` overrides, for a writer known dead). A writer
+  that finds its staged files gone (recovery took a remote writer for dead during a long
+  stall) leaves those batches out of its segment; and a conversion that finds, once written,
+  a newer segment of the same writer (it segmented them meanwhile) is taken back;
 - staged batches a writer spooled on this machine's local disk while the store was away, and
   that it never uploaded because it died, are uploaded first (telemetry.spool.upload_orphans);
 - an attempt whose latest `attempts` row has no end_status and no live writer gets a row
@@ -31,7 +34,6 @@ from telemetry import staging
 from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
 from telemetry.spool import upload_orphans
 
-_HEARTBEAT_INTERVALS = 3.0
 _TEMP_AGE_S = 300.0
 
 
@@ -46,6 +48,7 @@ class RecoveryReport:
     attempts_marked_crashed: int = 0
     temps_removed: int = 0
     spooled_uploaded: int = 0         # staged files of dead writers uploaded from the local spool
+    taken_back: int = 0               # conversions removed again: the writer segmented the batches meanwhile
     problems: list[str] = field(default_factory=list)
 
 
@@ -83,7 +86,7 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
 
 
 def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
-    """(run_id, attempt, file rank) of writers whose heartbeat is fresh; stale heartbeats are removed."""
+    """(run_id, attempt, file rank) of live writers (staging.writer_is_alive); heartbeats of dead ones are removed."""
     live = set()
     now = time.time()
     for rel in list_files(fs, root, staging.LIVE_DIR):
@@ -94,8 +97,7 @@ def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
             continue
         if hb is None:
             continue
-        fresh = now - hb["updated_at"] <= _HEARTBEAT_INTERVALS * hb["flush_interval_s"]
-        if fresh and not staging.process_is_gone(hb["pid"], hb["host"]):
+        if staging.writer_is_alive(hb, now=now):
             live.add((hb["run_id"], hb["attempt"], hb["rank"]))
         else:
             remove(fs, path)
@@ -143,6 +145,13 @@ def _convert_group(fs, root: str, table: str, run_id: str, attempt: int, rank: i
         data = pa.concat_tables(parts)
         path = join(root, segment_path(table, run_id, attempt, rank, seq))
         atomic_write_bytes(fs, path, memoryview(staging.segment_bytes(data)))
+        if _max_segment_seq(list_files(fs, root, partition_dir(table, run_id)), attempt, rank) > seq:
+            # Its writer was alive after all (a remote one that stalled) and segmented these batches
+            # meanwhile: that newer segment holds every staged file still present, ours included
+            # (none is deleted yet). Keeping ours too would double them; the writer removes the files.
+            remove(fs, path)
+            report.taken_back += 1
+            return
         report.segments_written += 1
     for _key, rel in todo:
         remove(fs, join(root, rel))

@@ -6,7 +6,8 @@ flush does not serialise the run id a million times. `full_table` puts them back
 
 Heartbeats (`_staging/_live/<run_id>-a<A>-r<R>.json`) say a writer is alive. Recovery
 leaves the staged files of a live writer alone: converting them would later double rows,
-because that writer's own next segment also contains them.
+because that writer's own next segment also contains them. On the writer's own host its
+process (pid and start time) decides, not the heartbeat's age (see `writer_is_alive`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ LIVE_DIR = f"{STAGING_DIR}/_live"
 ROW_GROUP_ROWS = 1_000_000
 _META_PREFIX = b"flightlog.const."
 _DELTA_COLUMNS = ("step", "wall_time", "first_step", "last_step", "chunk_id")
+# A heartbeat (of a writer on another host) older than this many of its flush intervals means dead.
+HEARTBEAT_INTERVALS = 3.0
 
 
 # ---- staged files ---------------------------------------------------------------------
@@ -139,8 +142,38 @@ def heartbeat_path(run_id: str, attempt: int, rank: int) -> str:
 def heartbeat_bytes(*, run_id: str, attempt: int, rank: int, pid: int, host: str, flush_interval_s: float) -> bytes:
     return json.dumps({
         "run_id": run_id, "attempt": attempt, "rank": rank, "pid": pid, "host": host,
+        "pid_start": process_start(pid) if pid == os.getpid() else None,
         "updated_at": time.time(), "flush_interval_s": flush_interval_s,
     }).encode()
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), or None: with the pid it names one
+    process for good, so a reused pid is not taken for the writer that once had it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_is_alive(hb: dict, *, now: float | None = None, intervals: float = HEARTBEAT_INTERVALS) -> bool:
+    """Whether the writer of heartbeat `hb` may still write files (so its staged files are not recovery's).
+
+    On this host the process table decides, whatever the heartbeat's age: a writer starved of CPU
+    (or stopped) for longer than a few flush intervals is slow, not dead, and converting its
+    staged batches while it later segments them too doubles their rows. The heartbeat's age
+    decides only for writers on other hosts, whose process table we cannot see.
+    """
+    if hb["host"] == socket.gethostname() and hb["pid"] > 0:
+        if process_is_gone(hb["pid"], hb["host"]):
+            return False
+        start = hb.get("pid_start")
+        if start is None or process_start(hb["pid"]) in (None, start):
+            return True
+        return False  # the pid now belongs to another process: the writer died
+    now = time.time() if now is None else now
+    return now - hb["updated_at"] <= intervals * hb["flush_interval_s"]
 
 
 def process_is_gone(pid: int, host: str) -> bool:
@@ -169,6 +202,7 @@ def parse_heartbeat(raw: bytes) -> dict | None:
         hb = json.loads(raw)
         return {"run_id": str(hb["run_id"]), "attempt": int(hb["attempt"]), "rank": int(hb["rank"]),
                 "updated_at": float(hb["updated_at"]), "flush_interval_s": float(hb.get("flush_interval_s", 2.0)),
-                "pid": int(hb.get("pid", -1)), "host": str(hb.get("host", ""))}
+                "pid": int(hb.get("pid", -1)), "host": str(hb.get("host", "")),
+                "pid_start": None if hb.get("pid_start") is None else int(hb["pid_start"])}
     except (ValueError, KeyError, TypeError):
         return None

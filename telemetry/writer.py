@@ -197,6 +197,7 @@ class Writer:
         self._oncelog = _OnceLog()
 
         self._pending: dict[str, list[_Batch]] = {}  # built, staged or not, not yet in a segment
+        self._retry_group: dict[str, int] = {}  # table -> batches in the segment whose write failed
         self._last_segment: dict[str, float] = {}
         self._storage_failures = 0
         self._first_failure: tuple[float, str] | None = None
@@ -678,11 +679,18 @@ class Writer:
         # 2 x segment_rows, oldest first, so that reading spooled batches back stays bounded. A
         # segment named seq N must hold every pending batch below N: groups go in seq order.
         limit = 2 * self.cfg.segment_rows
+        # Heartbeat first: a segment of a big backlog takes a while, and recovery must not take a
+        # writer busy with it for dead (a remote one is judged by its heartbeat's age alone).
+        self._write_heartbeat()
         while batches:
             n, rows = 0, 0
             while n < len(batches) and (n == 0 or rows + batches[n].rows <= limit):
                 rows += batches[n].rows
                 n += 1
+            # A failed write may have landed anyway (a timeout after the store took it): the retry
+            # writes the very same group under the same name, never a larger one named after a
+            # later seq, which would hold the landed segment's rows a second time.
+            n = min(self._retry_group.pop(table, n), len(batches))
             group = batches[:n]
             # A staged batch whose file vanished was converted by recovery (it took this writer for
             # dead): it is already in a segment, so it must not be written again.
@@ -692,12 +700,14 @@ class Writer:
                     parts = [self._batch_data(table, b) for b in keep]
                 except Exception as exc:  # noqa: BLE001 - the store may have gone again
                     self._failed(f"reading back staged {table}", exc)
+                    self._retry_group[table] = n
                     return False
                 data = staging.full_table(table, pa.concat_tables(parts),
                                           run_id=self.run_id, attempt=self.attempt, rank=self.rank)
                 seq = max(b.seq for b in keep)
                 path = join(self._root, segment_path(table, self.run_id, self.attempt, self._file_rank, seq))
                 if not self._store(path, staging.segment_bytes(data), f"segment {table}"):
+                    self._retry_group[table] = n
                     return False
             del batches[:n]
             for b in group:
@@ -830,6 +840,7 @@ class Writer:
         self._wake = threading.Event()
         self._mbuf, self._multi, self._rows, self._late = [], [], [], []
         self._pending = {}
+        self._retry_group = {}
         self._backlog_bytes = 0
         self._outage = _Outage()
         self._spool = self._make_spool()  # the parent's spool files are the parent's

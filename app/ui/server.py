@@ -1,4 +1,5 @@
-"""Start the journey app: `python -m streamlit run app/ui/main.py -- --archive URL` in a child process."""
+"""Start the journey app: `python -m app.ui.launch run app/ui/main.py -- --archive URL` in a child process
+(Streamlit's own command line, with the first visit's imports and archive opening done while it starts)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ MAIN = Path(__file__).with_name("main.py")
 def command(archive_url: str, port: int = 8501) -> list[str]:
     """The streamlit command line that serves the app for `archive_url` on localhost:`port`."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(MAIN),
+        sys.executable, "-m", "app.ui.launch", "run", str(MAIN),
         "--server.headless", "true", "--server.port", str(int(port)),
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--client.toolbarMode", "viewer",
