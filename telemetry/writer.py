@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -509,12 +510,14 @@ class Writer:
 
     def _metrics_table(self, flat: list, n: int, multi: list) -> pa.Table:
         steps, names, values, wts = flat[0:n:4], flat[1:n:4], flat[2:n:4], flat[3:n:4]
-        for step, d, wt in multi:
-            n = len(d)
-            steps.extend(itertools.repeat(step, n))
-            names.extend(d.keys())
-            values.extend(d.values())
-            wts.extend(itertools.repeat(wt, n))
+        parts = [self._metrics_cols(steps, names, values, wts)] if n else []
+        if multi:
+            parts.append(self._multi_cols(multi))
+        if len(parts) == 1:
+            return pa.Table.from_arrays(parts[0], schema=_METRIC_STAGED)
+        return pa.concat_tables([pa.Table.from_arrays(c, schema=_METRIC_STAGED) for c in parts])
+
+    def _metrics_cols(self, steps: list, names: list, values: list, wts: list) -> list[pa.Array]:
         try:
             cols = [pa.array(steps, pa.int64()), pa.array(names, pa.string()), pa.array(values, pa.float64()),
                     _timestamps(wts)]
@@ -522,7 +525,33 @@ class Writer:
                 raise ValueError("missing step or name")
         except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
             cols = self._metrics_slow(steps, names, values, wts)
-        return pa.Table.from_arrays(cols, schema=_METRIC_STAGED)
+        return cols
+
+    def _multi_cols(self, multi: list) -> list[pa.Array]:
+        """metrics() calls -> columns. Steps and wall times are converted once per call and repeated
+        in C: the flush thread's Python work per point is two list comprehensions (~2x faster than
+        extending four lists, which bounded the writer's sustained throughput)."""
+        try:
+            call_steps = pa.array([s for s, _, _ in multi], pa.int64())
+            call_wts = pa.array([w for _, _, w in multi], pa.float64())
+            if call_steps.null_count or call_wts.null_count:
+                raise ValueError("missing step or wall time")
+            counts = np.fromiter(map(len, [d for _, d, _ in multi]), np.int64, len(multi))
+            names = pa.array([k for _, d, _ in multi for k in d], pa.string())
+            if names.null_count:
+                raise ValueError("missing name")
+            return [pa.array(np.repeat(call_steps.to_numpy(), counts)), names,
+                    pa.array([v for _, d, _ in multi for v in d.values()], pa.float64()),
+                    _timestamps(np.repeat(call_wts.to_numpy(), counts))]
+        except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError, AttributeError):
+            steps, names, values, wts = [], [], [], []
+            for step, d, wt in multi:
+                k = len(d)
+                steps.extend(itertools.repeat(step, k))
+                names.extend(d.keys())
+                values.extend(d.values())
+                wts.extend(itertools.repeat(wt, k))
+            return self._metrics_cols(steps, names, values, wts)
 
     def _metrics_slow(self, steps: list, names: list, values: list, wts: list) -> list[pa.Array]:
         """Per-point coercion when a batch holds odd types (numpy/torch scalars, datetimes, junk)."""
