@@ -80,6 +80,7 @@ class DeviceBuffer:
         self._pending: collections.deque = collections.deque()
         self._next = 0
         self._stop = threading.Event()
+        self._closing = False
         self._wake = threading.Event()
         self._idle = threading.Condition()
         if self.cuda:
@@ -95,7 +96,7 @@ class DeviceBuffer:
     def stage(self, values: Sequence[Any], payload: Any) -> bool:
         """Hand one step's values over; returns False (and counts) when dropped."""
         pending = self._pending
-        if len(pending) >= self.ring or self._stop.is_set():
+        if len(pending) >= self.ring or self._closing:  # a plain bool: Event.is_set() is a Python call
             self.dropped += 1
             return False
         if not self.cuda:
@@ -167,6 +168,7 @@ class DeviceBuffer:
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain what is staged, then stop the thread. Idempotent."""
+        self._closing = True
         self._stop.set()
         self._wake.set()
         if self._thread is not threading.current_thread():

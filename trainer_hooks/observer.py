@@ -10,8 +10,8 @@
 
 Step boundaries come from `optimizer.register_step_post_hook`; the pre-hook computes the
 grad norm (`torch._foreach_norm`, on device) unless the loop's own `clip_grad_norm_` result
-was seen (clip_watch.py) or handed to `grad_norm()`; a forward pre-hook on the model marks
-the start of a step (data_wait_s). Everything the training thread does per step is: a few
+was seen (clip_watch.py) or handed to `grad_norm()`; the model's forward marks the start of a
+step (data_wait_s; forward_mark.py, cheaper than a forward pre-hook). Everything the training thread does per step is: a few
 tensor references (GPU) or `.item()` reads (CPU, no sync there), Python numbers, and one
 `DeviceBuffer.stage` of one tuple. The drainer thread turns each step into `metrics` rows, checks for
 NaN/Inf and spikes (forensics.py), tracks data chunks and mirrors to another logger.
@@ -38,6 +38,7 @@ from trainer_hooks import clip_watch, log_input
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
+from trainer_hooks.forward_mark import mark_forward_start
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_metrics import TokenCount, step_metrics
@@ -45,6 +46,8 @@ from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
 _perf = time.perf_counter
+_wall = time.time
+_Tensor = torch.Tensor
 _STEP, _LOG = 0, 1  # payload kinds (step_metrics.py reads _STEP payloads)
 
 __all__ = ["Observer", "ObserverConfig", "attach"]
@@ -137,8 +140,8 @@ class Observer:
         self._ckpt = ckpt.CheckpointRecorder(self.writer, master_weights_dtype=cfg.master_weights_dtype,
                                              on_error=self._hook_error)
 
-        self._hooks = [optimizer.register_step_post_hook(self._post_step),
-                       model.register_forward_pre_hook(self._on_forward)]
+        self._probe_every = cfg.nan_layer_probe_every
+        self._hooks = [optimizer.register_step_post_hook(self._post_step), mark_forward_start(model, self._on_forward)]
         if cfg.compute_grad_norm:
             self._hooks.append(optimizer.register_step_pre_hook(self._pre_step))
         self._scaler_update = None
@@ -229,25 +232,31 @@ class Observer:
         try:
             if not self._open:
                 self._on_forward(None, None)
-            if not isinstance(loss, torch.Tensor):
-                if not isinstance(loss, (int, float)) and hasattr(loss, "loss"):
-                    loss = loss.loss
-                if not isinstance(loss, torch.Tensor):
-                    self._loss_f += float(loss)
-            if isinstance(loss, torch.Tensor):
-                if loss.numel() != 1:
-                    loss = loss.detach().float().mean()
-                if loss.is_cpu:
-                    self._loss_f += loss.item()  # a CPU read is no sync, and frees the tensor now
-                else:
-                    t = loss.detach()
-                    self._loss = t if self._loss is None else self._loss + t
+            if type(loss) is _Tensor and loss.is_cpu and loss.numel() == 1:  # the common case: fewest calls
+                self._loss_f += loss.item()  # a CPU read is no sync, and frees the tensor now
+            else:
+                self._add_loss(loss)
             self._n_loss += 1
             if tokens is not None:
                 self._tokens += tokens if type(tokens) is int else (
                     self._host_int(tokens) if isinstance(tokens, torch.Tensor) else int(tokens))
         except Exception as exc:  # noqa: BLE001
             self._hook_error("record_loss", exc)
+
+    def _add_loss(self, loss: Any) -> None:
+        if not isinstance(loss, torch.Tensor):
+            if not isinstance(loss, (int, float)) and hasattr(loss, "loss"):
+                loss = loss.loss
+            if not isinstance(loss, torch.Tensor):
+                self._loss_f += float(loss)
+                return
+        if loss.numel() != 1:
+            loss = loss.detach().float().mean()
+        if loss.is_cpu:
+            self._loss_f += loss.item()
+        else:
+            t = loss.detach()
+            self._loss = t if self._loss is None else self._loss + t
 
     def grad_norm(self, value: Any) -> None:
         """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value).
@@ -414,7 +423,7 @@ class Observer:
             self._open = True
             t = self._t_start = _perf()
             self._data_wait = None if self._t_end is None else t - self._t_end
-            every = self.cfg.nan_layer_probe_every
+            every = self._probe_every
             if self._probe_for_good or (every and self._step % every == 0):
                 self._probe.arm()
         except Exception as exc:  # noqa: BLE001
@@ -426,7 +435,7 @@ class Observer:
         try:
             if len(self._groups) != self._n_groups:
                 self._refresh_params()
-            grads = [p.grad for p in self._params if p.grad is not None]
+            grads = [g for p in self._params if (g := p.grad) is not None]  # one property read each
             if not grads:
                 self._gn = None
             else:  # one norm per tensor in one multi-tensor op; float32 even for bf16 gradients
@@ -452,13 +461,14 @@ class Observer:
             start = self._t_end if self._t_end is not None else self._t_start
             scale = self._read_scale() if self._scaler_on else None
             mem = first_bad = calls = None
+            cuda = self._cuda
             if self._probe._handles:  # armed: the probe's device scalar and the call names
                 first_bad, calls = self._probe.take()
                 if not self._probe_for_good:
                     self._probe.disarm()
-                if first_bad is not None and not self._cuda:
+                if first_bad is not None and not cuda:
                     first_bad = first_bad.item()
-            if self._cuda:
+            if cuda:
                 mem = _cuda_memory(self._cuda_index)
             groups = self._groups
             if len(groups) == 1:
@@ -471,7 +481,7 @@ class Observer:
             self._buf.stage((self._loss, None if skipped else self._gn, scale, first_bad),
                             (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
                              None if start is None else t - start, self._data_wait, lrs, mem, self._chunk,
-                             self._ids, calls, skipped, time.time()))
+                             self._ids, calls, skipped, _wall()))
         finally:  # the step ends even when recording it failed
             self._tokens_total += self._tokens * self._dp
             self._step += 1

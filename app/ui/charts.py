@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 MAX_ROWS_PER_SERIES = 4000
+# the plot area of a half-width chart (two columns) on a 1440-px laptop screen with the sidebar open
+HALF_WIDTH_PLOT_PX = 480
+PX_PER_BUCKET = 1.5  # the browser draws every row: a bucket narrower than this only costs time
 NONFINITE_COLOR = "#d62728"
 BAND_OPACITY = 0.25
 
@@ -84,6 +87,12 @@ def fmt_count(value: object) -> str:
         if abs(v) >= div * 0.9995:  # 999,999 reads 1.00 M, not 1,000.00 k
             return f"{v / div:,.3g} {unit}"
     return f"{v:,.0f}"
+
+
+def buckets_for_width(plot_px: int = HALF_WIDTH_PLOT_PX, px_per_bucket: float = PX_PER_BUCKET) -> int:
+    """How many min-max buckets a chart `plot_px` wide can show: more rows than pixels draw nothing new
+    (each bucket keeps its min and max, so no spike is lost) but slow the browser down; zoom re-queries."""
+    return max(50, int(plot_px / px_per_bucket))
 
 
 # -- frames ----------------------------------------------------------------------------------

@@ -19,16 +19,29 @@ WARMUP_THREAD = "flightlog-warmup"
 RUNTIME_WAIT_S = 60.0  # Streamlit's runtime (the home of st.cache_data) exists within a second or two
 
 
+# Streamlit notes it logs about a thread outside any session ("missing ScriptRunContext", "No runtime
+# found" while the server is still starting): true of the warm-up thread by design, so not shown
+QUIET_LOGGERS = ("streamlit.runtime.scriptrunner_utils.script_run_context", "streamlit.runtime.caching.cache_data_api")
+
+
 class _FromWarmupThread(logging.Filter):
-    """Drops Streamlit's "missing ScriptRunContext" notes about our thread: it has no session by design."""
+    """Drops the records of the warm-up thread (see QUIET_LOGGERS)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.threadName != WARMUP_THREAD
 
 
-def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> bool:
-    """Import the pages' heavy modules, then open the `--archive` of the app's `script_args` and cache
-    its runs list the way the sidebar asks for it. True when the archive was opened and its runs cached."""
+def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> str:
+    """Import the pages' heavy modules, open the `--archive` of the app's `script_args` (st.cache_resource)
+    and cache its runs list the way the sidebar asks for it (st.cache_data, once Streamlit's runtime exists).
+
+    Returns how far it got: "failed" (the archive did not open), "opened" (no runtime to cache the runs
+    in within `runtime_wait_s`) or "ready".
+    """
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FromWarmupThread) for f in logger.filters):
+            logger.addFilter(_FromWarmupThread())
     import altair  # noqa: F401 - importing is the warm-up
     import duckdb  # noqa: F401
     import pandas  # noqa: F401
@@ -37,21 +50,20 @@ def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> b
 
     from app.ui import charts, state  # noqa: F401 - charts: altair's chart classes, used by every page
 
-    archive_url = state.configured_archive_url(script_args)  # what the sidebar opens
-    if not archive_url:
-        return False
+    try:
+        archive = state.get_archive(state.configured_archive_url(script_args))  # the sidebar's default archive
+    except Exception:  # noqa: BLE001 - the page reports a bad archive to the user; a warm-up only tries
+        return "failed"
     deadline = time.monotonic() + runtime_wait_s
     while not runtime.exists():  # st.cache_data keeps its entries in the runtime: wait for it
-        if time.monotonic() > deadline:
-            return False
+        if time.monotonic() >= deadline:
+            return "opened"
         time.sleep(0.05)
-    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(_FromWarmupThread())
     try:
-        archive = state.get_archive(archive_url)
         state.query(archive, "runs")
-    except Exception:  # noqa: BLE001 - the page reports a bad archive to the user; a warm-up only tries
-        return False
-    return True
+    except Exception:  # noqa: BLE001 - same: the sidebar runs this query again and reports
+        return "opened"
+    return "ready"
 
 
 def start_warm_up(argv: list[str]) -> threading.Thread:

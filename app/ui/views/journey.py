@@ -83,7 +83,7 @@ else:
     st.query_params.pop("lo", None)
     st.query_params.pop("hi", None)
 rank = None if rank_label == "all ranks" else int(rank_label.split()[1])
-buckets = 600
+buckets = charts.buckets_for_width()  # about one bucket per 1.5 px of a half-width chart
 
 # -- curves -----------------------------------------------------------------------------------
 if zoomed:
