@@ -38,8 +38,8 @@ from trainer_hooks import clip_watch, log_input
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
-from trainer_hooks.forward_mark import mark_forward_start
 from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
+from trainer_hooks.forward_mark import mark_forward_start
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_metrics import TokenCount, step_metrics
 from trainer_hooks.topology import discover, open_rank_writer
