@@ -8,7 +8,6 @@ CLI, which prints it as one line.
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXIT_OK = 0
 
@@ -123,21 +122,3 @@ def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
                                                            "from the run's recorded checkpoint of that step)")
     p.set_defaults(func=cmd_import_evals)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the import commands alone (`python -m app.cli_import wandb PATH`), for use before wiring."""
-    from telemetry.errors import ArchiveError
-
-    parser = argparse.ArgumentParser(prog="flightlog")
-    add_import_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["import", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except ArchiveError as exc:
-        print(f"flightlog: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

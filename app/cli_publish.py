@@ -49,21 +49,3 @@ def add_publish_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_publish)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the publish command alone (`python -m app.cli_publish RUN --to URL`)."""
-    from telemetry.errors import ArchiveError
-
-    parser = argparse.ArgumentParser(prog="flightlog")
-    add_publish_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["publish", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except ArchiveError as exc:
-        print(f"flightlog: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

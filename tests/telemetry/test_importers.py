@@ -395,7 +395,8 @@ def test_a_wrong_or_corrupt_source_gives_one_clear_error_naming_the_file(kind, t
 
 
 def test_cli_import_commands_print_a_summary_and_errors_as_one_line(table_logs, tmp_path, capsys, monkeypatch):
-    from app.cli_import import add_import_commands, main
+    from app.cli import main
+    from app.cli_import import add_import_commands
 
     parser = argparse.ArgumentParser(prog="flightlog")
     add_import_commands(parser.add_subparsers(dest="command"))
@@ -406,6 +407,6 @@ def test_cli_import_commands_print_a_summary_and_errors_as_one_line(table_logs, 
     out = capsys.readouterr().out
     assert out.startswith("imported 1 csv run(s) (csv-pythia)") and "empty cells" in out
     monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive)
-    assert main(["wandb", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert main(["import", "wandb", str(tmp_path / "missing"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
