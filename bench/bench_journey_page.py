@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.ui.server import stop as stop_server
 from data_schema import schema
 from data_schema.layout import segment_path
 
@@ -196,11 +197,6 @@ def _start_server(root: Path):
     return proc
 
 
-def _stop_server(proc) -> None:
-    proc.terminate()
-    proc.wait(timeout=15)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1_000_000)
@@ -237,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         colds: list[float] = []
         for i in range(max(1, args.cold)):  # each first visit: a new server process and a new browser profile
             if proc is not None:
-                _stop_server(proc)
+                stop_server(proc)
             proc = _start_server(root)
             base = f"http://127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
             wait_http(base + "/_stcore/health")
@@ -264,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         if driver is not None:
             driver.quit()
         if proc is not None:
-            _stop_server(proc)
+            stop_server(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nJourney page of a {args.steps:,}-step, {args.ranks}-rank run ({rows:,} metric points, "

@@ -50,15 +50,16 @@ def serve(archive_url: str, port: int = 8501, open_browser: bool = False, block:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        _stop(proc)
+        stop(proc)
         return 0
     finally:
-        _stop(proc)  # whatever ends the wait, never leave the streamlit child behind
+        stop(proc)  # whatever ends the wait, never leave the streamlit child behind
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started with block=False: terminate, then kill after 10 s."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.ui import state
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 DEMO_RUN = "llm-demo"
@@ -137,3 +140,25 @@ def build_fixture_archive(root: str | os.PathLike) -> str:
 def fixture_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The fixture archive (built once per session; tests only read it)."""
     return build_fixture_archive(Path(tmp_path_factory.mktemp("app-archive")) / "archive")
+
+
+URLS = {path: url for path, _title, url, _icon in state.PAGES}  # page file -> deep-link name
+MAIN = Path(__file__).resolve().parents[2] / "app" / "ui" / "main.py"
+
+
+@pytest.fixture
+def open_app(fixture_archive, monkeypatch):
+    """open_app(page_file=None, archive=None, **query_params) -> AppTest after its first run.
+
+    The page is opened the way a deep link does (`?page=journey`), so main.py (sidebar, archive,
+    run and parameter checks) runs before the page, as in the browser.
+    """
+    def make(page_file: str | None = None, archive: str | None = None, **params: str) -> AppTest:
+        monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive or fixture_archive)
+        at = AppTest.from_file(str(MAIN), default_timeout=60)
+        if page_file:
+            at.query_params["page"] = URLS[page_file]
+        for k, v in params.items():
+            at.query_params[k] = v
+        return at.run()
+    return make

@@ -4,31 +4,14 @@ an error message on the page, never an exception, and the app keeps serving."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from sandbox_attacks import ATTACKS, expected
-from streamlit.testing.v1 import AppTest
 
 from app.ui import state
 
-MAIN = Path(__file__).resolve().parents[2] / "app" / "ui" / "main.py"
-URLS = {path: url for path, _title, url, _icon in state.PAGES}
 HOSTILE_RUNS = ["../../etc", "a/b", "C:\\x", "x'; DROP TABLE runs; --", "a=b", "", "x" * 10_000, "λ😀", ".."]
 HOSTILE_STEPS = ["nan", "inf", "-inf", "1180591620717411303424", "1e400", "-1", "abc", "λ", "1/0", "' OR 1=1 --"]
-
-
-@pytest.fixture
-def app(fixture_archive, monkeypatch):
-    def make(page_file: str | None, **params: str) -> AppTest:
-        monkeypatch.setenv("FLIGHTLOG_ARCHIVE", fixture_archive)
-        at = AppTest.from_file(str(MAIN), default_timeout=60)
-        if page_file:
-            at.query_params["page"] = URLS[page_file]
-        for k, v in params.items():
-            at.query_params[k] = v
-        return at.run()
-    return make
 
 
 def texts(elements) -> str:
@@ -36,8 +19,8 @@ def texts(elements) -> str:
 
 
 @pytest.mark.parametrize("run", HOSTILE_RUNS, ids=range(len(HOSTILE_RUNS)))
-def test_a_hostile_run_parameter_is_a_warning_and_another_run_is_shown(app, run):
-    at = app("views/journey.py", run=run)
+def test_a_hostile_run_parameter_is_a_warning_and_another_run_is_shown(open_app, run):
+    at = open_app("views/journey.py", run=run)
     assert not at.exception, [e.value for e in at.exception]
     if run:  # an empty ?run= is no choice at all
         assert "unknown run" in texts(at.warning)
@@ -45,15 +28,15 @@ def test_a_hostile_run_parameter_is_a_warning_and_another_run_is_shown(app, run)
 
 
 @pytest.mark.parametrize("value", HOSTILE_STEPS, ids=range(len(HOSTILE_STEPS)))
-def test_a_hostile_step_range_is_ignored_with_a_note(app, value):
-    at = app("views/journey.py", run="llm-demo", lo=value, hi=value)
+def test_a_hostile_step_range_is_ignored_with_a_note(open_app, value):
+    at = open_app("views/journey.py", run="llm-demo", lo=value, hi=value)
     assert not at.exception, [e.value for e in at.exception]
     assert f"ignored lo={value!r}" in texts(at.warning)
 
 
 @pytest.mark.parametrize("page", ["..", "../../etc", "sql'; --", "x" * 10_000])
-def test_a_hostile_page_parameter_is_a_warning(app, page):
-    at = app(None, page=page)
+def test_a_hostile_page_parameter_is_a_warning(open_app, page):
+    at = open_app(None, page=page)
     assert not at.exception
     assert "ignored page=" in texts(at.warning)
 
@@ -63,8 +46,8 @@ def test_a_huge_whole_step_is_refused_not_passed_to_sql():
     assert lo is None and "ignored lo=" in problem
 
 
-def test_every_attack_in_the_sql_console_shows_an_error_and_the_next_query_works(app, tmp_path):
-    at = app("views/sql.py")
+def test_every_attack_in_the_sql_console_shows_an_error_and_the_next_query_works(open_app, tmp_path):
+    at = open_app("views/sql.py")
     at.number_input(key="sql_timeout").set_value(1).run()
     paths = {"root": str(tmp_path / "archive"), "outside": str(tmp_path), "out": str(tmp_path / "stolen")}
     (tmp_path / "secret.csv").write_text("password\nhunter2\n")

@@ -64,7 +64,7 @@ def test_flightlog_ui_server_imports_duckdb_and_opens_the_archive_before_any_vis
         assert _mapped(proc.pid, "duckdb"), "duckdb is loaded by the warm-up, with no browser session yet"
         time.sleep(1.0)  # the warm-up's runs query, after the runtime started
     finally:
-        server._stop(proc)  # noqa: SLF001 - the module's own way to stop its child
+        server.stop(proc)
     text = log.read_text()
     assert "missing ScriptRunContext" not in text and "No runtime found" not in text and "Traceback" not in text
 

@@ -16,27 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.ui import state
 
-MAIN = Path(__file__).resolve().parents[2] / "app" / "ui" / "main.py"
 PAGES = [path for path, *_ in state.PAGES]
-URLS = {path: url for path, _title, url, _icon in state.PAGES}
-
-
-@pytest.fixture
-def open_app(fixture_archive, monkeypatch):
-    """open_app(page_file=None, archive=None, **query_params) -> AppTest after its first run.
-
-    The page is opened the way a deep link does (`?page=journey`), so main.py (sidebar, archive,
-    run and parameter checks) runs before the page, as in the browser.
-    """
-    def make(page_file: str | None = None, archive: str | None = None, **params: str) -> AppTest:
-        monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive or fixture_archive)
-        at = AppTest.from_file(str(MAIN), default_timeout=60)
-        if page_file:
-            at.query_params["page"] = URLS[page_file]
-        for k, v in params.items():
-            at.query_params[k] = v
-        return at.run()
-    return make
 
 
 def charts_of(at: AppTest) -> list[dict]:

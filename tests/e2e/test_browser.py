@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from app.ui.server import stop
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,16 +55,6 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def load_fixture_builder():
