@@ -4,12 +4,15 @@ reader that goes straight to the Parquet files with DuckDB (no flightlog reader 
 from __future__ import annotations
 
 import glob
+import io
 import os
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from telemetry.fs import open_fs
 from telemetry.writer import WriterConfig
 
 
@@ -34,6 +37,16 @@ def read_local(root: str, table: str) -> pa.Table:
     if not files:
         return pa.table({})
     return duckdb.sql(f"SELECT * FROM read_parquet({files!r}, hive_partitioning=false)").to_arrow_table()
+
+
+def read_fs(url: str, table: str, storage_options: dict | None = None) -> pa.Table:
+    """Every row of `table` in the Parquet files under any fsspec archive URL (s3://, memory://, ...)."""
+    fs, root = open_fs(url, storage_options)
+    fs.invalidate_cache()
+    files = [p for p in fs.find(f"{root}/{table}") if p.endswith(".parquet")]
+    if not files:
+        return pa.table({})
+    return pa.concat_tables(pq.read_table(io.BytesIO(fs.cat_file(p))) for p in files)
 
 
 @pytest.fixture()

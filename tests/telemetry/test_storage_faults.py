@@ -10,7 +10,6 @@ folder chmod-ed read-only, because root ignores file modes.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -22,13 +21,13 @@ import time
 import uuid
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from telemetry.fs import open_fs
 from telemetry.recovery import recover
 from telemetry.spool import archive_key
 from telemetry.writer import Writer, WriterConfig
+from tests.telemetry.conftest import read_fs
 
 SLOW_CALL_S = 0.25  # a logging call slower than this would be felt by a training step
 
@@ -36,15 +35,6 @@ SLOW_CALL_S = 0.25  # a logging call slower than this would be felt by a trainin
 def _cfg(**kw) -> WriterConfig:
     return WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, close_timeout_s=30, max_backoff_s=0.5,
                         compact_on_close=False, **kw)
-
-
-def _read(url: str, table: str, storage_options: dict | None = None) -> pa.Table:
-    fs, root = open_fs(url, storage_options)
-    fs.invalidate_cache()
-    files = [p for p in fs.find(f"{root}/{table}") if p.endswith(".parquet")]
-    if not files:
-        return pa.table({})
-    return pa.concat_tables(pq.read_table(io.BytesIO(fs.cat_file(p))) for p in files)
 
 
 def _log_steps(w: Writer, steps: range, *, event_every: int = 0) -> float:
@@ -60,7 +50,7 @@ def _log_steps(w: Writer, steps: range, *, event_every: int = 0) -> float:
 
 
 def _events(url: str, kind: str, so: dict | None = None) -> list[dict]:
-    return [e for e in _read(url, "events", so).to_pylist() if e["kind"] == kind]
+    return [e for e in read_fs(url, "events", so).to_pylist() if e["kind"] == kind]
 
 
 def _spooled_files(folder: str) -> list[str]:
@@ -93,10 +83,10 @@ def test_object_store_outage_spools_on_local_disk_and_loses_nothing_when_it_retu
     assert w.flush(timeout=30)
     w.close()
     total = 200 + 10 * 300
-    steps = sorted(_read(url, "metrics", so).filter(pa.compute.equal(pa.compute.field("name"), "loss"))
+    steps = sorted(read_fs(url, "metrics", so).filter(pa.compute.equal(pa.compute.field("name"), "loss"))
                    .column("step").to_pylist())
     assert steps == list(range(total)), "every step exactly once"
-    assert _read(url, "metrics", so).num_rows == 2 * total
+    assert read_fs(url, "metrics", so).num_rows == 2 * total
     assert len(_events(url, "note", so)) == total // 50
     [err] = _events(url, "storage_error", so)
     [back] = _events(url, "storage_recovered", so)
@@ -126,7 +116,7 @@ def test_outage_longer_than_the_spool_bound_drops_and_counts_the_rest(moto_serve
         server.start()
     assert w.flush(timeout=30)
     w.close()
-    written = _read(url, "metrics", so).num_rows
+    written = read_fs(url, "metrics", so).num_rows
     assert w.dropped > 0 and written > 0
     assert written + w.dropped == 2 * 12 * 300, "every record is either in the archive or counted as dropped"
     [ev] = _events(url, "dropped_records", so)
@@ -176,7 +166,7 @@ def test_writer_killed_during_an_outage_leaves_a_spool_that_recovery_uploads(mot
     fs, root = open_fs(url, so)
     report = recover(url, storage_options=so, spool_dir=spool)
     assert report.spooled_uploaded >= 1 and report.runs_marked_crashed == 1
-    steps = sorted(_read(url, "metrics", so).column("step").to_pylist())
+    steps = sorted(read_fs(url, "metrics", so).column("step").to_pylist())
     assert steps == list(range(300)), "staged and spooled rows both arrive, each once"
     assert not os.listdir(os.path.join(spool, archive_key(fs, root)))
     assert recover(url, storage_options=so, spool_dir=spool).spooled_uploaded == 0  # idempotent
@@ -232,7 +222,7 @@ def test_full_local_disk_holds_batches_in_memory_and_writes_them_once_space_retu
     assert w.flush(timeout=30)
     w.close()
     total = 100 + 6 * 500
-    metrics = _read(archive, "metrics")
+    metrics = read_fs(archive, "metrics")
     assert metrics.num_rows == 2 * total
     assert sorted(set(metrics.column("step").to_pylist())) == list(range(total))
     assert len(_events(archive, "note")) == 6 * 5
@@ -304,7 +294,7 @@ def test_read_only_archive_folder_is_retried_and_nothing_is_lost_once_writable(t
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert sorted(_read(archive, "metrics").column("step").to_pylist()) == list(range(600))
+    assert sorted(read_fs(archive, "metrics").column("step").to_pylist()) == list(range(600))
     assert len(_events(archive, "note")) == 6
     [err] = _events(archive, "storage_error")
     assert "Permission denied" in json.loads(err["details_json"])["first_error"]

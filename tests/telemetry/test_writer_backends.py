@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import math
 import time
 import uuid
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from telemetry.fs import open_fs
 from telemetry.manifest import read_manifest, write_manifest
 from telemetry.recovery import recover
 from telemetry.writer import Writer, WriterConfig
+from tests.telemetry.conftest import read_fs
 
 CFG = WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, close_timeout_s=20)
-
-
-def _read(url: str, table: str, storage_options: dict | None = None) -> pa.Table:
-    fs, root = open_fs(url, storage_options)
-    fs.invalidate_cache()
-    files = [p for p in fs.find(f"{root}/{table}") if p.endswith(".parquet")]
-    if not files:
-        return pa.table({})
-    return pa.concat_tables(pq.read_table(io.BytesIO(fs.cat_file(p))) for p in files)
 
 
 def _round_trip(url: str, storage_options: dict | None = None) -> None:
@@ -38,13 +27,13 @@ def _round_trip(url: str, storage_options: dict | None = None) -> None:
     w.checkpoint(step=4, uri="s3://x", has_optimizer_state=True)
     assert w.flush(10)
     w.close()
-    rows = _read(url, "metrics", storage_options).to_pylist()
+    rows = read_fs(url, "metrics", storage_options).to_pylist()
     assert sorted(r["step"] for r in rows) == [0, 1, 1, 2, 3, 4]
     assert any(math.isnan(r["value"]) for r in rows if r["name"] == "loss ✈")
     assert [r["value"] for r in rows if r["step"] == 4] == [-math.inf]
-    assert _read(url, "events", storage_options).num_rows == 1
-    assert _read(url, "checkpoints", storage_options).to_pylist()[0]["has_optimizer_state"] is True
-    statuses = sorted(r["status"] for r in _read(url, "runs", storage_options).to_pylist())
+    assert read_fs(url, "events", storage_options).num_rows == 1
+    assert read_fs(url, "checkpoints", storage_options).to_pylist()[0]["has_optimizer_state"] is True
+    statuses = sorted(r["status"] for r in read_fs(url, "runs", storage_options).to_pylist())
     assert statuses == ["finished", "running"]
     fs, root = open_fs(url, storage_options)
     fs.invalidate_cache()
@@ -73,7 +62,7 @@ def test_s3_recovery_converts_staged_batches(moto_server):
     report = recover(url, storage_options=so, force=True)  # as if the writer had died
     assert report.converted_batches >= 1
     w.close()
-    assert sorted(r["step"] for r in _read(url, "metrics", so).to_pylist()) == list(range(50))
+    assert sorted(r["step"] for r in read_fs(url, "metrics", so).to_pylist()) == list(range(50))
 
 
 def test_s3_outage_never_raises_and_data_arrives_after_restart(moto_server):
@@ -93,8 +82,8 @@ def test_s3_outage_never_raises_and_data_arrives_after_restart(moto_server):
     time.sleep(0.2)
     assert w.flush(timeout=30)
     w.close()
-    assert sorted(r["step"] for r in _read(url, "metrics", so).to_pylist()) == list(range(100))
-    kinds = [r["kind"] for r in _read(url, "events", so).to_pylist()]
+    assert sorted(r["step"] for r in read_fs(url, "metrics", so).to_pylist()) == list(range(100))
+    kinds = [r["kind"] for r in read_fs(url, "events", so).to_pylist()]
     assert "storage_error" in kinds
 
 
