@@ -24,23 +24,27 @@ import torch
 import torch.nn.utils
 import torch.nn.utils.clip_grad
 
-_observers: weakref.WeakSet = weakref.WeakSet()
+# Weak references to the observers watching, as a tuple replaced on every change: the wrapper
+# reads it without a lock and loops over it without WeakSet's iteration guard (a few µs a call).
+_watchers: tuple[weakref.ref, ...] = ()
 _lock = threading.Lock()
 _installed = False
 
 
 def watch(observer: Any) -> None:
     """Hand `observer` the result of every `clip_grad_norm_` call over its parameters."""
-    global _installed
+    global _installed, _watchers
     with _lock:
-        _observers.add(observer)
+        _watchers = (*(r for r in _watchers if r() is not None), weakref.ref(observer))
         if not _installed:
             _install()
             _installed = True
 
 
 def unwatch(observer: Any) -> None:
-    _observers.discard(observer)
+    global _watchers
+    with _lock:
+        _watchers = tuple(r for r in _watchers if (o := r()) is not None and o is not observer)
 
 
 def _install() -> None:
@@ -48,15 +52,18 @@ def _install() -> None:
 
     @functools.wraps(original)
     def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, *args: Any, **kwargs: Any) -> Any:
-        if not _observers:
+        watchers = _watchers
+        if not watchers:
             return original(parameters, max_norm, norm_type, *args, **kwargs)
         # clip_grad_norm_ itself turns an iterable into a list; doing it first lets us look at it too.
         if not isinstance(parameters, (torch.Tensor, list, tuple)):
             parameters = list(parameters)
         total = original(parameters, max_norm, norm_type, *args, **kwargs)
         if norm_type == 2.0 and not isinstance(parameters, torch.Tensor):
-            for obs in list(_observers):
-                obs._clip_norm(parameters, total)
+            for ref in watchers:
+                obs = ref()
+                if obs is not None:
+                    obs._clip_norm(parameters, total)
         return total
 
     clip_grad_norm_.__flightlog_original__ = original  # type: ignore[attr-defined]

@@ -19,19 +19,21 @@ instead of one `copy_` launch per value; with the pinned copy and the event reco
 three launches per step whatever the number of values.
 
 Values handed over may be a tensor, a list of tensors (per-parameter norms, combined into
-one norm), a Python number, or None.
+one norm), a `DeferredGradNorm` (gradients the drainer reduces, grad_norm.py), a Python number,
+or None.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from trainer_hooks.grad_norm import DeferredGradNorm, norm_of_norms
 
 _log = logging.getLogger("flightlog.hooks")
 
@@ -45,17 +47,15 @@ class _Slot(int):
 _SLOTS = [_Slot(i) for i in range(1024)]
 
 
-def _norm_of_norms(norms: Sequence[torch.Tensor]) -> float:
-    return math.sqrt(sum(float(n) ** 2 for n in norms))
-
-
 def _host_value(v: Any) -> float | None:
     if v is None:
         return None
     if isinstance(v, torch.Tensor):
-        return float(v)
+        return v.item()
     if isinstance(v, (list, tuple)):
-        return _norm_of_norms(v)
+        return norm_of_norms(v)
+    if type(v) is DeferredGradNorm:
+        return v.value()
     return float(v)
 
 

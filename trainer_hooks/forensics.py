@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+_isfinite = math.isfinite
 PROBE_WAIT = 50  # finite probed steps a non-finite step's event waits for a layer before it is written
 _FIRST_NONE = float(2**24)  # "no module yet"; exact in float32, larger than any call count we record
 
@@ -233,12 +234,27 @@ class Forensics:
                 self._waiting.append((f, details))
                 self._request_probe()
             return
-        for name, v in (("loss", f.loss), ("grad_norm", f.grad_norm)):
+        self._check_spikes(f.step, f.loss, f.grad_norm, f.data_chunk, f.sample_ids)
+
+    def observe_step(self, step: int, loss: float | None, grad_norm: float | None, *, loss_scale: float | None,
+                     data_chunk: int | None, sample_ids: Any, probed: bool, layer: str | None) -> None:
+        """`observe` for the drainer's every step: the usual one (finite values, not probed, no step
+        waiting for a layer) goes straight to the spike checks without building a StepFacts."""
+        if (not probed and not self._waiting and (loss is None or _isfinite(loss))
+                and (grad_norm is None or _isfinite(grad_norm))):
+            self._check_spikes(step, loss, grad_norm, data_chunk, sample_ids)
+        else:
+            self.observe(StepFacts(step=step, loss=loss, grad_norm=grad_norm, loss_scale=loss_scale,
+                                   data_chunk=data_chunk, sample_ids=sample_ids, probed=probed, layer=layer))
+
+    def _check_spikes(self, step: int, loss: float | None, grad_norm: float | None, data_chunk: int | None,
+                      sample_ids: Any) -> None:
+        for name, v in (("loss", loss), ("grad_norm", grad_norm)):
             spike = self._spikes[name].update(v)
             if spike is not None:
                 kind = "loss_spike" if name == "loss" else "grad_spike"
-                self._emit(kind, step=f.step, severity="warning", data_chunk=f.data_chunk,
-                           sample_ids=sample_id_list(f.sample_ids),
+                self._emit(kind, step=step, severity="warning", data_chunk=data_chunk,
+                           sample_ids=sample_id_list(sample_ids),
                            message=f"{name} {v:.6g} is {spike['zscore']:.1f} robust sigmas above the median "
                                    f"{spike['median']:.6g} of the last {spike['window']} steps",
                            details={**spike, "metric": name, "seed": self._seed})

@@ -38,8 +38,9 @@ from trainer_hooks import clip_watch, log_input
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
-from trainer_hooks.forensics import Forensics, LayerProbe, StepFacts, layer_from_probe
+from trainer_hooks.forensics import Forensics, LayerProbe, layer_from_probe
 from trainer_hooks.forward_mark import mark_forward_start
+from trainer_hooks.grad_norm import DeferredGradNorm, GradNormPolicy
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_metrics import TokenCount, step_metrics
 from trainer_hooks.topology import discover, open_rank_writer
@@ -126,6 +127,8 @@ class Observer:
         self._params = [p for g in self._groups for p in g["params"]]
         self._n_groups = len(self._groups)
         self._param_ids = frozenset(map(id, self._params))
+        self._gn_policy = GradNormPolicy(enabled=not self._cuda)  # CPU: the drainer may reduce the grads
+        self._gn_policy.set_params(self._params)
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
@@ -288,11 +291,11 @@ class Observer:
         self._params = [p for g in self._groups for p in g["params"]]
         self._param_ids = frozenset(map(id, self._params))
         self._n_groups = len(self._groups)
+        self._gn_policy.set_params(self._params)
 
     def _host_or_device(self, v: Any) -> Any:
         if isinstance(v, torch.Tensor):
-            v = v.detach()
-            return v.item() if v.is_cpu else v
+            return v.item() if v.is_cpu else v.detach()  # item() reads a tensor that requires grad too
         return float(v)
 
     def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
@@ -423,6 +426,8 @@ class Observer:
             self._open = True
             t = self._t_start = _perf()
             self._data_wait = None if self._t_end is None else t - self._t_end
+            if self._gn_policy.watched_grad is not None:
+                self._gn_policy.at_step_start()
             every = self._probe_every
             if self._probe_for_good or (every and self._step % every == 0):
                 self._probe.arm()
@@ -438,6 +443,8 @@ class Observer:
             grads = [g for p in self._params if (g := p.grad) is not None]  # one property read each
             if not grads:
                 self._gn = None
+            elif not self._cuda and self._gn_policy.defer(len(self._buf._pending)):
+                self._gn = DeferredGradNorm(grads)  # reduced on the drainer thread (grad_norm.py)
             else:  # one norm per tensor in one multi-tensor op; float32 even for bf16 gradients
                 norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
                 if self._cuda:  # combined on device: one value to copy out
@@ -524,9 +531,9 @@ class Observer:
         step, m, loss, gn, scale, first_bad, tokens, chunk, ids, calls = step_metrics(values, payload, self._dp_tokens)
         self.writer.metrics(step, m, wall_time=payload[-1])
         self._chunks.step(step, chunk, tokens)
-        self.forensics.observe(StepFacts(step=step, loss=loss, grad_norm=gn, loss_scale=scale, data_chunk=chunk,
-                                         sample_ids=ids, probed=calls is not None,
-                                         layer=layer_from_probe(first_bad, calls or ())))
+        probed = calls is not None
+        self.forensics.observe_step(step, loss, gn, loss_scale=scale, data_chunk=chunk, sample_ids=ids, probed=probed,
+                                    layer=layer_from_probe(first_bad, calls) if probed else None)
         if self._mirror is not None:
             self._mirror_log(m, step)
 
