@@ -1,5 +1,8 @@
 """Writer throughput (points/s, one process), host cost per metric() call, bytes per point on disk.
 
+Bytes per point are those of a 1M-step loss-like curve, in its writer segment and after the
+compaction close() runs, with metric wall times at the default millisecond resolution and at µs.
+
     python -m bench.bench_writer [--points 10000000]
 
 Prints a Markdown table. Numbers, not pass/fail: compare against ARCHITECTURE.md budgets.
@@ -68,27 +71,42 @@ def host_cost_ns(root: str, calls: int = 1_000_000) -> tuple[float, float]:
     return per_call, per_call - (t2 - t1) / calls * 1e9
 
 
-def bytes_per_point(root: str, steps: int = 1_000_000) -> dict[str, float]:
-    """A loss-like curve (fp32 losses, noisy exponential decay, ~0.3 s steps) -> Parquet bytes/point."""
+def bytes_per_point(root: str, steps: int = 1_000_000, resolution_us: int | None = None) -> dict[str, dict[str, float]]:
+    """A loss-like curve (fp32 losses with σ=0.03 noise on a decay, ~0.3 s steps with 2 ms jitter,
+    wall times given to the µs) written through `Writer` with its defaults (metric wall times stored
+    to the millisecond), or with `metrics_wall_time_resolution_us=resolution_us`, and compacted on close
+    -> {"segment": ..., "compacted": ...}: bytes/point of the files and of each column."""
     rng = np.random.default_rng(0)
     t = np.arange(steps)
     loss = (2.2 * np.exp(-t / 150_000) + 1.9 + rng.normal(0, 0.03, steps)).astype(np.float32).astype(float)
     wall = 1.7e9 + np.cumsum(0.3 + rng.normal(0, 0.002, steps))
-    w = Writer(root, "bench-bytes", writer_config=WriterConfig(queue_size=steps, segment_rows=10 * steps))
+    extra = {} if resolution_us is None else {"metrics_wall_time_resolution_us": resolution_us}
+    w = Writer(root, "bench-bytes", writer_config=WriterConfig(queue_size=steps, segment_rows=10 * steps, **extra))
     for s, v, wt in zip(t.tolist(), loss.tolist(), wall.tolist(), strict=True):
         w.metric(s, "loss", v, wall_time=wt)
-    w.close()
-    files = glob.glob(os.path.join(root, "metrics", "run_id=bench-bytes", "*.parquet"))
-    out = {"file": sum(os.path.getsize(f) for f in files) / steps}
-    cols: dict[str, int] = {}
-    for f in files:
-        meta = pq.ParquetFile(f).metadata
-        for rg in range(meta.num_row_groups):
-            for c in range(meta.num_columns):
-                col = meta.row_group(rg).column(c)
-                cols[col.path_in_schema] = cols.get(col.path_in_schema, 0) + col.total_compressed_size
-    out.update({k: v / steps for k, v in cols.items()})
+    w.close()  # one segment; rank 0 compacts it on close (the segment stays until the grace period ends)
+    out = {}
+    for kind, pattern in (("segment", "part-*.parquet"), ("compacted", "compact-*.parquet")):
+        files = glob.glob(os.path.join(root, "metrics", "run_id=bench-bytes", pattern))
+        sizes = {"file": sum(os.path.getsize(f) for f in files) / steps}
+        for f in files:
+            meta = pq.ParquetFile(f).metadata
+            for rg in range(meta.num_row_groups):
+                for c in range(meta.num_columns):
+                    col = meta.row_group(rg).column(c)
+                    sizes[col.path_in_schema] = sizes.get(col.path_in_schema, 0) + col.total_compressed_size / steps
+        out[kind] = sizes
     return out
+
+
+def _bpp_rows(label: str, bpp: dict[str, dict[str, float]]) -> list[str]:
+    rows = []
+    for kind, sizes in bpp.items():
+        sizes = dict(sizes)
+        rows.append(f"| bytes/point, 1M-step loss curve, {label}, {kind} | {sizes.pop('file'):.2f} B |")
+        rows.append("| ... per column | " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])) + " |")
+    return rows
 
 
 def main() -> None:
@@ -100,6 +118,7 @@ def main() -> None:
         thr_multi, dropped_multi = bench_metrics(os.path.join(tmp, "b"), args.points)
         ns_call, ns_net = host_cost_ns(os.path.join(tmp, "c"))
         bpp = bytes_per_point(os.path.join(tmp, "d"))
+        bpp_us = bytes_per_point(os.path.join(tmp, "e"), resolution_us=1)
     print(f"| writer ({args.points:,} points, one process) | value |")
     print("|---|---|")
     print(f"| written via metric(), incl. close | {thr / 1e6:.2f} M points/s ({dropped:,} dropped) |")
@@ -107,9 +126,8 @@ def main() -> None:
           f"({dropped_multi:,} dropped) |")
     print(f"| metric() while the flush thread works | {ns_during:.0f} ns/call |")
     print(f"| metric() host cost, flush thread idle | {ns_call:.0f} ns/call ({ns_net:.0f} ns without the loop) |")
-    print(f"| bytes/point, 1M-step loss curve, one segment | {bpp.pop('file'):.2f} B |")
-    print("| ... per column | " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(bpp.items(), key=lambda kv: -kv[1]))
-          + " |")
+    print("\n".join(_bpp_rows("wall_time in ms (default)", bpp)))
+    print("\n".join(_bpp_rows("wall_time in µs (metrics_wall_time_resolution_us=1)", bpp_us)))
     if not math.isfinite(thr):
         raise SystemExit(1)
 

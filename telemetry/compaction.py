@@ -51,6 +51,7 @@ from data_schema.layout import (
 from data_schema.tables import TABLES, schema
 from telemetry import staging
 from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.wall_time import round_times
 
 _log = logging.getLogger("flightlog.compaction")
 
@@ -82,8 +83,10 @@ class CompactionConfig:
     zstd_level: int = 9
     """zstd level of compacted files (written once, read often: worth more CPU than segments)."""
     wall_time_resolution_us: int = 1
-    """Round wall_time to this many microseconds in compacted files. 1 keeps it exact; 1000 (ms)
-    saves about 1.2 B per point of a jittery series, at the price of sub-millisecond precision."""
+    """Further round wall_time (every table) to this many microseconds in compacted files, by
+    telemetry.wall_time's rule (nearest multiple, halves up). 1 (default) keeps what the segments
+    hold: metrics wall times are already milliseconds unless WriterConfig.metrics_wall_time_resolution_us
+    says otherwise, and system/events keep microseconds."""
     lod: bool = True
     """Rebuild the run's level-of-detail table after compacting its metrics."""
     lod_widths: tuple[int, ...] = (64, 512, 4096, 32768)
@@ -366,7 +369,7 @@ def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq:
             data = data.take(order)
     if cfg.wall_time_resolution_us > 1 and "wall_time" in data.column_names:
         data = data.set_column(data.column_names.index("wall_time"), "wall_time",
-                               _round_time(data.column("wall_time"), cfg.wall_time_resolution_us))
+                               round_times(data.column("wall_time"), cfg.wall_time_resolution_us))
     uid = uuid.uuid4().hex[:16]
     lo = hi = 0
     spans: dict[str, list[int]] = {}
@@ -414,12 +417,6 @@ def _conform(table: str, data: pa.Table) -> pa.Table:
             cols.append(data.column(name))
             fields.append(data.schema.field(name))
     return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=sch.metadata))
-
-
-def _round_time(col: pa.ChunkedArray, res_us: int) -> pa.ChunkedArray:
-    ints = pc.cast(col, pa.int64())
-    rounded = pc.multiply(pc.round(pc.divide(pc.cast(ints, pa.float64()), float(res_us))), float(res_us))
-    return pc.cast(pc.cast(rounded, pa.int64()), col.type)
 
 
 def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:

@@ -52,6 +52,7 @@ from telemetry import staging
 from telemetry.errors import ArchiveError
 from telemetry.fs import atomic_write_bytes, ensure_root_file, is_local, list_files, open_fs, remove
 from telemetry.spool import Spool, archive_key, default_spool_root
+from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_micros, round_times
 
 _log = logging.getLogger("flightlog.writer")
 _time = time.time
@@ -92,6 +93,11 @@ class WriterConfig:
     """Most bytes of batches held in memory while storage fails; beyond it they are dropped and counted."""
     max_backoff_s: float = _MAX_BACKOFF_S
     """Retries after a storage failure back off exponentially from 0.25 s up to this cap."""
+    metrics_wall_time_resolution_us: int = METRICS_WALL_TIME_RESOLUTION_US
+    """`metrics.wall_time` is rounded to the nearest multiple of this many microseconds (halves up)
+    before it is staged, so segments and compacted files hold the same value. 1000 (default) keeps
+    milliseconds, like MLflow; 1 keeps microseconds (about 1 B more per compacted point of a jittery series).
+    Durations keep full precision in their own metrics; `system` and `events` keep microseconds."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -111,6 +117,7 @@ class WriterConfig:
             raise ValueError("WriterConfig.queue_size and segment_rows must be integers")
         if self.spool_dir is not None and not isinstance(self.spool_dir, (str, os.PathLike)):
             raise ValueError(f"WriterConfig.spool_dir must be a folder path, '' or None, got {self.spool_dir!r}")
+        check_resolution("WriterConfig.metrics_wall_time_resolution_us", self.metrics_wall_time_resolution_us)
 
 
 @dataclass(slots=True)
@@ -164,6 +171,9 @@ class Writer:
         self.cfg = writer_config or WriterConfig()
         if not isinstance(self.cfg, WriterConfig):
             raise TypeError(f"writer_config must be a WriterConfig, got {type(self.cfg).__name__}")
+        # checked again: the dataclass is mutable after __post_init__
+        self._wt_res = check_resolution("WriterConfig.metrics_wall_time_resolution_us",
+                                        self.cfg.metrics_wall_time_resolution_us)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0):
@@ -520,7 +530,7 @@ class Writer:
     def _metrics_cols(self, steps: list, names: list, values: list, wts: list) -> list[pa.Array]:
         try:
             cols = [pa.array(steps, pa.int64()), pa.array(names, pa.string()), pa.array(values, pa.float64()),
-                    _timestamps(wts)]
+                    _timestamps(wts, self._wt_res)]
             if cols[0].null_count or cols[1].null_count:  # None step/name: sort them out point by point
                 raise ValueError("missing step or name")
         except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
@@ -540,9 +550,10 @@ class Writer:
             names = pa.array([k for _, d, _ in multi for k in d], pa.string())
             if names.null_count:
                 raise ValueError("missing name")
+            call_us = _micros(call_wts, self._wt_res)  # once per call, then repeated per name
             return [pa.array(np.repeat(call_steps.to_numpy(), counts)), names,
                     pa.array([v for _, d, _ in multi for v in d.values()], pa.float64()),
-                    _timestamps(np.repeat(call_wts.to_numpy(), counts))]
+                    pa.array(np.repeat(call_us, counts), pa.int64()).cast(TS)]
         except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError, AttributeError):
             steps, names, values, wts = [], [], [], []
             for step, d, wt in multi:
@@ -578,7 +589,7 @@ class Writer:
             for col, x in zip(out, (s, n, v, w), strict=True):
                 col.append(x)
         return [pa.array(out[0], pa.int64()), pa.array(out[1], pa.string()), pa.array(out[2], pa.float64()),
-                _timestamps(out[3])]
+                _timestamps(out[3], self._wt_res)]
 
     def _rows_table(self, table: str, rows: list[dict]) -> pa.Table | None:
         consts = {"run_id": self.run_id, "attempt": self.attempt, "rank": self.rank}
@@ -608,6 +619,9 @@ class Writer:
         if not checked:
             return None
         data = pa.Table.from_pylist(checked, schema=sch)
+        if table == "metrics":  # row("metrics", ...) follows the same rule as metric()
+            i = data.schema.get_field_index("wall_time")
+            data = data.set_column(i, "wall_time", round_times(data.column(i), self._wt_res))
         return data.drop_columns(list(staging.constant_columns(table)))
 
     # ---- storage: staging, segments, heartbeat ----------------------------------------------------
@@ -918,10 +932,14 @@ class _SafeJson:
         return json.dumps(self.obj, default=str, sort_keys=True)
 
 
-def _timestamps(wts: list) -> pa.Array:
-    """Unix seconds (floats) -> timestamp[us, UTC]."""
-    arr = pa.array(wts, pa.float64())
-    return pc.round(pc.multiply(arr, 1e6)).cast(pa.int64()).cast(TS)
+def _micros(wts: pa.Array, res_us: int) -> np.ndarray:
+    """Unix seconds (float64, no nulls) -> int64 µs, rounded to `res_us` (telemetry.wall_time's rule)."""
+    return round_micros(pc.round(pc.multiply(wts, 1e6)).cast(pa.int64()).to_numpy(), res_us)
+
+
+def _timestamps(wts: list | np.ndarray, res_us: int) -> pa.Array:
+    """Unix seconds (floats) -> timestamp[us, UTC], rounded to `res_us` microseconds."""
+    return pa.array(_micros(pa.array(wts, pa.float64()), res_us), pa.int64()).cast(TS)
 
 
 def _latest_run_row(fs, root: str, run_id: str) -> dict | None:

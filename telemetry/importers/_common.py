@@ -29,6 +29,7 @@ from data_schema.tables import TABLES, TS, schema
 from telemetry import staging
 from telemetry.errors import ArchiveError
 from telemetry.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
+from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_times
 
 SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at staging.ROW_GROUP_ROWS)
 _LOD_DIR = "metrics_lod"  # derived from metrics by compaction; stale once the run is re-imported
@@ -235,14 +236,26 @@ def _with_all_columns(table: str, data: pa.Table) -> pa.Table:
     return data
 
 
+def _rounded_wall_time(data: pa.Table, res_us: int) -> pa.Table:
+    if "wall_time" not in data.column_names:
+        return data
+    i = data.column_names.index("wall_time")
+    return data.set_column(i, "wall_time", round_times(data.column(i).cast(TS), res_us))
+
+
 def _chunks(data: pa.Table, rows: int) -> list[pa.Table]:
     return [data.slice(i, rows) for i in range(0, data.num_rows, rows)] or []
 
 
 def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
-              storage_options: dict | None = None, replace_foreign: bool = False) -> int:
-    """Write `run` into the archive (replacing an earlier import of the same source); bytes written."""
+              storage_options: dict | None = None, replace_foreign: bool = False,
+              metrics_wall_time_resolution_us: int = METRICS_WALL_TIME_RESOLUTION_US) -> int:
+    """Write `run` into the archive (replacing an earlier import of the same source); bytes written.
+
+    Metric wall times are rounded as the Writer rounds them (telemetry.wall_time: milliseconds by
+    default, 1 keeps microseconds), so a re-import writes the same values; system rows keep µs."""
     validate_run_id(run.run_id)
+    res = check_resolution("metrics_wall_time_resolution_us", metrics_wall_time_resolution_us)
     fs, root = open_fs(archive_url, storage_options)
     try:
         ensure_root_file(fs, root)
@@ -259,7 +272,7 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
         )
     now = dt.datetime.now(dt.UTC)
     tables: dict[str, list[pa.Table]] = {t: [d] for t, d in _state_rows(run, now).items()}
-    tables["metrics"] = _chunks(_sorted_by_name_step(run.metrics), SEGMENT_ROWS)
+    tables["metrics"] = _chunks(_sorted_by_name_step(_rounded_wall_time(run.metrics, res)), SEGMENT_ROWS)
     if run.system is not None and run.system.num_rows:
         tables["system"] = _chunks(run.system, SEGMENT_ROWS)
 
