@@ -19,25 +19,29 @@ instead of one `copy_` launch per value; with the pinned copy and the event reco
 three launches per step whatever the number of values.
 
 Values handed over may be a tensor, a list of tensors (per-parameter norms, combined into
-one norm), a `DeferredGradNorm` (gradients the drainer reduces, grad_norm.py), a Python number,
-or None.
+one norm), a Python number, or None.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from trainer_hooks.grad_norm import DeferredGradNorm, norm_of_norms
-
 _log = logging.getLogger("flightlog.hooks")
+_item = torch.Tensor.item
 
 DrainFn = Callable[[list[float | None], Any], None]
+
+
+def norm_of_norms(norms: Sequence[torch.Tensor]) -> float:
+    """Total L2 norm from per-tensor norms (CPU 0-d tensors): one C call, no temporaries."""
+    return math.hypot(*map(_item, norms))
 
 
 class _Slot(int):
@@ -54,8 +58,6 @@ def _host_value(v: Any) -> float | None:
         return v.item()
     if isinstance(v, (list, tuple)):
         return norm_of_norms(v)
-    if type(v) is DeferredGradNorm:
-        return v.value()
     return float(v)
 
 

@@ -18,7 +18,6 @@ very step that went non-finite when that step is probed.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import math
 import statistics
@@ -104,51 +103,47 @@ def layer_from_probe(first: float | None, calls: tuple[str, ...]) -> str | None:
 class SpikeDetector:
     """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes).
 
-    Runs once per step on the drainer thread, so it is kept cheap: the window is also held
-    sorted (bisect), giving the median at once; the MAD is recomputed every `refresh` updates
-    and whenever a value looks like a candidate against the cached scale.
+    Runs once per step on the drainer thread, whose Python time the training thread waits for
+    (the GIL), so the usual step costs one comparison and one append: the median and MAD are
+    recomputed every `refresh` updates into a candidate threshold (half the z-score), and only a
+    value above it is judged on statistics recomputed from the window as it is now.
     """
 
     def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20, refresh: int = 16) -> None:
         self.window: collections.deque[float] = collections.deque(maxlen=window)
-        self._sorted: list[float] = []
         self.zscore = zscore
         self.min_points = min_points
         self._refresh = refresh
         self._age = refresh
-        self._mad = 0.0
+        self._candidate_above = math.inf
 
-    def _median(self) -> float:
-        s, n = self._sorted, len(self._sorted)
-        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-    def _scale(self, med: float, fresh: bool) -> tuple[float, float]:
-        if fresh or self._age >= self._refresh:
-            self._mad = statistics.median(abs(v - med) for v in self._sorted)
-            self._age = 0
-        # 1.4826 * MAD estimates sigma for normal data; a flat window falls back to a tiny scale.
-        mad = self._mad
-        return mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
+    def _stats(self) -> tuple[float, float, float]:
+        """(median, MAD, scale) of the window now. 1.4826 x MAD estimates sigma for normal data; a
+        flat window falls back to a tiny scale."""
+        s = sorted(self.window)
+        n = len(s)
+        med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        mad = statistics.median([abs(v - med) for v in s])
+        return med, mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
 
     def update(self, value: float) -> dict[str, float] | None:
         """Add `value`; return the statistics when it is a spike, else None. Non-finite values are skipped."""
         if value is None or not math.isfinite(value):
             return None
         spike = None
-        if len(self.window) >= self.min_points:
-            med = self._median()
+        window = self.window
+        if len(window) >= self.min_points:
             self._age += 1
-            mad, scale = self._scale(med, fresh=False)
-            if (value - med) / scale > 0.5 * self.zscore:  # a candidate: judge it on a fresh MAD
-                mad, scale = self._scale(med, fresh=True)
+            if self._age >= self._refresh:
+                self._age = 0
+                med, _, scale = self._stats()
+                self._candidate_above = med + 0.5 * self.zscore * scale
+            if value > self._candidate_above:  # a candidate: judge it on the window as it is now
+                med, mad, scale = self._stats()
                 z = (value - med) / scale
                 if z > self.zscore:
-                    spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(self.window)}
-        if len(self.window) == self.window.maxlen:
-            old = self.window[0]
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
-        self.window.append(value)
-        bisect.insort(self._sorted, value)
+                    spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(window)}
+        window.append(value)
         return spike
 
 

@@ -37,10 +37,9 @@ from trainer_hooks import checkpoints as ckpt
 from trainer_hooks import clip_watch, log_input
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
-from trainer_hooks.device_buffer import DeviceBuffer
+from trainer_hooks.device_buffer import DeviceBuffer, norm_of_norms
 from trainer_hooks.forensics import Forensics, LayerProbe, layer_from_probe
 from trainer_hooks.forward_mark import mark_forward_start
-from trainer_hooks.grad_norm import DeferredGradNorm, GradNormPolicy
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_metrics import TokenCount, step_metrics
 from trainer_hooks.topology import discover, open_rank_writer
@@ -127,8 +126,6 @@ class Observer:
         self._params = [p for g in self._groups for p in g["params"]]
         self._n_groups = len(self._groups)
         self._param_ids = frozenset(map(id, self._params))
-        self._gn_policy = GradNormPolicy(enabled=not self._cuda)  # CPU: the drainer may reduce the grads
-        self._gn_policy.set_params(self._params)
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
@@ -291,7 +288,6 @@ class Observer:
         self._params = [p for g in self._groups for p in g["params"]]
         self._param_ids = frozenset(map(id, self._params))
         self._n_groups = len(self._groups)
-        self._gn_policy.set_params(self._params)
 
     def _host_or_device(self, v: Any) -> Any:
         if isinstance(v, torch.Tensor):
@@ -426,8 +422,6 @@ class Observer:
             self._open = True
             t = self._t_start = _perf()
             self._data_wait = None if self._t_end is None else t - self._t_end
-            if self._gn_policy.watched_grad is not None:
-                self._gn_policy.at_step_start()
             every = self._probe_every
             if self._probe_for_good or (every and self._step % every == 0):
                 self._probe.arm()
@@ -443,16 +437,13 @@ class Observer:
             grads = [g for p in self._params if (g := p.grad) is not None]  # one property read each
             if not grads:
                 self._gn = None
-            elif not self._cuda and self._gn_policy.defer(len(self._buf._pending)):
-                self._gn = DeferredGradNorm(grads)  # reduced on the drainer thread (grad_norm.py)
             else:  # one norm per tensor in one multi-tensor op; float32 even for bf16 gradients
                 norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
                 if self._cuda:  # combined on device: one value to copy out
                     self._gn = torch.linalg.vector_norm(torch.stack(norms))
-                elif len(norms) <= 64:  # CPU: the drainer combines them (measured ~3 µs/step less here)
-                    self._gn = norms
-                else:  # many small tensors kept alive per staged step would cost the allocator more
-                    self._gn = math.sqrt(sum(n.item() ** 2 for n in norms))
+                else:  # CPU: read now. Per-tensor norms (or the gradients) kept alive until the drainer
+                    # runs measured 5-10 µs/step slower: the next backward and forward lose the freed memory.
+                    self._gn = norm_of_norms(norms)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("grad_norm", exc)
 
