@@ -65,6 +65,7 @@ def _segment(run_id: str, start: int, n: int, total: int, seed: int) -> Any:
     import pyarrow as pa
 
     from data_schema import schema
+    from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_micros
 
     rng = np.random.default_rng(seed)
     steps = np.arange(start, start + n, dtype=np.int64)
@@ -72,6 +73,8 @@ def _segment(run_id: str, start: int, n: int, total: int, seed: int) -> Any:
     loss[rng.integers(0, n, 2)] = np.nan
     loss[rng.integers(0, n, 1)] = 50.0
     wall_us = 1_700_000_000_000_000 + steps * 300_000 + rng.integers(-2000, 2000, n)
+    # stored as the Writer stores metrics wall times by default (to the millisecond)
+    wall_us = round_micros(wall_us, METRICS_WALL_TIME_RESOLUTION_US)
     zeros = pa.array(np.zeros(n, np.int32))
     pick = pa.array(np.zeros(n, np.int32))
     return pa.Table.from_arrays([
