@@ -126,6 +126,7 @@ class Observer:
         self._params = [p for g in self._groups for p in g["params"]]
         self._n_groups = len(self._groups)
         self._param_ids = frozenset(map(id, self._params))
+        self._n_params = len(self._param_ids)
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
@@ -141,7 +142,7 @@ class Observer:
                                              on_error=self._hook_error)
 
         self._probe_every = cfg.nan_layer_probe_every
-        self._hooks = [optimizer.register_step_post_hook(self._post_step), mark_forward_start(model, self._on_forward)]
+        self._hooks = [optimizer.register_step_post_hook(self._end_step), mark_forward_start(model, self._on_forward)]
         if cfg.compute_grad_norm:
             self._hooks.append(optimizer.register_step_pre_hook(self._pre_step))
         self._scaler_update = None
@@ -275,11 +276,11 @@ class Observer:
         try:
             if len(self._groups) != self._n_groups:
                 self._refresh_params()
-            if self._gn_given or not params or len(params) != len(self._param_ids):
+            if self._gn_given or len(params) != self._n_params:
                 return
             ids = self._param_ids
-            if id(params[0]) in ids and id(params[-1]) in ids:
-                self._gn = self._host_or_device(total)
+            if params and id(params[0]) in ids and id(params[-1]) in ids:
+                self._gn = total.item() if type(total) is _Tensor and total.is_cpu else self._host_or_device(total)
                 self._gn_given = True
         except Exception as exc:  # noqa: BLE001
             self._hook_error("clip_grad_norm", exc)
@@ -287,6 +288,7 @@ class Observer:
     def _refresh_params(self) -> None:  # the loop called optimizer.add_param_group()
         self._params = [p for g in self._groups for p in g["params"]]
         self._param_ids = frozenset(map(id, self._params))
+        self._n_params = len(self._param_ids)
         self._n_groups = len(self._groups)
 
     def _host_or_device(self, v: Any) -> Any:
@@ -447,13 +449,9 @@ class Observer:
         except Exception as exc:  # noqa: BLE001
             self._hook_error("grad_norm", exc)
 
-    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        try:
-            self._end_step(skipped=False)
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("step_post_hook", exc)
-
-    def _end_step(self, skipped: bool) -> None:
+    def _end_step(self, optimizer: Any = None, args: Any = None, kwargs: Any = None, skipped: bool = False) -> None:
+        """The optimizer's step post-hook (registered as is: one Python call per step), or GradScaler.update
+        closing a step whose optimizer.step() it skipped."""
         t = _perf()
         try:
             start = self._t_end if self._t_end is not None else self._t_start
@@ -480,6 +478,8 @@ class Observer:
                             (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
                              None if start is None else t - start, self._data_wait, lrs, mem, self._chunk,
                              self._ids, calls, skipped, _wall()))
+        except Exception as exc:  # noqa: BLE001
+            self._hook_error("step_post_hook", exc)
         finally:  # the step ends even when recording it failed
             self._tokens_total += self._tokens * self._dp
             self._step += 1
@@ -488,7 +488,10 @@ class Observer:
             self._loss, self._loss_f, self._n_loss, self._tokens = None, 0.0, 0, 0
             self._gn, self._gn_given = None, False
         if self._extras:
-            self._stage_extras()
+            try:
+                self._stage_extras()
+            except Exception as exc:  # noqa: BLE001
+                self._hook_error("log", exc)
 
     def _read_scale(self) -> Any:
         s = getattr(self.scaler, "_scale", None)  # None until the scaler's first scale()
