@@ -103,6 +103,7 @@ def time_curves(root: str, repeat: int, points: int) -> dict[str, float]:
 
     a = Archive(root, recover=False)
     a.curve(RUN, "loss", buckets=2000)
+    a.wait_background()  # raw segments: the reader builds their LOD after the first slow curve
     warm = []
     for _ in range(repeat):
         t = time.perf_counter()

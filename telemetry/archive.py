@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +20,10 @@ import pandas as pd
 import pyarrow as pa
 
 from data_schema import TABLES, schema
-from telemetry import curves
+from telemetry import curves, tail_lod
 from telemetry.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
 from telemetry.errors import ArchiveError, QueryError, UnknownRunError
+from telemetry.tail_lod import TailLods
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
 INCIDENT_KINDS = (
@@ -228,6 +230,7 @@ class Archive:
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
         self.con = new_connection()
         self._snap = Snapshot(files={})
+        self._tail_lods = TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
         self.refresh()
 
     def _recover(self, storage_options: dict | None) -> None:
@@ -276,7 +279,13 @@ class Archive:
                 self._ranges.clear()
         return changed
 
+    def wait_background(self, timeout: float = 60.0) -> bool:
+        """Wait for this reader's background work (a level of detail it builds for a run that is not
+        compacted yet, after a slow curve); True when nothing is left running."""
+        return self._tail_lods.wait(timeout)
+
     def close(self) -> None:
+        self._tail_lods.close()
         self.con.close()
 
     def __enter__(self) -> Archive:
@@ -532,7 +541,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             raise QueryError(f"buckets must be a positive integer, got {buckets!r}")
         run_id = self.resolve_run(run)
         if align and x == "step" and journey and lo is not None and hi is not None:
-            info = getattr(self._snap, "lod", {}).get(run_id)
+            info = self._lod_info(run_id)
             if info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo:
                 from telemetry.lod import aligned_window
 
@@ -541,6 +550,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
             if fast is not None:
                 return fast
+        scan_started = time.perf_counter()
         source = self._run_source("metrics", run_id)
         where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=journey)
         points = curves.points_sql(source, x=x, where=where)
@@ -560,7 +570,17 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             lo, hi = _time_bound(lo), _time_bound(hi)
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
             return _empty_curve(x)
-        return self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
+        out = self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
+        if x == "step" and journey and time.perf_counter() - scan_started > tail_lod.MIN_SCAN_S and run_id not in self._snap.lod:
+            self._tail_lods.want(run_id, self._run_files("metrics", run_id))  # the next curves skip this scan
+        return out
+
+    def _lod_info(self, run_id: str) -> Any:
+        """The run's persisted LOD, else the one this reader built over its segments (tail_lod.py), else None."""
+        info = self._snap.lod.get(run_id)
+        if info is None:
+            info = self._tail_lods.get(run_id, self._run_files("metrics", run_id))
+        return info
 
     def _lod_curve(self, run_id: str, name: str, *, buckets: int, lo: float | None, hi: float | None,
                    rank: int | None) -> pd.DataFrame | None:
@@ -568,7 +588,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         None when there is no usable LOD (the caller scans raw rows)."""
         from telemetry import lod
 
-        info = self._snap.lod.get(run_id) if hasattr(self._snap, "lod") else None
+        info = self._lod_info(run_id)
         lod_rank = None if info is None else lod.usable_rank(info, rank)
         if info is None or lod_rank is None or not info.local:
             return None
@@ -578,6 +598,8 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         tail = [f for f in files if f.rel not in set(info.covers)]
         covered_src = f"({table_source_sql('metrics', covered)})" if covered else None
         tail_src = f"({table_source_sql('metrics', tail)})" if tail else None
+        if tail and info is not self._snap.lod.get(run_id) and tail_lod.worth_rebuilding(covered, tail):
+            self._tail_lods.want(run_id, files)  # a live run outgrew the LOD this reader built
         lod_src = curves.read_parquet_sql([info.local])
         where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=True)
         if lo is None or hi is None:

@@ -26,6 +26,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,7 @@ from telemetry.fs import atomic_write_bytes, is_local, list_files
 
 META_KEY = b"flightlog.lod"
 ALL_RANKS = -1
+DEFAULT_WIDTHS = (64, 512, 4096, 32768)  # block widths in steps, finest first
 ROW_GROUP_ROWS = 65_536  # small groups: (width, name) statistics let a curve skip most of them
 
 LOD_SCHEMA = pa.schema([
@@ -101,7 +103,7 @@ def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rel
 
 # ---- build --------------------------------------------------------------------------------------
 
-def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (64, 512, 4096, 32768)) -> int:
+def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = DEFAULT_WIDTHS) -> int:
     """Build the run's LOD over its live compact metric files; rows written (0: nothing to do)."""
     from telemetry.compaction import live_filter, read_records
 
@@ -119,7 +121,7 @@ def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (64, 51
             tmp = tempfile.mkdtemp(prefix="flightlog-lod-")
             local = {r: os.path.join(tmp, r.replace("/", "__")) for r in live}
             fs.get([join(root, r) for r in local], list(local.values()))
-        spans = _spans([local[r] for r in sorted(live)])
+        spans = spans_of([local[r] for r in sorted(live)])
         existing = lod_infos(fs, root, [r for r in list_files(fs, root, f"metrics_lod/run_id={run_id}")
                                         if parse_lod_path(r)])
         current = choose_lod(existing, live)
@@ -142,7 +144,7 @@ def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = (64, 51
     return table.num_rows
 
 
-def _connect():
+def connect():
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -151,8 +153,9 @@ def _connect():
     return con
 
 
-def _spans(paths: list[str]) -> dict[int, tuple[int, int]]:
-    con = _connect()
+def spans_of(paths: list[str]) -> dict[int, tuple[int, int]]:
+    """{attempt: (min step, max step)} of the metric rows in `paths` (the journey filter a LOD applies)."""
+    con = connect()
     try:
         rows = con.execute(f"SELECT attempt, min(step), max(step) FROM {curves.read_parquet_sql(paths)} "
                            "GROUP BY attempt").fetchall()
@@ -162,11 +165,12 @@ def _spans(paths: list[str]) -> dict[int, tuple[int, int]]:
 
 
 def build_lod_table(run_id: str, paths: list[str], spans: Mapping[int, tuple[int, int]],
-                    widths: tuple[int, ...]) -> tuple[pa.Table, list[int]]:
-    """The LOD rows of journey-filtered metric rows in `paths` (all widths), and the ranks seen."""
+                    widths: tuple[int, ...], con: Any = None) -> tuple[pa.Table, list[int]]:
+    """The LOD rows of journey-filtered metric rows in `paths` (all widths), and the ranks seen.
+    `con`: a connection from `connect()` to run on (closed here), so another thread can interrupt it."""
     w0 = int(widths[0])
     fv = "CASE WHEN isfinite(value) THEN value END"
-    con = _connect()
+    con = con if con is not None else connect()
     try:
         con.execute(f"""
 CREATE TEMP TABLE base AS
