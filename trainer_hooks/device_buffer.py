@@ -134,27 +134,23 @@ class DeviceBuffer:
         host = self._pinned[k].tolist()
         return [host[v] if type(v) is _Slot else _host_value(v) for v in values], payload
 
-    def _drain_once(self) -> bool:
-        pending = self._pending
-        if not pending:
-            return False
-        item = pending[0]
-        try:
-            values, payload = self._take(item)
-            self._on_drain(values, payload)
-        except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer
-            if self._on_error is not None:
-                self._on_error("drainer", exc)
-            else:
-                _log.warning("flightlog: drainer failed: %r", exc)
-        finally:
+    def _drain_all(self) -> None:
+        """Hand every staged step to on_drain, oldest first (one loop: this thread's Python time is
+        time the training thread may wait for the GIL)."""
+        pending, take, on_drain = self._pending, self._take, self._on_drain
+        while pending:
+            try:
+                on_drain(*take(pending[0]))
+            except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer
+                if self._on_error is not None:
+                    self._on_error("drainer", exc)
+                else:
+                    _log.warning("flightlog: drainer failed: %r", exc)
             pending.popleft()  # frees the ring slot only after it was read
-        return True
 
     def _run(self) -> None:
         while True:
-            while self._drain_once():
-                pass
+            self._drain_all()
             with self._idle:
                 self._idle.notify_all()
             if self._stop.is_set() and not self._pending:
