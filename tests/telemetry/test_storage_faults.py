@@ -101,8 +101,9 @@ def test_object_store_outage_spools_on_local_disk_and_loses_nothing_when_it_retu
 
 def test_outage_longer_than_the_spool_bound_drops_and_counts_the_rest(moto_server, tmp_path):
     url, so = f"s3://{moto_server['bucket']}/{uuid.uuid4().hex}", moto_server["storage_options"]
-    # a batch of 300 steps is ~20 kB: a few fit on the spool, a few more in memory, the rest must go
-    cfg = _cfg(spool_dir=str(tmp_path / "spool"), spool_max_bytes=60_000, backlog_max_bytes=60_000)
+    # A batch of 300 steps is ~20 kB in memory and a few kB staged (wall times to the ms repeat within a
+    # batch, so they compress well): a few fit on the spool, a few more in memory, the rest must go.
+    cfg = _cfg(spool_dir=str(tmp_path / "spool"), spool_max_bytes=12_000, backlog_max_bytes=40_000)
     w = Writer(url, "s3 outage bound", storage_options=so, writer_config=cfg)
     assert w.flush(20)
     server = moto_server["server"]
