@@ -23,7 +23,6 @@ from data_schema import TABLES, schema
 from telemetry import curves, tail_lod
 from telemetry.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
 from telemetry.errors import ArchiveError, QueryError, UnknownRunError
-from telemetry.tail_lod import TailLods
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
 INCIDENT_KINDS = (
@@ -230,7 +229,7 @@ class Archive:
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
         self.con = new_connection()
         self._snap = Snapshot(files={})
-        self._tail_lods = TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
+        self._tail_lods = tail_lod.TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
         self.refresh()
 
     def _recover(self, storage_options: dict | None) -> None:
@@ -571,7 +570,8 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
             return _empty_curve(x)
         out = self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
-        if x == "step" and journey and time.perf_counter() - scan_started > tail_lod.MIN_SCAN_S and run_id not in self._snap.lod:
+        slow = time.perf_counter() - scan_started > tail_lod.MIN_SCAN_S
+        if slow and x == "step" and journey and run_id not in self._snap.lod:
             self._tail_lods.want(run_id, self._run_files("metrics", run_id))  # the next curves skip this scan
         return out
 
