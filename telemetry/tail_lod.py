@@ -37,6 +37,7 @@ MIN_SCAN_S = 0.05
 
 
 REBUILD_ROWS = 1_000_000
+BUILD_MEMORY_LIMIT = "1GB"
 
 # Builds still running when the interpreter exits are interrupted and joined first: a daemon thread
 # inside DuckDB when Python finalizes aborts the whole process.
@@ -127,6 +128,11 @@ class TailLods:
                 if self._closed:
                     return
                 self._con = con = lod.connect()
+            # A background job beside the reader's own queries: one thread, bounded memory (spilling
+            # into this reader's temporary folder), so a huge live run cannot take the machine.
+            con.execute("SET threads = 1")
+            con.execute(f"SET memory_limit = '{BUILD_MEMORY_LIMIT}'")
+            con.execute(f"SET temp_directory = '{os.path.join(self._dir, 'spill')}'")
             try:
                 table, ranks = lod.build_lod_table(run_id, paths, spans, lod.DEFAULT_WIDTHS, con=con)
             finally:
