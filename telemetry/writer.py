@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import math
-import operator
 import os
 import socket
 import sys
@@ -33,9 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_schema.layout import (
     join,
@@ -46,13 +43,13 @@ from data_schema.layout import (
     staged_path,
     staging_dir,
 )
-from data_schema.tables import TABLES, TS, schema
-from data_schema.validation import SchemaError, validate_rows
+from data_schema.tables import TABLES
 from telemetry import staging
 from telemetry.errors import ArchiveError
 from telemetry.fs import atomic_write_bytes, ensure_root_file, is_local, list_files, open_fs, remove
+from telemetry.record_batches import RecordConverter, SafeJson
 from telemetry.spool import Spool, archive_key, default_spool_root
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_micros, round_times
+from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution
 
 _log = logging.getLogger("flightlog.writer")
 _time = time.time
@@ -61,7 +58,6 @@ _MAX_BACKOFF_S = 30.0
 # Stage a batch as soon as this many points are queued: small batches keep the flush thread's
 # buffers warm in cache and its GIL slices short.
 _BATCH_POINTS = 131_072
-_METRIC_STAGED = staging.staged_schema("metrics")
 # State rows are tiny and tell the run's story (running, crashed, which ranks): never dropped.
 _STATE_TABLES = frozenset({"runs", "attempts", "ranks"})
 
@@ -204,8 +200,9 @@ class Writer:
         self._late: list[tuple[str, list, int]] = []  # swapped-out lists a racing append may still reach
         self.dropped_count = 0
         self._dropped_reported = 0
-        self._invalid = 0
         self._oncelog = _OnceLog()
+        self._convert = RecordConverter(run_id=self.run_id, attempt=self.attempt, rank=self.rank,
+                                        wall_time_res_us=self._wt_res, warn=self._oncelog.warn)
 
         self._pending: dict[str, list[_Batch]] = {}  # built, staged or not, not yet in a segment
         self._retry_group: dict[str, int] = {}  # table -> batches in the segment whose write failed
@@ -287,7 +284,7 @@ class Writer:
             "step": step, "wall_time": _time() if wall_time is None else wall_time, "kind": kind,
             "severity": severity, "message": message, "data_chunk": data_chunk,
             "sample_ids": None if sample_ids is None else list(sample_ids), "layer": layer,
-            "details_json": details if details is None or isinstance(details, str) else _SafeJson(details),
+            "details_json": details if details is None or isinstance(details, str) else SafeJson(details),
         })
 
     def system(self, name: str, value: float, *, gpu_index: int | None = None, gpu_uuid: str | None = None,
@@ -310,7 +307,7 @@ class Writer:
     def data_chunk(self, chunk_id: int, *, first_step: int, last_step: int, tokens: int | None = None,
                    source_mix: dict | None = None) -> None:
         self._put("data_chunks", {"chunk_id": chunk_id, "first_step": first_step, "last_step": last_step,
-                                  "tokens": tokens, "source_mix_json": _SafeJson(source_mix) if source_mix else None})
+                                  "tokens": tokens, "source_mix_json": SafeJson(source_mix) if source_mix else None})
 
     def rank_info(self, *, local_rank: int | None = None, host: str | None = None, gpu_uuid: str | None = None,
                   dp_rank: int | None = None, tp_rank: int | None = None, pp_rank: int | None = None) -> None:
@@ -491,7 +488,7 @@ class Writer:
         rows_list, nrows = self._take("_rows")
         rows = late.get("_rows", []) + rows_list[:nrows]
         if nflat or multi:
-            data = self._metrics_table(flat, nflat, multi)
+            data = self._convert.metrics_table(flat, nflat, multi)
             if data.num_rows:
                 self._add_batch("metrics", data)
         if include_rank_row:
@@ -514,120 +511,12 @@ class Writer:
         for table, row in rows:
             by_table.setdefault(table, []).append(row)
         for table, table_rows in by_table.items():
-            data = self._rows_table(table, table_rows)
+            data = self._convert.rows_table(table, table_rows)
             if data is not None and data.num_rows:
                 self._add_batch(table, data)
 
     def _add_batch(self, table: str, data: pa.Table) -> None:
         self._pending.setdefault(table, []).append(_Batch(next(self._seq), data, data.num_rows, data.nbytes))
-
-    def _metrics_table(self, flat: list, n: int, multi: list) -> pa.Table:
-        steps, names, values, wts = flat[0:n:4], flat[1:n:4], flat[2:n:4], flat[3:n:4]
-        parts = [self._metrics_cols(steps, names, values, wts)] if n else []
-        if multi:
-            parts.append(self._multi_cols(multi))
-        if len(parts) == 1:
-            return pa.Table.from_arrays(parts[0], schema=_METRIC_STAGED)
-        return pa.concat_tables([pa.Table.from_arrays(c, schema=_METRIC_STAGED) for c in parts])
-
-    def _metrics_cols(self, steps: list, names: list, values: list, wts: list) -> list[pa.Array]:
-        try:
-            cols = [pa.array(steps, pa.int64()), pa.array(names, pa.string()), pa.array(values, pa.float64()),
-                    _timestamps(wts, self._wt_res)]
-            if cols[0].null_count or cols[1].null_count:  # None step/name: sort them out point by point
-                raise ValueError("missing step or name")
-        except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError):
-            cols = self._metrics_slow(steps, names, values, wts)
-        return cols
-
-    def _multi_cols(self, multi: list) -> list[pa.Array]:
-        """metrics() calls (flat step, dict, wall_time triples) -> columns. Steps and wall times are
-        converted once per call and repeated in C: the flush thread's Python work per point is two
-        list comprehensions (~2x faster than extending four lists, which bounded the writer's
-        sustained throughput)."""
-        dicts = multi[1::3]
-        try:
-            call_steps = pa.array(multi[0::3], pa.int64())
-            call_wts = pa.array(multi[2::3], pa.float64())
-            if call_steps.null_count or call_wts.null_count:
-                raise ValueError("missing step or wall time")
-            counts = np.fromiter(map(len, dicts), np.int64, len(dicts))
-            names = pa.array([k for d in dicts for k in d], pa.string())
-            if names.null_count:
-                raise ValueError("missing name")
-            call_us = _micros(call_wts, self._wt_res)  # once per call, then repeated per name
-            return [pa.array(np.repeat(call_steps.to_numpy(), counts)), names,
-                    pa.array([v for d in dicts for v in d.values()], pa.float64()),
-                    pa.array(np.repeat(call_us, counts), pa.int64()).cast(TS)]
-        except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeEncodeError, AttributeError):
-            steps, names, values, wts = [], [], [], []
-            for step, d, wt in zip(multi[0::3], dicts, multi[2::3], strict=True):
-                k = len(d)
-                steps.extend(itertools.repeat(step, k))
-                names.extend(d.keys())
-                values.extend(d.values())
-                wts.extend(itertools.repeat(wt, k))
-            return self._metrics_cols(steps, names, values, wts)
-
-    def _metrics_slow(self, steps: list, names: list, values: list, wts: list) -> list[pa.Array]:
-        """Per-point coercion when a batch holds odd types (numpy/torch scalars, datetimes, junk)."""
-        out: tuple[list, list, list, list] = ([], [], [], [])
-        for s, n, v, w in zip(steps, names, values, wts, strict=True):
-            try:
-                s = operator.index(s) if not isinstance(s, float) or not s.is_integer() else int(s)
-                if not -(2**63) <= s < 2**63:
-                    raise OverflowError("step is outside the int64 range")
-                if not isinstance(n, str):
-                    raise TypeError(f"metric name must be a string, got {type(n).__name__}")
-                n.encode("utf-8")  # lone surrogates cannot be stored
-                if isinstance(v, (str, bytes)):
-                    raise TypeError("a metric value is a number, not text")
-                v = float(v)
-                w = w.timestamp() if isinstance(w, dt.datetime) else float(w)
-                if not -62135596800.0 <= w < 253402300800.0:  # NaN fails too
-                    raise ValueError("wall_time must be Unix seconds within the years 1-9999")
-            except (TypeError, ValueError, OverflowError, AttributeError, UnicodeEncodeError) as exc:
-                self._invalid += 1
-                self._oncelog.warn("invalid-metric", f"flightlog: skipped an invalid metric point "
-                                   f"(step={s!r:.40}, name={n!r:.60}, value={v!r:.40}): {exc}")
-                continue
-            for col, x in zip(out, (s, n, v, w), strict=True):
-                col.append(x)
-        return [pa.array(out[0], pa.int64()), pa.array(out[1], pa.string()), pa.array(out[2], pa.float64()),
-                _timestamps(out[3], self._wt_res)]
-
-    def _rows_table(self, table: str, rows: list[dict]) -> pa.Table | None:
-        consts = {"run_id": self.run_id, "attempt": self.attempt, "rank": self.rank}
-        try:
-            sch = schema(table)
-        except KeyError as exc:
-            self._invalid += len(rows)
-            self._oncelog.warn(f"table-{table}", f"flightlog: {exc.args[0]}")
-            return None
-        for c in staging.constant_columns(table):
-            for r in rows:
-                r[c] = consts[c]
-        for r in rows:
-            for k, v in r.items():
-                if isinstance(v, _SafeJson):
-                    r[k] = v.dumps()
-        try:
-            checked = validate_rows(table, rows)
-        except SchemaError:
-            checked = []
-            for r in rows:  # keep the good rows, skip and report each bad one
-                try:
-                    checked.extend(validate_rows(table, [r]))
-                except SchemaError as exc:
-                    self._invalid += 1
-                    self._oncelog.warn(f"invalid-{table}", f"flightlog: skipped an invalid row: {exc}")
-        if not checked:
-            return None
-        data = pa.Table.from_pylist(checked, schema=sch)
-        if table == "metrics":  # row("metrics", ...) follows the same rule as metric()
-            i = data.schema.get_field_index("wall_time")
-            data = data.set_column(i, "wall_time", round_times(data.column(i), self._wt_res))
-        return data.drop_columns(list(staging.constant_columns(table)))
 
     # ---- storage: staging, segments, heartbeat ----------------------------------------------------
 
@@ -923,28 +812,6 @@ class _Outage:
     spooled_batches: int = 0
     held_batches: int = 0
     dropped_records: int = 0
-
-
-class _SafeJson:
-    """A dict to serialise in the flush thread, not on the caller's thread."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def dumps(self) -> str:
-        return json.dumps(self.obj, default=str, sort_keys=True)
-
-
-def _micros(wts: pa.Array, res_us: int) -> np.ndarray:
-    """Unix seconds (float64, no nulls) -> int64 µs, rounded to `res_us` (telemetry.wall_time's rule)."""
-    return round_micros(pc.round(pc.multiply(wts, 1e6)).cast(pa.int64()).to_numpy(), res_us)
-
-
-def _timestamps(wts: list | np.ndarray, res_us: int) -> pa.Array:
-    """Unix seconds (floats) -> timestamp[us, UTC], rounded to `res_us` microseconds."""
-    return pa.array(_micros(pa.array(wts, pa.float64()), res_us), pa.int64()).cast(TS)
 
 
 def _latest_run_row(fs, root: str, run_id: str) -> dict | None:
