@@ -51,7 +51,7 @@ from data_schema.layout import (
 from data_schema.tables import TABLES, schema
 from telemetry import staging
 from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
-from telemetry.wall_time import round_times
+from telemetry.wall_time import round_wall_time_column
 
 _log = logging.getLogger("flightlog.compaction")
 
@@ -367,9 +367,8 @@ def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq:
         # a writer's parts of one name are mostly in order already: skip the costly take then
         if not pc.all(pc.equal(order, pa.array(np.arange(data.num_rows, dtype=np.uint64)))).as_py():
             data = data.take(order)
-    if cfg.wall_time_resolution_us > 1 and "wall_time" in data.column_names:
-        data = data.set_column(data.column_names.index("wall_time"), "wall_time",
-                               round_times(data.column("wall_time"), cfg.wall_time_resolution_us))
+    if cfg.wall_time_resolution_us > 1:
+        data = round_wall_time_column(data, cfg.wall_time_resolution_us)
     uid = uuid.uuid4().hex[:16]
     lo = hi = 0
     spans: dict[str, list[int]] = {}

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from data_schema.tables import TS, schema
 from data_schema.validation import SchemaError, validate_rows
 from telemetry import staging
-from telemetry.wall_time import round_micros, round_times
+from telemetry.wall_time import round_micros, round_wall_time_column
 
 _METRIC_STAGED = staging.staged_schema("metrics")
 
@@ -106,7 +106,7 @@ class RecordConverter:
             except (TypeError, ValueError, OverflowError, AttributeError, UnicodeEncodeError) as exc:
                 self.invalid += 1
                 self._warn("invalid-metric", f"flightlog: skipped an invalid metric point "
-                                   f"(step={s!r:.40}, name={n!r:.60}, value={v!r:.40}): {exc}")
+                           f"(step={s!r:.40}, name={n!r:.60}, value={v!r:.40}): {exc}")
                 continue
             for col, x in zip(out, (s, n, v, w), strict=True):
                 col.append(x)
@@ -142,8 +142,7 @@ class RecordConverter:
             return None
         data = pa.Table.from_pylist(checked, schema=sch)
         if table == "metrics":  # row("metrics", ...) follows the same rule as metric()
-            i = data.schema.get_field_index("wall_time")
-            data = data.set_column(i, "wall_time", round_times(data.column(i), self.res_us))
+            data = round_wall_time_column(data, self.res_us)
         return data.drop_columns(list(staging.constant_columns(table)))
 
 

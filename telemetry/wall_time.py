@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from data_schema.tables import TS
+
 METRICS_WALL_TIME_RESOLUTION_US = 1000
 """Default resolution of `metrics.wall_time` (WriterConfig.metrics_wall_time_resolution_us)."""
 
@@ -47,3 +49,11 @@ def round_times(col: pa.Array | pa.ChunkedArray, res_us: int) -> pa.Array | pa.C
     mask = ints.is_null().to_numpy(zero_copy_only=False) if ints.null_count else None
     vals = ints.fill_null(0).to_numpy() if mask is not None else ints.to_numpy()
     return pa.array(round_micros(vals, res_us), pa.int64(), mask=mask).cast(col.type)
+
+
+def round_wall_time_column(data: pa.Table, res_us: int) -> pa.Table:
+    """`data` with its `wall_time` column as timestamp[us, UTC] rounded to `res_us` (unchanged without one)."""
+    if "wall_time" not in data.column_names:
+        return data
+    i = data.column_names.index("wall_time")
+    return data.set_column(i, "wall_time", round_times(data.column(i).cast(TS), res_us))

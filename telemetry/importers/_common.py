@@ -29,7 +29,7 @@ from data_schema.tables import TABLES, TS, schema
 from telemetry import staging
 from telemetry.errors import ArchiveError
 from telemetry.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_times
+from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_wall_time_column
 
 SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at staging.ROW_GROUP_ROWS)
 _LOD_DIR = "metrics_lod"  # derived from metrics by compaction; stale once the run is re-imported
@@ -236,13 +236,6 @@ def _with_all_columns(table: str, data: pa.Table) -> pa.Table:
     return data
 
 
-def _rounded_wall_time(data: pa.Table, res_us: int) -> pa.Table:
-    if "wall_time" not in data.column_names:
-        return data
-    i = data.column_names.index("wall_time")
-    return data.set_column(i, "wall_time", round_times(data.column(i).cast(TS), res_us))
-
-
 def _chunks(data: pa.Table, rows: int) -> list[pa.Table]:
     return [data.slice(i, rows) for i in range(0, data.num_rows, rows)] or []
 
@@ -272,7 +265,7 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
         )
     now = dt.datetime.now(dt.UTC)
     tables: dict[str, list[pa.Table]] = {t: [d] for t, d in _state_rows(run, now).items()}
-    tables["metrics"] = _chunks(_sorted_by_name_step(_rounded_wall_time(run.metrics, res)), SEGMENT_ROWS)
+    tables["metrics"] = _chunks(_sorted_by_name_step(round_wall_time_column(run.metrics, res)), SEGMENT_ROWS)
     if run.system is not None and run.system.num_rows:
         tables["system"] = _chunks(run.system, SEGMENT_ROWS)
 

@@ -25,7 +25,7 @@ from telemetry import staging
 from telemetry.compaction import META_KEY, CompactionConfig, compact_bytes, live_filter, read_records, record_path
 from telemetry.errors import ArchiveError, UnknownRunError
 from telemetry.fs import atomic_write_bytes, list_files, open_fs
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_times
+from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_wall_time_column
 
 
 @dataclass(slots=True)
@@ -76,8 +76,7 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
     sch = schema(table)
     new = staging.full_table(table, _conform(table, rows), run_id=run_id, attempt=0, rank=0)
     if table == "metrics":  # the Writer's rule for metric wall times (milliseconds)
-        i = new.column_names.index("wall_time")
-        new = new.set_column(i, "wall_time", round_times(new.column(i), METRICS_WALL_TIME_RESOLUTION_US))
+        new = round_wall_time_column(new, METRICS_WALL_TIME_RESOLUTION_US)
 
     files = list_files(fs, root, partition_dir(table, run_id))
     records = read_records(fs, root, run_id=run_id)
