@@ -123,10 +123,7 @@ class Observer:
         self._ids: Any = None
         self._extras: list[tuple[int, str, Any]] = []
         self._groups = optimizer.param_groups
-        self._params = [p for g in self._groups for p in g["params"]]
-        self._n_groups = len(self._groups)
-        self._param_ids = frozenset(map(id, self._params))
-        self._n_params = len(self._param_ids)
+        self._refresh_params()  # _params, _param_ids, _n_params, _n_groups
         self._probe = LayerProbe(model)
         self._probe_for_good = False  # set by the drainer after the first non-finite step
 
@@ -280,12 +277,12 @@ class Observer:
                 return
             ids = self._param_ids
             if params and id(params[0]) in ids and id(params[-1]) in ids:
-                self._gn = total.item() if type(total) is _Tensor and total.is_cpu else self._host_or_device(total)
+                self._gn = self._host_or_device(total)
                 self._gn_given = True
         except Exception as exc:  # noqa: BLE001
             self._hook_error("clip_grad_norm", exc)
 
-    def _refresh_params(self) -> None:  # the loop called optimizer.add_param_group()
+    def _refresh_params(self) -> None:  # at start, and when the loop called optimizer.add_param_group()
         self._params = [p for g in self._groups for p in g["params"]]
         self._param_ids = frozenset(map(id, self._params))
         self._n_params = len(self._param_ids)
