@@ -168,8 +168,8 @@ class Writer:
         if not isinstance(self.cfg, WriterConfig):
             raise TypeError(f"writer_config must be a WriterConfig, got {type(self.cfg).__name__}")
         # checked again: the dataclass is mutable after __post_init__
-        self._wt_res = check_resolution("WriterConfig.metrics_wall_time_resolution_us",
-                                        self.cfg.metrics_wall_time_resolution_us)
+        wall_time_res_us = check_resolution("WriterConfig.metrics_wall_time_resolution_us",
+                                            self.cfg.metrics_wall_time_resolution_us)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0):
@@ -202,7 +202,7 @@ class Writer:
         self._dropped_reported = 0
         self._oncelog = _OnceLog()
         self._convert = RecordConverter(run_id=self.run_id, attempt=self.attempt, rank=self.rank,
-                                        wall_time_res_us=self._wt_res, warn=self._oncelog.warn)
+                                        wall_time_res_us=wall_time_res_us, warn=self._oncelog.warn)
 
         self._pending: dict[str, list[_Batch]] = {}  # built, staged or not, not yet in a segment
         self._retry_group: dict[str, int] = {}  # table -> batches in the segment whose write failed
