@@ -37,6 +37,13 @@ def _cfg(**kw) -> WriterConfig:
                         compact_on_close=False, **kw)
 
 
+def _wait_for(condition, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def _log_steps(w: Writer, steps: range, *, event_every: int = 0) -> float:
     """The training side: log each step, return the slowest call (seconds)."""
     slowest = 0.0
@@ -101,18 +108,22 @@ def test_object_store_outage_spools_on_local_disk_and_loses_nothing_when_it_retu
 
 def test_outage_longer_than_the_spool_bound_drops_and_counts_the_rest(moto_server, tmp_path):
     url, so = f"s3://{moto_server['bucket']}/{uuid.uuid4().hex}", moto_server["storage_options"]
-    # A batch of 300 steps is ~20 kB in memory and a few kB staged (wall times to the ms repeat within a
-    # batch, so they compress well): a few fit on the spool, a few more in memory, the rest must go.
-    cfg = _cfg(spool_dir=str(tmp_path / "spool"), spool_max_bytes=12_000, backlog_max_bytes=40_000)
+    # a batch of 300 steps is ~20 kB: a few fit on the spool, a few more in memory, the rest must go
+    cfg = _cfg(spool_dir=str(tmp_path / "spool"), spool_max_bytes=60_000, backlog_max_bytes=60_000)
     w = Writer(url, "s3 outage bound", storage_options=so, writer_config=cfg)
     assert w.flush(20)
     server = moto_server["server"]
     server.stop()
     try:
+        # The writer must have seen the outage before the data comes, and have held or dropped every
+        # batch before storage returns: else a slow cycle could carry it all across the outage.
+        _wait_for(lambda: w._storage_failures > 0, "the writer to notice the outage")
         for chunk in range(12):
             _log_steps(w, range(chunk * 300, (chunk + 1) * 300))
             time.sleep(0.2)
-        w.flush(timeout=0.5)
+        _wait_for(lambda: not w._multi and all(b.staged or b.spooled or b.held
+                                               for b in w._pending.get("metrics", [])),
+                  "the writer to hold or drop every batch")
     finally:
         server.start()
     assert w.flush(timeout=30)
