@@ -205,8 +205,8 @@ def machine_note() -> str:
 def flightlog_live_bytes(archive: str | os.PathLike, table: str = "metrics") -> int:
     """Bytes of the table's files a reader reads: parts replaced by a compaction (kept for a grace
     period so running readers keep working) are not counted, nor compact files without a record."""
-    from telemetry.compaction import live_filter, read_records
-    from telemetry.fs import list_files, open_fs
+    from telemetry.store.fs import list_files, open_fs
+    from telemetry.store.liveness import live_filter, read_records
 
     fs, root = open_fs(str(archive))
     files = [r for r in list_files(fs, root, table) if r.endswith(".parquet")]

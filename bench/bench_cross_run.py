@@ -3,7 +3,7 @@
     python -m bench.bench_cross_run [--quick] [--runs N] [--steps N] [--dir DIR] [--keep]
 
 The archive is generated fast: each run is one Parquet file written straight in the archive
-layout with the compacted files' settings (`telemetry.compaction.compact_bytes`: sorted, zstd,
+layout with the compacted files' settings (`telemetry.maintain.compaction.compact_bytes`: sorted, zstd,
 BYTE_STREAM_SPLIT values, DELTA_BINARY_PACKED steps and times), by two worker processes, so
 building 100 M points takes about a minute instead of a writer run per run plus compaction.
 Every query runs in a fresh interpreter (bench._harness.run_child) whose peak RSS is reported:
@@ -52,7 +52,7 @@ def _write_runs(task: tuple[str, list[int], int]) -> int:
     """Write the given runs (one compact-layout file each); bytes written."""
     from bench.bench_scale import _segment
     from data_schema.layout import segment_path
-    from telemetry.compaction import CompactionConfig, _conform, compact_bytes
+    from telemetry.maintain.compaction import CompactionConfig, _conform, compact_bytes
 
     root, indices, steps = task
     cfg, total = CompactionConfig(), 0
@@ -68,7 +68,7 @@ def _write_runs(task: tuple[str, list[int], int]) -> int:
 
 
 def build(root: str, runs: int, steps: int, workers: int = 2) -> tuple[float, int]:
-    from telemetry.fs import ensure_root_file, open_fs
+    from telemetry.store.fs import ensure_root_file, open_fs
 
     os.makedirs(root, exist_ok=True)
     ensure_root_file(*open_fs(root))
@@ -83,7 +83,7 @@ def build(root: str, runs: int, steps: int, workers: int = 2) -> tuple[float, in
 
 def child_query(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         build_s = time.perf_counter() - t
         compact_s = None
         if not args.no_compact:
-            from telemetry.compaction import compact
+            from telemetry.maintain.compaction import compact
 
             t = time.perf_counter()
             report = compact(str(root), RUN, grace_s=0.0)

@@ -30,7 +30,7 @@ CHUNK = 1_000_000
 COLD = """
 import json, sys, time
 t0 = time.perf_counter()
-from telemetry.archive import Archive
+from telemetry.read.archive import Archive
 a = Archive(sys.argv[1], recover=False)
 c = a.curve(sys.argv[2], "loss", buckets=2000)
 print(json.dumps({"s": time.perf_counter() - t0, "rows": len(c)}))
@@ -53,7 +53,7 @@ def series(points: int):
 
 
 def write(root: str, points: int) -> float:
-    from telemetry.writer import Writer, WriterConfig
+    from telemetry.write.writer import Writer, WriterConfig
 
     w = Writer(root, RUN, writer_config=WriterConfig(queue_size=2 * CHUNK, compact_on_close=False))
     t = time.perf_counter()
@@ -70,8 +70,8 @@ def write(root: str, points: int) -> float:
 def micros_bytes_per_point(cfile: str, points: int) -> float:
     """B/point of the first compact file had the writer kept µs (metrics_wall_time_resolution_us=1):
     the same rows (one name, sorted by step 0..n-1) with the series' µs wall times put back."""
-    from telemetry.compaction import CompactionConfig, compact_bytes
-    from telemetry.writer import _timestamps
+    from telemetry.maintain.compaction import CompactionConfig, compact_bytes
+    from telemetry.write.writer import _timestamps
 
     data = pq.read_table(cfile)
     n = data.num_rows
@@ -99,7 +99,7 @@ def column_bytes(path: str) -> dict[str, int]:
 def time_curves(root: str, repeat: int, points: int) -> dict[str, float]:
     proc = subprocess.run([sys.executable, "-c", COLD, root, RUN], capture_output=True, text=True, check=True)
     cold = json.loads(proc.stdout.strip().splitlines()[-1])["s"]
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     a = Archive(root, recover=False)
     a.curve(RUN, "loss", buckets=2000)
@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parts = metric_bytes(root, "part-*")
     before = None if args.skip_raw else time_curves(root, args.repeat, n)
 
-    from telemetry.compaction import CompactionConfig, compact
-    from telemetry.fs import open_fs
-    from telemetry.lod import rebuild_lod
+    from telemetry.maintain.compaction import CompactionConfig, compact
+    from telemetry.read.lod import rebuild_lod
+    from telemetry.store.fs import open_fs
 
     report = compact(root, RUN, grace_s=3600, config=CompactionConfig(lod=False), tables=["metrics"])
     t = time.perf_counter()

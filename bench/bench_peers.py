@@ -13,7 +13,7 @@ Same workload, same machine, same run; every tool runs in its own fresh interpre
    `trainer_hooks.attach()` default capture is measured as a training loop's cost over the
    same loop without it (tiny model, CPU, 1 thread; 50 scalars: + `obs.log` of 45 more).
 2. Writer throughput (points/s, logging + close/finish) and bytes per point on disk after
-   close (flightlog also after `telemetry.compaction.compact`).
+   close (flightlog also after `telemetry.maintain.compaction.compact`).
 3. Loading a 1M-step loss curve for display, cold (new process): flightlog
    `Archive(url).curve(run, "loss", buckets=2000)`; TensorBoard `EventAccumulator` with every
    point kept, `Reload()` + `Scalars()`; MLflow `get_metric_history` (measured at 1/10 of the
@@ -126,7 +126,7 @@ class _Tool:
         root.mkdir(parents=True, exist_ok=True)
         self.base_bytes = 0
         if tool == "flightlog":
-            from telemetry.writer import Writer, WriterConfig
+            from telemetry.write.writer import Writer, WriterConfig
 
             # compaction on close is timed separately (see compact_flightlog)
             self.w = Writer(str(root / "archive"), "bench-peers", writer_config=WriterConfig(compact_on_close=False))
@@ -224,7 +224,7 @@ def child_log(task: dict[str, Any]) -> dict[str, Any]:
 def compact_flightlog(archive: Path) -> dict[str, Any]:
     """Compact the run (and build its LOD), then drop the replaced parts: bytes of what stays live."""
     try:
-        from telemetry.compaction import compact
+        from telemetry.maintain.compaction import compact
     except ImportError:
         return {}
     t = time.perf_counter()
@@ -316,7 +316,7 @@ def child_build(task: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     chunk = 250_000
     # flightlog: the real Writer; default config compacts and builds the LOD on close
-    from telemetry.writer import Writer, WriterConfig
+    from telemetry.write.writer import Writer, WriterConfig
 
     for variant, cfg in (("flightlog", WriterConfig(queue_size=2 * chunk)),
                          ("flightlog_raw", WriterConfig(queue_size=2 * chunk, compact_on_close=False))):
@@ -385,7 +385,7 @@ def child_load(task: dict[str, Any]) -> dict[str, Any]:
     tool, path = task["tool"], task["path"]
     t0 = time.perf_counter()
     if tool == "flightlog":
-        from telemetry.archive import Archive
+        from telemetry.read.archive import Archive
 
         t1 = time.perf_counter()
         a = Archive(path)

@@ -4,7 +4,7 @@
 
 The archives are written straight as Parquet segments in the archive layout (1 M-row segments
 with the writer's Parquet options, data_schema.layout.segment_path), which is what a long run's
-writer leaves behind, then compacted with `telemetry.compaction.compact` (sorted compact files
+writer leaves behind, then compacted with `telemetry.maintain.compaction.compact` (sorted compact files
 plus the LOD table). Every measurement runs in a fresh interpreter (bench._harness.run_child)
 whose peak RSS is reported:
 
@@ -65,7 +65,7 @@ def _segment(run_id: str, start: int, n: int, total: int, seed: int) -> Any:
     import pyarrow as pa
 
     from data_schema import schema
-    from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_micros
+    from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_micros
 
     rng = np.random.default_rng(seed)
     steps = np.arange(start, start + n, dtype=np.int64)
@@ -87,7 +87,7 @@ def _write_segment(root: str, table: Any, run_id: str, seq: int) -> None:
     import pyarrow.parquet as pq
 
     from data_schema.layout import segment_path
-    from telemetry.staging import ROW_GROUP_ROWS, parquet_options
+    from telemetry.store.encodings import ROW_GROUP_ROWS, parquet_options
 
     path = os.path.join(root, segment_path("metrics", run_id, 0, 0, seq))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -95,7 +95,7 @@ def _write_segment(root: str, table: Any, run_id: str, seq: int) -> None:
 
 
 def _root_file(root: str) -> None:
-    from telemetry.fs import ensure_root_file, open_fs
+    from telemetry.store.fs import ensure_root_file, open_fs
 
     os.makedirs(root, exist_ok=True)
     ensure_root_file(*open_fs(root))
@@ -123,7 +123,7 @@ def child_build_runs(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_compact(task: dict[str, Any]) -> dict[str, Any]:
-    from telemetry.compaction import compact
+    from telemetry.maintain.compaction import compact
 
     t = time.perf_counter()
     rep = compact(task["root"], task.get("run"), grace_s=0.0)
@@ -134,7 +134,7 @@ def child_compact(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_curve(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])
@@ -163,7 +163,7 @@ def child_curve(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_scan(task: dict[str, Any]) -> dict[str, Any]:
     """Queries that read every point of the series (no LOD helps): the memory budget's workload."""
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     a = Archive(task["root"])
     t = time.perf_counter()
@@ -179,7 +179,7 @@ def child_scan(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_agg(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])
@@ -204,7 +204,7 @@ def _fail(r: Any) -> str:
 def bench_curve(work: Path, sizes: list[int], timeout: float) -> str:
     rows, budget_rows, scan_rows = [], [], []
     query_peaks: list[int] = []  # peak RSS of every process that queried the largest series
-    has_compaction = _importable("telemetry.compaction")
+    has_compaction = _importable("telemetry.maintain.compaction")
     for n in sizes:
         root = str(work / f"series-{n}")
         b = run_child(MODULE, {"task": "build_series", "root": root, "points": n}, timeout_s=max(timeout, 1800))
@@ -293,7 +293,7 @@ def bench_agg(work: Path, runs: int, steps: int, timeout: float) -> str:
         return f"### Cross-run aggregate\n\nbuild failed: {b.error}"
     results = [("raw segments", b.data["bytes"], None,
                 run_child(MODULE, {"task": "agg", "root": root}, timeout_s=timeout))]
-    if _importable("telemetry.compaction"):
+    if _importable("telemetry.maintain.compaction"):
         comp = run_child(MODULE, {"task": "compact", "root": root}, timeout_s=max(timeout, 3600))
         results.append(("compacted + LOD", flightlog_live_bytes(root), comp,
                         run_child(MODULE, {"task": "agg", "root": root}, timeout_s=timeout)))

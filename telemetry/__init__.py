@@ -2,7 +2,7 @@
 
 from importlib import import_module
 
-from telemetry.errors import (
+from telemetry.store.errors import (
     ArchiveError,
     ArchiveNotFoundError,
     FormatVersionError,
@@ -14,14 +14,14 @@ from telemetry.errors import (
 # Public names resolved on first use, so importing `telemetry` stays cheap (no duckdb
 # import for a trainer that only writes).
 _LAZY = {
-    "Writer": "telemetry.writer",
-    "WriterConfig": "telemetry.writer",
-    "Archive": "telemetry.archive",
-    "recover": "telemetry.recovery",
-    "RecoveryReport": "telemetry.recovery",
-    "verify": "telemetry.integrity",
-    "VerifyReport": "telemetry.integrity",
-    "SandboxedQuery": "telemetry.sandbox",
+    "Writer": "telemetry.write.writer",
+    "WriterConfig": "telemetry.write.writer",
+    "Archive": "telemetry.read.archive",
+    "recover": "telemetry.maintain.recovery",
+    "RecoveryReport": "telemetry.maintain.recovery",
+    "verify": "telemetry.maintain.file_integrity",
+    "VerifyReport": "telemetry.maintain.file_integrity",
+    "SandboxedQuery": "telemetry.read.sandbox",
 }
 
 

@@ -1,4 +1,4 @@
-"""Hostile SQL shared by the sandbox suites (telemetry.sandbox directly, `flightlog sql`, the app's console).
+"""Hostile SQL shared by the sandbox suites (telemetry.read.sandbox directly, `flightlog sql`, the app's console).
 
 Each attack is (id, sql, says): `sql` may hold `{root}` (the archive folder), `{outside}` (a folder
 next to the archive holding a real Parquet and CSV file) and `{out}` (a path outside the archive

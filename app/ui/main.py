@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.ui import state
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 HERE = Path(__file__).parent
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 ARCHIVE_ENV = "FLIGHTLOG_ARCHIVE"
 DEFAULT_ARCHIVE = "./flightlog-archive"
@@ -138,8 +138,8 @@ def page_link_url(page: str, **params: Any) -> str:
 # -- the archive (Streamlit caches) ----------------------------------------------------------
 @st.cache_resource(show_spinner="Opening the archive...", max_entries=8)
 def _open_archive(url: str) -> Any:
-    # the live view: staged batches of running writers are shown too (telemetry.live)
-    from telemetry.live import open_live_archive
+    # the live view: staged batches of running writers are shown too (telemetry.read.live)
+    from telemetry.read.live import open_live_archive
 
     archive = open_live_archive(url)
     archive._ui_refreshed_at = time.monotonic()  # noqa: SLF001 - our own bookkeeping on the cached object
@@ -190,7 +190,7 @@ def sql_df(archive: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
 @st.cache_resource(max_entries=16)
 def sandbox(url: str, row_limit: int, timeout_s: float) -> Any:
     """The SQL console's SandboxedQuery over the archive at `url` (it follows the archive's refreshes)."""
-    from telemetry.sandbox import SandboxedQuery
+    from telemetry.read.sandbox import SandboxedQuery
 
     return SandboxedQuery(_open_archive(url), row_limit=row_limit, timeout_s=timeout_s)
 

@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 
 from data_schema.layout import join, partition_dir, segment_path, validate_run_id
 from data_schema.tables import TABLES, TS, schema
-from telemetry import staging
-from telemetry.errors import ArchiveError
-from telemetry.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_wall_time_column
+from telemetry.store import encodings, staging
+from telemetry.store.errors import ArchiveError
+from telemetry.store.fs import atomic_write_bytes, ensure_root_file, list_files, open_fs, remove
+from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_wall_time_column
 
-SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at staging.ROW_GROUP_ROWS)
+SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at encodings.ROW_GROUP_ROWS)
 _LOD_DIR = "metrics_lod"  # derived from metrics by compaction; stale once the run is re-imported
 _MAX_DOUBLE = 1.7976931348623157e308
 
@@ -245,7 +245,7 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
               metrics_wall_time_resolution_us: int = METRICS_WALL_TIME_RESOLUTION_US) -> int:
     """Write `run` into the archive (replacing an earlier import of the same source); bytes written.
 
-    Metric wall times are rounded as the Writer rounds them (telemetry.wall_time: milliseconds by
+    Metric wall times are rounded as the Writer rounds them (telemetry.store.wall_time: milliseconds by
     default, 1 keeps microseconds), so a re-import writes the same values; system rows keep µs."""
     validate_run_id(run.run_id)
     res = check_resolution("metrics_wall_time_resolution_us", metrics_wall_time_resolution_us)
@@ -275,7 +275,7 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
         for seq, part in enumerate(parts, start=1):
             full = staging.full_table(table, _with_all_columns(table, part), run_id=run.run_id, attempt=0, rank=0)
             rel = segment_path(table, run.run_id, 0, 0, seq)
-            buf = staging.segment_bytes(full)
+            buf = encodings.segment_bytes(full)
             atomic_write_bytes(fs, join(root, rel), memoryview(buf))
             written.add(rel)
             total += buf.size

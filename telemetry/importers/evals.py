@@ -148,8 +148,8 @@ def _checkpoint_tokens(fs, root: str, run_id: str) -> dict[int, int]:
     """step -> tokens_seen of the run's recorded checkpoints (for scores whose tokens are not given)."""
     import pyarrow.parquet as pq
 
-    from telemetry.compaction import live_filter, read_records
-    from telemetry.fs import list_files
+    from telemetry.store.fs import list_files
+    from telemetry.store.liveness import live_filter, read_records
 
     files = list_files(fs, root, partition_dir("checkpoints", run_id))
     keep, _ = live_filter(files, read_records(fs, root, run_id=run_id))
@@ -166,7 +166,7 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
                  tokens: int | None = None, quiet: bool = False, storage_options: dict | None = None
                  ) -> EvalImportSummary:
     """Read every file, then replace the run's scores of the same (step, benchmark, metric) in one swap."""
-    from telemetry.fs import open_fs
+    from telemetry.store.fs import open_fs
 
     if not paths:
         raise ImportSourceError("no files given: pass lm-evaluation-harness result JSON files or a CSV")

@@ -2,7 +2,7 @@
 
 Evaluations and memorization scores arrive after training (an eval harness, a later analysis),
 so they are written to a run that a trainer recorded. Opening a `Writer` for that would start a
-new attempt; instead the rows go through the same swap compaction uses (telemetry.compaction):
+new attempt; instead the rows go through the same swap compaction uses (telemetry.maintain.compaction):
 one compact file holding the run's earlier rows of that table minus those whose key the new
 rows carry, plus the new rows, and a compaction record that makes readers skip the files it
 replaces. A re-import therefore replaces, never duplicates, and readers never see a mix.
@@ -21,11 +21,12 @@ import pyarrow.compute as pc
 
 from data_schema.layout import compact_name, join, parse_path, partition_dir, run_id_from_name, staging_dir
 from data_schema.tables import TABLES, schema
-from telemetry import staging
-from telemetry.compaction import META_KEY, CompactionConfig, compact_bytes, live_filter, read_records, record_path
-from telemetry.errors import ArchiveError, UnknownRunError
-from telemetry.fs import atomic_write_bytes, list_files, open_fs
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_wall_time_column
+from telemetry.maintain.compaction import CompactionConfig, compact_bytes
+from telemetry.store import encodings, staging
+from telemetry.store.errors import ArchiveError, UnknownRunError
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
+from telemetry.store.liveness import META_KEY, live_filter, live_writers, read_records, record_path
+from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_wall_time_column
 
 
 @dataclass(slots=True)
@@ -52,9 +53,7 @@ def resolve_run_id(fs, root: str, run: str) -> str:
 
 
 def _live_groups(fs, root: str, run_id: str, table: str) -> set[tuple[int, int]]:
-    from telemetry.compaction import _live_writers  # same liveness rule as compaction
-
-    live = {(a, r) for (rid, a, r) in _live_writers(fs, root) if rid == run_id}
+    live = {(a, r) for (rid, a, r) in live_writers(fs, root) if rid == run_id}
     staged = {(k.attempt, k.rank) for k in map(parse_path, list_files(fs, root, staging_dir(table, run_id)))
               if k is not None}
     return live | staged
@@ -87,7 +86,7 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
         k = parse_path(rel)
         if k is None or (k.kind == "segment" and (k.attempt, k.rank) in busy):
             continue
-        old_parts.append(staging.read_segment(fs.cat_file(join(root, rel))))
+        old_parts.append(encodings.read_segment(fs.cat_file(join(root, rel))))
         replaced_files.append(rel)
     old = (pa.concat_tables([staging.full_table(table, _conform(table, p), run_id=run_id, attempt=0, rank=0)
                              for p in old_parts]) if old_parts else sch.empty_table())
@@ -96,7 +95,7 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
     kept = old.filter(pc.invert(drop)) if old.num_rows else old
     data = pa.concat_tables([kept.select(sch.names).cast(sch), new.select(sch.names).cast(sch)])
 
-    # the highest-seq part of each writer group stays as an empty watermark (see telemetry.compaction)
+    # the highest-seq part of each writer group stays as an empty watermark (see telemetry.maintain.compaction)
     top: dict[tuple[int, int], int] = {}
     for rel in files:
         k = parse_path(rel)
@@ -134,7 +133,7 @@ def _conform(table: str, rows: pa.Table) -> pa.Table:
 
 def _refresh_manifest(url, fs, root: str, storage_options: dict | None) -> None:
     """Stores that cannot list read the manifest: rewrite it when the archive has one."""
-    from telemetry.manifest import read_manifest, write_manifest
+    from telemetry.maintain.manifest import read_manifest, write_manifest
 
     try:
         if read_manifest(fs, root) is not None:

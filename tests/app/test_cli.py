@@ -109,7 +109,7 @@ def test_verify_ok_and_problems_exit_1(archive, capsys):
 
 
 def test_index_recovers_and_writes_the_manifest(archive, capsys):
-    pytest.importorskip("telemetry.manifest")
+    pytest.importorskip("telemetry.maintain.manifest")
     assert main(["index", archive, "--quiet"]) == 0
     assert os.path.exists(os.path.join(archive, "_manifest", "manifest.json"))
     assert main(["verify", archive]) == 0

@@ -202,7 +202,7 @@ def test_journey_zoom_deep_link_in_chromium(app, browser):
 
 
 def test_an_archive_served_over_http_opens_in_chromium(demo_archive, browser, tmp_path):
-    from telemetry.manifest import write_manifest
+    from telemetry.maintain.manifest import write_manifest
 
     root = tmp_path / "published"
     shutil.copytree(demo_archive, root, ignore=shutil.ignore_patterns("_staging"))

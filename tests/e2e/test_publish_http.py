@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.cli import main as cli_main
 from telemetry import Archive, verify
-from telemetry.publish import PublishConfig, publish
+from telemetry.maintain.publish import PublishConfig, publish
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "app" / "ui" / "main.py"

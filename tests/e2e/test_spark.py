@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from telemetry import Archive, Writer
-from telemetry.compaction import compact
-from telemetry.publish import PublishConfig, publish
+from telemetry.maintain.compaction import compact
+from telemetry.maintain.publish import PublishConfig, publish
 
 RUNS = {"alpha": 1, "beta": 2, "gamma": 1}  # run -> ranks
 STEPS = 400

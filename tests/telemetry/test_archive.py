@@ -14,7 +14,7 @@ import pytest
 
 from data_schema import rows_to_table, run_id_from_name, segment_path
 from telemetry import Archive, Writer
-from telemetry.errors import ArchiveNotFoundError, FormatVersionError, QueryError, UnknownRunError
+from telemetry.store.errors import ArchiveNotFoundError, FormatVersionError, QueryError, UnknownRunError
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 INF = math.inf

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from telemetry import Archive, SandboxedQuery, Writer
-from telemetry.errors import ArchiveError, SandboxError
+from telemetry.store.errors import ArchiveError, SandboxError
 
 
 def write_two_attempts(url: str, storage_options: dict | None = None) -> None:
@@ -96,7 +96,7 @@ def test_s3_archive_that_does_not_exist_is_a_clear_error(moto_server, tmp_path):
 @pytest.fixture()
 def http_archive(tmp_path):
     """A local archive served read-only by `python -m http.server` on loopback."""
-    manifest = pytest.importorskip("telemetry.manifest")
+    manifest = pytest.importorskip("telemetry.maintain.manifest")
     root = tmp_path / "served"
     write_two_attempts(str(root))
     manifest.write_manifest(str(root))

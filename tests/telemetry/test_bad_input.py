@@ -11,7 +11,7 @@ import pytest
 
 from data_schema.validation import SchemaError, validate_rows
 from telemetry import Archive, Writer, WriterConfig
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 FAST = WriterConfig(flush_interval_s=0.1, close_timeout_s=10)
 NAMES = ["", "x" * 10_000, "λόσς/ünï😀", "a/b", "a=b", "..", "../../etc", "nul\x00byte", "x'; DROP TABLE runs; --"]

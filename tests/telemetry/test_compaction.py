@@ -11,11 +11,12 @@ import uuid
 import pyarrow.parquet as pq
 
 from data_schema import staged_path
-from telemetry import staging
-from telemetry.archive import Archive
-from telemetry.compaction import CompactionConfig, compact, read_records
-from telemetry.recovery import recover
-from telemetry.writer import Writer, WriterConfig
+from telemetry.maintain.compaction import CompactionConfig, compact
+from telemetry.maintain.recovery import recover
+from telemetry.read.archive import Archive
+from telemetry.store import staging
+from telemetry.store.liveness import read_records
+from telemetry.write.writer import Writer, WriterConfig
 
 
 def cfg(**kw) -> WriterConfig:
@@ -76,7 +77,7 @@ def test_compaction_swaps_parts_for_sorted_compact_files_without_losing_or_doubl
 
 
 def _fs(root: str):
-    from telemetry.fs import open_fs
+    from telemetry.store.fs import open_fs
 
     return open_fs(root)
 
@@ -171,8 +172,8 @@ def test_plain_values_and_millisecond_wall_time_are_options(archive):
 
 
 def test_verify_stays_clean_with_a_manifest_before_and_after_the_grace_period(archive):
-    from telemetry.integrity import verify
-    from telemetry.manifest import write_manifest
+    from telemetry.maintain.file_integrity import verify
+    from telemetry.maintain.manifest import write_manifest
 
     write_run(archive)
     compact(archive, "r", grace_s=3600)

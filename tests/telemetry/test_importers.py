@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from telemetry import Archive
-from telemetry.errors import ArchiveError
 from telemetry.importers import (
     ImportSourceError,
     import_csv,
@@ -29,6 +28,7 @@ from telemetry.importers import (
     import_wandb,
 )
 from telemetry.importers.tabular import ColumnMap
+from telemetry.store.errors import ArchiveError
 
 STEPS = 10_000
 SPECIAL = {17: math.nan, 18: math.inf, 19: -math.inf, 5000: math.nan}
@@ -396,7 +396,7 @@ def test_a_wrong_or_corrupt_source_gives_one_clear_error_naming_the_file(kind, t
 
 def test_cli_import_commands_print_a_summary_and_errors_as_one_line(table_logs, tmp_path, capsys, monkeypatch):
     from app.cli import main
-    from app.cli_import import add_import_commands
+    from app.cli.imports import add_import_commands
 
     parser = argparse.ArgumentParser(prog="flightlog")
     add_import_commands(parser.add_subparsers(dest="command"))

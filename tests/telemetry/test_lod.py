@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 
 from data_schema import schema, segment_path
-from telemetry import curves, lod
-from telemetry.archive import Archive
-from telemetry.compaction import CompactionConfig, compact
-from telemetry.fs import ensure_root_file, open_fs
-from telemetry.staging import segment_bytes
+from telemetry.maintain.compaction import CompactionConfig, compact
+from telemetry.read import curves, lod
+from telemetry.read.archive import Archive
+from telemetry.store.encodings import segment_bytes
+from telemetry.store.fs import ensure_root_file, open_fs
 
 RUN = "lod-run"
 WIDTHS = (4, 16, 64)
@@ -135,7 +135,7 @@ def test_metrics_lod_view_answers_sql(lod_archive):
                  "AND name = 'loss' GROUP BY width ORDER BY width").to_pylist()
     assert [r["width"] for r in rows] == list(WIDTHS)
     assert len({r["n"] for r in rows}) == 1  # every level holds every covered point once
-    from telemetry.sandbox import SandboxedQuery
+    from telemetry.read.sandbox import SandboxedQuery
 
     assert SandboxedQuery(a).run("SELECT count(*) AS n FROM metrics_lod").to_pylist()[0]["n"] > 0
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telemetry import Archive, Writer
-from telemetry.compaction import CompactionConfig, compact
-from telemetry.writer import WriterConfig
+from telemetry.maintain.compaction import CompactionConfig, compact
+from telemetry.write.writer import WriterConfig
 
 RUN = "prop"
 FAST = WriterConfig(flush_interval_s=0.05, segment_interval_s=3600, close_timeout_s=20)
@@ -153,7 +153,7 @@ def test_nan_counts_survive_parquet_statistics_on_every_query_path(tmp_path):
     with Archive(url) as a:
         assert int(a.curve(RUN, "loss", buckets=1)["nan_count"].iloc[0]) == 6
         assert a.sql("SELECT count_if(isnan(value)) AS n FROM metrics").to_pylist() == [{"n": 6}]
-        from telemetry.sandbox import SandboxedQuery
+        from telemetry.read.sandbox import SandboxedQuery
         sandbox = SandboxedQuery(a)
         try:
             assert sandbox.run("SELECT count_if(isnan(value)) AS n FROM metrics").to_pylist() == [{"n": 6}]

@@ -1,4 +1,4 @@
-"""`telemetry.publish`: a compacted, checksummed copy of chosen runs that reads like the source."""
+"""`telemetry.maintain.publish`: a compacted, checksummed copy of chosen runs that reads like the source."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from publish_helpers import TABLES_OF_DEMO, build_fixture_archive
 
 from app.cli import main as cli_main
 from telemetry import Archive, Writer, WriterConfig, verify
-from telemetry.errors import ArchiveError, UnknownRunError
-from telemetry.publish import PublishConfig, publish
+from telemetry.maintain.publish import PublishConfig, publish
+from telemetry.store.errors import ArchiveError, UnknownRunError
 
 QUIET = PublishConfig(progress=False)
 

@@ -21,10 +21,10 @@ import time
 import pytest
 
 from data_schema.layout import STAGING_DIR
-from telemetry import staging
-from telemetry.archive import Archive
-from telemetry.compaction import compact
-from telemetry.recovery import recover
+from telemetry.maintain.compaction import compact
+from telemetry.maintain.recovery import recover
+from telemetry.read.archive import Archive
+from telemetry.store import heartbeat
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
 
@@ -32,7 +32,7 @@ FLUSH_S = 0.05  # heartbeat stale after 3 x 0.05 s
 
 
 def _writer(url: str, steps: int, names: int, ready, go) -> None:
-    from telemetry.writer import Writer, WriterConfig
+    from telemetry.write.writer import Writer, WriterConfig
 
     cfg = WriterConfig(flush_interval_s=FLUSH_S, segment_interval_s=float(os.environ.get("RACE_SEG_S", "0.2")),
                        compact_on_close=True, compact_min_rows=1, close_timeout_s=60)
@@ -134,27 +134,27 @@ def test_readers_recovering_in_a_loop_against_a_starved_writer_never_double_rows
 def test_liveness_on_this_host_is_the_process_not_the_heartbeat_age():
     host = socket.gethostname()
     me = os.getpid()
-    start = staging.process_start(me)
+    start = heartbeat.process_start(me)
     old = time.time() - 3600
     hb = {"run_id": "r", "attempt": 0, "rank": 0, "flush_interval_s": 0.1, "updated_at": old}
     # a living process with an hour-old heartbeat: alive (a starved writer)
-    assert staging.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": start})
-    assert staging.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": None})  # an older writer's heartbeat
+    assert heartbeat.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": start})
+    assert heartbeat.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": None})  # an older writer's heartbeat
     # the same pid, another start time: the pid was reused, the writer is dead
     if start is not None:
-        assert not staging.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": start + 1})
+        assert not heartbeat.writer_is_alive({**hb, "pid": me, "host": host, "pid_start": start + 1})
     # a process that exited: dead, however fresh its heartbeat
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    assert not staging.writer_is_alive({**hb, "updated_at": time.time(), "pid": gone.pid, "host": host,
+    assert not heartbeat.writer_is_alive({**hb, "updated_at": time.time(), "pid": gone.pid, "host": host,
                                         "pid_start": None})
     # another host: only the heartbeat's age can tell
     other = "not-" + host
-    assert not staging.writer_is_alive({**hb, "pid": me, "host": other, "pid_start": start})
-    assert staging.writer_is_alive({**hb, "updated_at": time.time(), "pid": me, "host": other, "pid_start": start})
+    assert not heartbeat.writer_is_alive({**hb, "pid": me, "host": other, "pid_start": start})
+    assert heartbeat.writer_is_alive({**hb, "updated_at": time.time(), "pid": me, "host": other, "pid_start": start})
     # the writer's heartbeat records its start time
-    raw = staging.heartbeat_bytes(run_id="r", attempt=0, rank=0, pid=me, host=host, flush_interval_s=0.1)
-    assert staging.parse_heartbeat(raw)["pid_start"] == start
+    raw = heartbeat.heartbeat_bytes(run_id="r", attempt=0, rank=0, pid=me, host=host, flush_interval_s=0.1)
+    assert heartbeat.parse_heartbeat(raw)["pid_start"] == start
 
 
 def test_a_dead_writers_staged_files_are_still_recovered_at_once(archive):
@@ -178,8 +178,8 @@ def test_live_view_does_not_count_a_leftover_staged_batch_of_a_compacted_part(ar
     its part is compacted (replaced, so not read), the part's seq must still cover that file."""
     import shutil
 
-    from telemetry.live import LiveArchive
-    from telemetry.writer import Writer, WriterConfig
+    from telemetry.read.live import LiveArchive
+    from telemetry.write.writer import Writer, WriterConfig
 
     cfg = WriterConfig(flush_interval_s=60, segment_interval_s=3600, compact_min_rows=1, close_timeout_s=30)
     w = Writer(archive, run="left", rank=0, attempt=0, writer_config=cfg)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from telemetry import Archive, SandboxedQuery, Writer
-from telemetry.errors import QueryError, SandboxError
+from telemetry.store.errors import QueryError, SandboxError
 
 
 @pytest.fixture()

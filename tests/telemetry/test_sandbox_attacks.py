@@ -1,4 +1,4 @@
-"""Every hostile query of tests/sandbox_attacks.py through telemetry.sandbox directly: refused or
+"""Every hostile query of tests/sandbox_attacks.py through telemetry.read.sandbox directly: refused or
 stopped within the time limit with a one-line message, nothing written outside the archive, and
 the same sandbox answers a good query right after."""
 
@@ -12,7 +12,7 @@ import pytest
 from sandbox_attacks import ATTACKS, GOOD_QUERY, expected
 
 from telemetry import Archive, SandboxedQuery, Writer
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 TIMEOUT_S = 1.0
 SLACK_S = 3.0  # the worker is killed KILL_GRACE_S after the limit; a fresh one starts for the next query

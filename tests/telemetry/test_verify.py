@@ -10,7 +10,7 @@ import pytest
 
 from data_schema import rows_to_table, segment_path
 from telemetry import Writer, verify
-from telemetry.errors import ArchiveNotFoundError
+from telemetry.store.errors import ArchiveNotFoundError
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def test_staged_files_are_pending_recovery_and_temp_files_never_live(tmp_path):
 
 
 def test_manifest_row_counts_and_files_must_match(url):
-    manifest = pytest.importorskip("telemetry.manifest")
+    manifest = pytest.importorskip("telemetry.maintain.manifest")
     manifest.write_manifest(url)
     assert verify(url).ok
     live = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(url, "metrics")) for f in fs]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from app.cli import main as cli
-from telemetry.checkpoint_integrity import verify_checkpoints
-from trainer_hooks.checkpoint_verify import verify_run_checkpoints
+from telemetry.maintain.checkpoint_audit import verify_checkpoints
+from trainer_hooks.checkpoint_reload import verify_run_checkpoints
 from trainer_hooks.checkpoints import audit_file
 
 RUN = "ckpt-run"

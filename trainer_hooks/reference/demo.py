@@ -112,7 +112,7 @@ def _index(archive_url: str) -> None:
     # The crashed launch's processes are gone, so recovery takes their writers for dead at once.
     recover(archive_url)  # the crashed attempt's staged (write-ahead) data becomes Parquet
     try:
-        from telemetry.manifest import write_manifest
+        from telemetry.maintain.manifest import write_manifest
     except ImportError:  # older telemetry: readers list folders instead
         return
     write_manifest(archive_url)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from app.ui import charts, state
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 EXAMPLES = {
     "Runs": "SELECT run_id, name, status, created_at FROM runs ORDER BY created_at DESC",

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from data_schema.layout import MANIFEST_FILE, ROOT_FILE, join
 from data_schema.tables import FORMAT_VERSION, TABLES
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 # Filesystems that only read: publishing there is a user mistake with a clear answer.
 _READ_ONLY = {"http", "https"}
@@ -78,7 +78,7 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
             config: PublishConfig | None = None, storage_options: dict | None = None,
             dest_storage_options: dict | None = None) -> PublishReport:
     """Publish `runs` (names or ids; None = every run) of the archive at `source` to `destination`."""
-    from telemetry.archive import open_archive
+    from telemetry.read.archive import open_archive
 
     cfg = config or PublishConfig()
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
 # -- destination -----------------------------------------------------------------------------
 def open_destination(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root) of a publish destination; ArchiveError for read-only or unavailable ones."""
-    from telemetry.fs import open_fs
+    from telemetry.store.fs import open_fs
 
     text = str(url)
     scheme = text.split("://", 1)[0].lower() if "://" in text else "file"
@@ -147,13 +147,13 @@ def open_destination(url: str, storage_options: dict | None = None) -> tuple[fss
 
 
 def _same_place(archive: Any, fs: fsspec.AbstractFileSystem, root: str) -> bool:
-    from telemetry.fs import is_local
+    from telemetry.store.fs import is_local
 
     return is_local(fs) and os.path.abspath(root) == os.path.abspath(archive.local_root)
 
 
 def _existing_files(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
-    from telemetry.fs import list_files
+    from telemetry.store.fs import list_files
 
     try:
         return set(list_files(fs, root, ""))
@@ -211,7 +211,7 @@ def _live_warnings(archive: Any, run_ids: list[str]) -> list[str]:
 
 def _copy_runs(archive: Any, run_ids: list[str], stage: str) -> None:
     """The runs' live files (as the archive reads them) and the records of their compact files."""
-    from telemetry.compaction import record_path_of
+    from telemetry.store.liveness import record_path_of
 
     snap = archive.snapshot
     wanted = set(run_ids)
@@ -251,7 +251,7 @@ def _write_local(stage: str, rel: str, body: bytes) -> None:
 def _compact_staged(stage: str, run_id: str, cfg: PublishConfig) -> None:
     from fsspec.implementations.local import LocalFileSystem
 
-    from telemetry.compaction import CompactionConfig, compact_fs
+    from telemetry.maintain.compaction import CompactionConfig, compact_fs
 
     ccfg = CompactionConfig(value_encoding="PLAIN" if cfg.spark_compatible else "BYTE_STREAM_SPLIT")
     report = compact_fs(LocalFileSystem(), stage, run_id, grace_s=0.0, config=ccfg)
@@ -261,8 +261,8 @@ def _compact_staged(stage: str, run_id: str, cfg: PublishConfig) -> None:
 
 def _published_files(stage: str) -> list[str]:
     """What a reader of the staged copy reads: live data files, the chosen LODs, their records."""
-    from telemetry.catalog import Catalog
-    from telemetry.compaction import record_path_of
+    from telemetry.read.catalog import Catalog
+    from telemetry.store.liveness import record_path_of
 
     snap = Catalog(stage).scan()
     if snap.problems:
@@ -287,7 +287,7 @@ def _plain_floats(path: str) -> None:
                    for g in range(md.num_row_groups) for i in range(md.num_columns))
     if not uses_bss:
         return
-    from telemetry.compaction import CompactionConfig, compact_bytes
+    from telemetry.maintain.compaction import CompactionConfig, compact_bytes
 
     rows = max((md.row_group(g).num_rows for g in range(md.num_row_groups)), default=1)
     body = compact_bytes(pq.read_table(path), CompactionConfig(value_encoding="PLAIN", row_group_rows=max(rows, 1)))
@@ -350,7 +350,7 @@ def _upload(fs: fsspec.AbstractFileSystem, root: str, stage: str, manifest: dict
 
 
 def _put_file(fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
-    from telemetry.fs import is_local
+    from telemetry.store.fs import is_local
 
     if is_local(fs):
         with open(local, "rb") as fh:
@@ -360,7 +360,7 @@ def _put_file(fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
 
 
 def _put_bytes(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
-    from telemetry.fs import atomic_write_bytes, is_local
+    from telemetry.store.fs import atomic_write_bytes, is_local
 
     if not is_local(fs):
         parent = path.rsplit("/", 1)[0]
@@ -372,7 +372,7 @@ def _put_bytes(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
 
 
 def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    from telemetry.fs import remove
+    from telemetry.store.fs import remove
 
     remove(fs, path)
 
@@ -383,13 +383,13 @@ def _bar(cfg: PublishConfig, **kwargs: Any) -> Any:
     return tqdm(file=sys.stderr, disable=not cfg.progress, leave=False, **kwargs)
 
 
-# -- checking a publication (called by telemetry.integrity.verify) ----------------------------------
+# -- checking a publication (called by telemetry.maintain.file_integrity.verify) ----------------------------------
 def publication_problems(fs: fsspec.AbstractFileSystem, root: str, *, listable: bool) -> list[str]:
     """Problems of a published archive: missing files, wrong sizes or checksums, and an incomplete
     manifest (files a reader needs but a static host would not serve). [] for other archives."""
     from data_schema.layout import parse_lod_path, parse_path
-    from telemetry.compaction import record_path_of
-    from telemetry.manifest import read_manifest
+    from telemetry.maintain.manifest import read_manifest
+    from telemetry.store.liveness import record_path_of
 
     try:
         manifest = read_manifest(fs, root)

@@ -7,7 +7,7 @@ columns, stages them as Arrow IPC files (`_staging/...`, the write-ahead) and, e
 `segment_interval_s` or `segment_rows`, turns the staged batches of a table into one
 immutable Parquet segment named after the highest staged seq it holds (see
 data_schema.layout). Storage errors stay in the thread: batches the store refuses go to a
-local spool folder (remote archives, telemetry.spool) or stay in memory (local archives), each
+local spool folder (remote archives, telemetry.write.spool) or stay in memory (local archives), each
 within a byte bound beyond which they are dropped and counted; the store is retried with
 exponential backoff (capped at `max_backoff_s`), and once it answers the backlog is written
 oldest first and `storage_error` (warning: when it broke, the first error) and
@@ -44,12 +44,12 @@ from data_schema.layout import (
     staging_dir,
 )
 from data_schema.tables import TABLES
-from telemetry import staging
-from telemetry.errors import ArchiveError
-from telemetry.fs import atomic_write_bytes, ensure_root_file, is_local, list_files, open_fs, remove
-from telemetry.record_batches import RecordConverter, SafeJson
-from telemetry.spool import Spool, archive_key, default_spool_root
-from telemetry.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution
+from telemetry.store import encodings, heartbeat, staging
+from telemetry.store.errors import ArchiveError
+from telemetry.store.fs import atomic_write_bytes, ensure_root_file, is_local, list_files, open_fs, remove
+from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution
+from telemetry.write.record_batches import RecordConverter, SafeJson
+from telemetry.write.spool import Spool, archive_key, default_spool_root
 
 _log = logging.getLogger("flightlog.writer")
 _time = time.time
@@ -375,7 +375,7 @@ class Writer:
                                f"after {timeout:.1f}s with data not yet written (storage unavailable?){where}")
         elif self._owner and self.cfg.compact_on_close:
             try:
-                from telemetry.compaction import compact_closed_run
+                from telemetry.maintain.compaction import compact_closed_run
 
                 compact_closed_run(self._fs, self._root, self.run_id, min_rows=self.cfg.compact_min_rows)
             except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; never raise from close
@@ -643,7 +643,7 @@ class Writer:
                                           run_id=self.run_id, attempt=self.attempt, rank=self.rank)
                 seq = max(b.seq for b in keep)
                 path = join(self._root, segment_path(table, self.run_id, self.attempt, self._file_rank, seq))
-                if not self._store(path, staging.segment_bytes(data), f"segment {table}"):
+                if not self._store(path, encodings.segment_bytes(data), f"segment {table}"):
                     self._retry_group[table] = n
                     return False
             del batches[:n]
@@ -714,14 +714,14 @@ class Writer:
         _log.warning("flightlog: archive storage works again after %d failure(s) over %.1fs", n, now - first_t)
 
     def _write_heartbeat(self) -> None:
-        path = join(self._root, staging.heartbeat_path(self.run_id, self.attempt, self._file_rank))
-        body = staging.heartbeat_bytes(run_id=self.run_id, attempt=self.attempt, rank=self._file_rank,
+        path = join(self._root, heartbeat.heartbeat_path(self.run_id, self.attempt, self._file_rank))
+        body = heartbeat.heartbeat_bytes(run_id=self.run_id, attempt=self.attempt, rank=self._file_rank,
                                        pid=os.getpid(), host=socket.gethostname(), flush_interval_s=self.cfg.flush_interval_s)
         self._store(path, body, "heartbeat", fsync=False)
 
     def _remove_heartbeat(self) -> None:
         try:
-            remove(self._fs, join(self._root, staging.heartbeat_path(self.run_id, self.attempt, self._file_rank)))
+            remove(self._fs, join(self._root, heartbeat.heartbeat_path(self.run_id, self.attempt, self._file_rank)))
         except Exception:  # noqa: BLE001 - a stale heartbeat only delays recovery of nothing
             pass
 
@@ -828,7 +828,7 @@ def _latest_run_row(fs, root: str, run_id: str) -> dict | None:
                     continue
                 rows.extend(staging.full_table("runs", dec.data, run_id=run_id, attempt=0, rank=0).to_pylist())
             else:
-                rows.extend(staging.read_segment(raw).to_pylist())
+                rows.extend(encodings.read_segment(raw).to_pylist())
     rows = [r for r in rows if r.get("updated_at") is not None]
     return max(rows, key=lambda r: r["updated_at"]) if rows else None
 

@@ -25,9 +25,9 @@ from multiprocessing.connection import Connection
 import duckdb
 import pyarrow as pa
 
-from telemetry.archive import Archive, create_views, new_connection
-from telemetry.curves import quote_str
-from telemetry.errors import QueryError, SandboxError
+from telemetry.read.archive import Archive, create_views, new_connection
+from telemetry.read.curves import quote_str
+from telemetry.store.errors import QueryError, SandboxError
 
 # Statement types a reader may run (DESCRIBE, SHOW, SUMMARIZE, WITH, VALUES parse as SELECT).
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

@@ -20,9 +20,9 @@ import tempfile
 import uuid
 
 from data_schema.layout import FileKey, parse_path
-from telemetry import staging
-from telemetry.archive import Archive
-from telemetry.catalog import Catalog, LiveFile, Snapshot
+from telemetry.read.archive import Archive
+from telemetry.read.catalog import Catalog, LiveFile, Snapshot
+from telemetry.store import encodings, staging
 
 VIEW_DIR = "_live_view"
 
@@ -93,7 +93,7 @@ class LiveCatalog(Catalog):
         local = os.path.join(self.view_dir, rel.replace("/", "__") + ".parquet")
         tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as fh:
-            fh.write(staging.segment_bytes(data))
+            fh.write(encodings.segment_bytes(data))
         os.replace(tmp, local)
         self._views[rel] = local
         return local
@@ -136,7 +136,7 @@ def _unlink(path: str) -> None:
 
 def open_live_archive(url: str | None = None, **kwargs) -> LiveArchive:
     """LiveArchive(url) with ArchiveError for anything that is the user's input (as open_archive)."""
-    from telemetry.errors import ArchiveError
+    from telemetry.store.errors import ArchiveError
 
     try:
         return LiveArchive(url, **kwargs)

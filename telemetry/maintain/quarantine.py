@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from data_schema.layout import QUARANTINE_DIR, join
-from telemetry.fs import is_local, open_fs
-from telemetry.integrity import NEWER_FORMAT, VerifyReport, verify
+from telemetry.maintain.file_integrity import NEWER_FORMAT, VerifyReport, verify
+from telemetry.store.fs import is_local, open_fs
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ EXIT_OK = 0
 
 
 def _archive(args: argparse.Namespace) -> str:
-    from telemetry.fs import default_archive_url
+    from telemetry.store.fs import default_archive_url
 
     return args.archive or default_archive_url()
 

@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_schema import LayoutError, SchemaError
-from telemetry.errors import ArchiveError
+from telemetry.store.errors import ArchiveError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 TRAIN_EXTRA = "pip install 'flightlog[train]'"
 
 
 def _default_archive() -> str:
-    from telemetry.catalog import default_archive_url
+    from telemetry.read.catalog import default_archive_url
 
     return default_archive_url()
 
@@ -35,7 +35,7 @@ def _not_a_file(url: str) -> str:
 
 
 def _open(url: str | None):
-    from telemetry.archive import open_archive
+    from telemetry.read.archive import open_archive
 
     return open_archive(_not_a_file(url or _default_archive()))
 
@@ -135,7 +135,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import math
 
-    from telemetry.sandbox import SandboxedQuery
+    from telemetry.read.sandbox import SandboxedQuery
 
     if args.max_rows is not None and args.max_rows < 1:
         raise ArchiveError(f"--max-rows must be a positive number of rows, got {args.max_rows}")
@@ -160,24 +160,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from telemetry.catalog import Catalog
+    from telemetry.read.catalog import Catalog
 
     url = _not_a_file(args.url or _default_archive())
     Catalog(url).check_exists_and_version()
     steps = ["recover staged data", "check files", "write manifest"]
     with tqdm(total=len(steps), desc="index", unit="step", file=sys.stderr, disable=args.quiet) as bar:
         try:
-            from telemetry.recovery import recover
+            from telemetry.maintain.recovery import recover
         except ImportError:
             recover = None
         bar.set_postfix_str(steps[0])
         report = recover(url) if recover is not None else None
         bar.update(1)
         try:
-            from telemetry.manifest import write_manifest
+            from telemetry.maintain.manifest import write_manifest
         except ImportError:
-            raise ArchiveError("this flightlog cannot write manifests (telemetry.manifest is missing)") from None
-        from telemetry.quarantine import bad_file_lines, check_and_set_aside
+            raise ArchiveError("this flightlog cannot write manifests (telemetry.maintain.manifest is missing)") from None
+        from telemetry.maintain.quarantine import bad_file_lines, check_and_set_aside
 
         bar.set_postfix_str(steps[1])
         check, moved = check_and_set_aside(url, move=args.quarantine,
@@ -204,7 +204,7 @@ def _describe(obj: Any) -> str:
 
 
 def _count_files(manifest: Any) -> int | None:
-    from telemetry.catalog import parse_manifest
+    from telemetry.read.catalog import parse_manifest
 
     if manifest is None:
         return None
@@ -218,7 +218,7 @@ def _count_files(manifest: Any) -> int | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from telemetry.integrity import verify
+    from telemetry.maintain.file_integrity import verify
 
     url = _not_a_file(args.url or _default_archive())
     bars: list = []  # opened at the first file: an archive that does not open shows no bar, only its error
@@ -376,14 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "open any archive path the server can read, so put it behind authentication)")
     p.set_defaults(func=cmd_ui)
 
-    from app.cli_import import add_import_commands
+    from app.cli.imports import add_import_commands
 
     add_import_commands(sub)
-    from app.cli_checkpoints import add_checkpoints_commands
+    from app.cli.checkpoints import add_checkpoints_commands
     add_checkpoints_commands(sub)
-    from app.cli_publish import add_publish_commands
+    from app.cli.publish import add_publish_commands
     add_publish_commands(sub)
-    from app.cli_compact import add_compact_commands
+    from app.cli.compact import add_compact_commands
     add_compact_commands(sub)
 
     for name, func, text in (("demo", cmd_demo, "record a small demo run (needs torch)"),

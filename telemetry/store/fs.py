@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from data_schema.layout import ROOT_FILE, join, temp_name
 from data_schema.tables import FORMAT_VERSION
-from telemetry.errors import ArchiveError, FormatVersionError
+from telemetry.store.errors import ArchiveError, FormatVersionError
 
 DEFAULT_ARCHIVE = "./flightlog-archive"
 

@@ -37,8 +37,8 @@ def summary_line(report) -> str:
 def _resolve_run(url: str, run: str) -> str:
     """A run's id or name -> its id (by the file names: no DuckDB needed); ArchiveError if unknown."""
     from data_schema.layout import run_id_from_name
-    from telemetry.compaction import all_runs
-    from telemetry.errors import UnknownRunError
+    from telemetry.maintain.compaction import all_runs
+    from telemetry.store.errors import UnknownRunError
 
     known = all_runs(url)
     if run in known:
@@ -57,10 +57,10 @@ def _resolve_run(url: str, run: str) -> str:
 def cmd_compact(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from telemetry.catalog import Catalog
-    from telemetry.compaction import all_runs, compact
-    from telemetry.errors import ArchiveError
-    from telemetry.fs import default_archive_url
+    from telemetry.maintain.compaction import all_runs, compact
+    from telemetry.read.catalog import Catalog
+    from telemetry.store.errors import ArchiveError
+    from telemetry.store.fs import default_archive_url
 
     url = args.url or default_archive_url()
     if args.grace is not None and args.grace < 0:

@@ -20,9 +20,9 @@ import pandas as pd
 import pyarrow as pa
 
 from data_schema import TABLES, schema
-from telemetry import curves, tail_lod
-from telemetry.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
-from telemetry.errors import ArchiveError, QueryError, UnknownRunError
+from telemetry.read import curves, tail_lod
+from telemetry.read.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
+from telemetry.store.errors import ArchiveError, QueryError, UnknownRunError
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
 INCIDENT_KINDS = (
@@ -171,8 +171,8 @@ def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
 
 
 def lod_source_sql(infos: Sequence[Any]) -> str:
-    """The level-of-detail rows of these LOD files (telemetry.lod), or an empty SELECT of their columns."""
-    from telemetry.lod import LOD_SCHEMA
+    """The level-of-detail rows of these LOD files (telemetry.read.lod), or an empty SELECT of their columns."""
+    from telemetry.read.lod import LOD_SCHEMA
 
     paths = [i.local for i in infos if i.local]
     if not paths:
@@ -234,7 +234,7 @@ class Archive:
 
     def _recover(self, storage_options: dict | None) -> None:
         try:
-            from telemetry.recovery import recover as _recover
+            from telemetry.maintain.recovery import recover as _recover
         except ImportError:
             return
         if self._catalog.local:
@@ -542,7 +542,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         if align and x == "step" and journey and lo is not None and hi is not None:
             info = self._lod_info(run_id)
             if info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo:
-                from telemetry.lod import aligned_window
+                from telemetry.read.lod import aligned_window
 
                 lo, hi, buckets = aligned_window(int(math.floor(lo)), int(math.ceil(hi)), buckets, info.widths[0])
         if x == "step" and journey:
@@ -586,7 +586,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
                    rank: int | None) -> pd.DataFrame | None:
         """curve(x="step") from the run's level-of-detail table plus raw rows where it falls short;
         None when there is no usable LOD (the caller scans raw rows)."""
-        from telemetry import lod
+        from telemetry.read import lod
 
         info = self._lod_info(run_id)
         lod_rank = None if info is None else lod.usable_rank(info, rank)

@@ -18,7 +18,7 @@ TRAIN_EXTRA = "pip install 'flightlog[train]'"
 
 
 def _archive(args: argparse.Namespace) -> str:
-    from telemetry.fs import default_archive_url
+    from telemetry.store.fs import default_archive_url
 
     return args.archive or default_archive_url()
 
@@ -54,14 +54,14 @@ def cmd_checkpoints_verify(args: argparse.Namespace) -> int:
     archive = _archive(args)
     progress = not args.quiet and sys.stderr.isatty()
     if args.files_only or not _has_torch():
-        from telemetry.checkpoint_integrity import verify_checkpoints
+        from telemetry.maintain.checkpoint_audit import verify_checkpoints
 
         if not args.files_only:
             print(f"flightlog: note: torch is not installed, so only sizes, hashes and tokens are checked "
                   f"(for optimizer state and dtypes: {TRAIN_EXTRA})", file=sys.stderr)
         report = verify_checkpoints(archive, args.run, progress=progress)
     else:
-        from trainer_hooks.checkpoint_verify import verify_run_checkpoints
+        from trainer_hooks.checkpoint_reload import verify_run_checkpoints
 
         report = verify_run_checkpoints(archive, args.run, progress=progress)
     if not report.checkpoints:
@@ -77,13 +77,13 @@ def _ints(text: str, what: str) -> list[int] | None:
     try:
         return [int(v) for v in text.replace(",", " ").split()]
     except ValueError:
-        from telemetry.errors import ArchiveError
+        from telemetry.store.errors import ArchiveError
 
         raise ArchiveError(f"{what} must be whole numbers (e.g. 100 200) or 'all', got {text!r}") from None
 
 
 def cmd_memorization(args: argparse.Namespace) -> int:
-    from telemetry.errors import ArchiveError
+    from telemetry.store.errors import ArchiveError
 
     if not _has_torch():
         print(f"flightlog memorization loads checkpoints into the model and needs torch: {TRAIN_EXTRA}",

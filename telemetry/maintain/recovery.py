@@ -13,7 +13,7 @@ Idempotent and safe while writers live:
   stall) leaves those batches out of its segment; and a conversion that finds, once written,
   a newer segment of the same writer (it segmented them meanwhile) is taken back;
 - staged batches a writer spooled on this machine's local disk while the store was away, and
-  that it never uploaded because it died, are uploaded first (telemetry.spool.upload_orphans);
+  that it never uploaded because it died, are uploaded first (telemetry.write.spool.upload_orphans);
 - an attempt whose latest `attempts` row has no end_status and no live writer gets a row
   with end_status 'crashed', and its run a 'crashed' `runs` row unless a later attempt exists.
 """
@@ -28,11 +28,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_schema.layout import FileKey, is_temp, join, parse_path, partition_dir, segment_path
+from data_schema.layout import STAGING_DIR, FileKey, is_temp, join, parse_path, partition_dir, segment_path
 from data_schema.tables import TABLES, schema
-from telemetry import staging
-from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
-from telemetry.spool import upload_orphans
+from telemetry.store import encodings, liveness, staging
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.write.spool import upload_orphans
 
 _TEMP_AGE_S = 300.0
 
@@ -63,8 +63,12 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
         report.spooled_uploaded = upload_orphans(fs, root, spool_dir)
     except Exception as exc:  # noqa: BLE001 - a spool problem must not stop recovery of the archive
         report.problems.append(f"local spool: {exc!r}")
-    live = set() if force else _live_writers(fs, root)
-    staged = list_files(fs, root, staging.STAGING_DIR)
+    live: set[tuple[str, int, int]] = set()
+    if not force:
+        live, dead = liveness.scan_heartbeats(fs, root)
+        for path in dead:  # a dead writer's heartbeat goes with its recovery
+            remove(fs, path)
+    staged = list_files(fs, root, STAGING_DIR)
     groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}
     for rel in staged:
         key = parse_path(rel)
@@ -83,25 +87,6 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
     if remove_temp:
         _remove_old_temps(fs, root, temp_age_s, report)
     return report
-
-
-def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
-    """(run_id, attempt, file rank) of live writers (staging.writer_is_alive); heartbeats of dead ones are removed."""
-    live = set()
-    now = time.time()
-    for rel in list_files(fs, root, staging.LIVE_DIR):
-        path = join(root, rel)
-        try:
-            hb = staging.parse_heartbeat(fs.cat_file(path))
-        except FileNotFoundError:
-            continue
-        if hb is None:
-            continue
-        if staging.writer_is_alive(hb, now=now):
-            live.add((hb["run_id"], hb["attempt"], hb["rank"]))
-        else:
-            remove(fs, path)
-    return live
 
 
 def _max_segment_seq(files: dict[str, Any], attempt: int, rank: int) -> int:
@@ -144,7 +129,7 @@ def _convert_group(fs, root: str, table: str, run_id: str, attempt: int, rank: i
     if parts:
         data = pa.concat_tables(parts)
         path = join(root, segment_path(table, run_id, attempt, rank, seq))
-        atomic_write_bytes(fs, path, memoryview(staging.segment_bytes(data)))
+        atomic_write_bytes(fs, path, memoryview(encodings.segment_bytes(data)))
         if _max_segment_seq(list_files(fs, root, partition_dir(table, run_id)), attempt, rank) > seq:
             # Its writer was alive after all (a remote one that stalled) and segmented these batches
             # meanwhile: that newer segment holds every staged file still present, ours included
@@ -165,7 +150,7 @@ def _read_rows(fs, root: str, table: str) -> list[dict[str, Any]]:
         if key is None or key.kind == "staged":
             continue
         try:
-            rows.extend(staging.read_segment(fs.cat_file(join(root, rel))).to_pylist())
+            rows.extend(encodings.read_segment(fs.cat_file(join(root, rel))).to_pylist())
         except (FileNotFoundError, pa.ArrowException):
             continue
     return rows
@@ -206,19 +191,19 @@ def _mark_crashed(fs, root: str, live: set[tuple[str, int, int]], report: Recove
 def _append_row(fs, root: str, table: str, run_id: str, attempt: int, row: dict[str, Any]) -> None:
     """One state row as a new segment after every file of that (attempt, rank 0)."""
     seqs = [-1]
-    for folder in (partition_dir(table, run_id), f"{staging.STAGING_DIR}/{partition_dir(table, run_id)}"):
+    for folder in (partition_dir(table, run_id), f"{STAGING_DIR}/{partition_dir(table, run_id)}"):
         for rel in list_files(fs, root, folder):
             key = parse_path(rel)
             if key and key.attempt == attempt and key.rank == 0 and key.seq is not None:
                 seqs.append(key.seq)
     data = pa.Table.from_pylist([row], schema=schema(table))
     path = join(root, segment_path(table, run_id, attempt, 0, max(seqs) + 1))
-    atomic_write_bytes(fs, path, memoryview(staging.segment_bytes(data)))
+    atomic_write_bytes(fs, path, memoryview(encodings.segment_bytes(data)))
 
 
 def _remove_old_temps(fs, root: str, age_s: float, report: RecoveryReport) -> None:
     now = time.time()
-    for top in (*TABLES, staging.STAGING_DIR, "_manifest", "metrics_lod"):
+    for top in (*TABLES, STAGING_DIR, "_manifest", "metrics_lod"):
         for rel, info in list_files(fs, root, top, detail=True).items():
             if not is_temp(rel):
                 continue

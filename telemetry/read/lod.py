@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_schema.layout import join, lod_path, parse_lod_path, parse_path, partition_dir
-from telemetry import curves
-from telemetry.fs import atomic_write_bytes, is_local, list_files
+from telemetry.read import curves
+from telemetry.store.fs import atomic_write_bytes, is_local, list_files
 
 META_KEY = b"flightlog.lod"
 ALL_RANKS = -1
@@ -105,7 +105,7 @@ def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rel
 
 def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = DEFAULT_WIDTHS) -> int:
     """Build the run's LOD over its live compact metric files; rows written (0: nothing to do)."""
-    from telemetry.compaction import live_filter, read_records
+    from telemetry.store.liveness import live_filter, read_records
 
     records = read_records(fs, root, run_id=run_id)
     files = list_files(fs, root, partition_dir("metrics", run_id))

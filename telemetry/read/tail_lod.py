@@ -1,6 +1,6 @@
 """Level-of-detail tables for runs that are not compacted yet, built in memory by the reader.
 
-A run gets its persisted LOD (telemetry.lod) when it is compacted, which the writer does on
+A run gets its persisted LOD (telemetry.read.lod) when it is compacted, which the writer does on
 close. Until then (a live run, or a crashed run recovered but not compacted) every `curve()`
 scanned all of the run's raw rows: about 120 ms for 10 M points, each time. Once such a scan
 took longer than `MIN_SCAN_S`, the Archive asks for the same LOD table to be built over the
@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from telemetry import lod
+from telemetry.read import lod
 
 _log = logging.getLogger("flightlog.archive")
 

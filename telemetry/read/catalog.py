@@ -34,16 +34,16 @@ from data_schema.layout import (
     parse_lod_path,
     parse_path,
 )
-from telemetry.errors import ArchiveError, ArchiveNotFoundError, FormatVersionError, QueryError
+from telemetry.store.errors import ArchiveError, ArchiveNotFoundError, FormatVersionError, QueryError
 
 # Stores that cannot list a folder: the manifest says which files are live.
 _UNLISTABLE = {"http", "https"}
 
 
 def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """URL -> (filesystem, root path); telemetry.fs is the one place for this when present."""
+    """URL -> (filesystem, root path); telemetry.store.fs is the one place for this when present."""
     try:
-        from telemetry.fs import open_fs as _open_fs
+        from telemetry.store.fs import open_fs as _open_fs
     except ImportError:
         _open_fs = None
     if _open_fs is not None:
@@ -56,7 +56,7 @@ def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.Abstr
 
 def default_archive_url() -> str:
     try:
-        from telemetry.fs import default_archive_url as _default
+        from telemetry.store.fs import default_archive_url as _default
     except ImportError:
         return os.environ.get("FLIGHTLOG_ARCHIVE") or "./flightlog-archive"
     return _default()
@@ -127,7 +127,7 @@ class Snapshot:
     from_manifest: bool = False
     version: str = ""
     replaced: list[str] = field(default_factory=list)  # parts swapped out by compaction (not read)
-    lod: dict[str, Any] = field(default_factory=dict)  # run_id -> telemetry.lod.LodInfo in use
+    lod: dict[str, Any] = field(default_factory=dict)  # run_id -> telemetry.read.lod.LodInfo in use
 
     def all_files(self) -> list[LiveFile]:
         return [f for table in TABLES for f in self.files.get(table, [])]
@@ -268,7 +268,7 @@ class Catalog:
 
     def _read_manifest(self) -> dict[str, dict] | None:
         try:
-            from telemetry.manifest import read_manifest
+            from telemetry.maintain.manifest import read_manifest
         except ImportError:
             read_manifest = None
         if read_manifest is not None:
@@ -354,7 +354,7 @@ class Catalog:
         compacts = [rel for rel, key, _ in candidates if key.kind == "compact"]
         if not compacts:
             return candidates
-        from telemetry.compaction import live_filter, read_records, resolve
+        from telemetry.store.liveness import live_filter, read_records, resolve
 
         try:
             records = read_records(self.fs, self.root, cache=self._records,
@@ -372,7 +372,7 @@ class Catalog:
         return [c for c in candidates if c[0] not in skip]
 
     def _choose_lods(self, lod_candidates: list[tuple[str, Any, int | None]], snap: Snapshot) -> None:
-        from telemetry.lod import choose_lod, info_from_metadata
+        from telemetry.read.lod import choose_lod, info_from_metadata
 
         local_paths = self._localize(lod_candidates, snap)
         by_run: dict[str, list[Any]] = {}

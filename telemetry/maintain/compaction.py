@@ -37,8 +37,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_schema.layout import (
-    MANIFEST_DIR,
-    SEGMENT_SUFFIX,
     compact_name,
     join,
     lod_dir,
@@ -49,14 +47,13 @@ from data_schema.layout import (
     validate_run_id,
 )
 from data_schema.tables import TABLES, schema
-from telemetry import staging
-from telemetry.fs import atomic_write_bytes, list_files, open_fs, remove
-from telemetry.wall_time import round_wall_time_column
+from telemetry.store import encodings
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.store.liveness import META_KEY, live_filter, live_writers, read_records, record_path, resolve
+from telemetry.store.wall_time import round_wall_time_column
 
 _log = logging.getLogger("flightlog.compaction")
 
-COMPACTIONS_DIR = f"{MANIFEST_DIR}/compactions"
-META_KEY = b"flightlog.compaction"
 # Sort order of compacted files: (name, step) for metrics, as ARCHITECTURE.md asks; time for the rest.
 _SORT_KEYS: dict[str, tuple[str, ...]] = {
     "metrics": ("name", "step", "attempt", "rank"),
@@ -84,7 +81,7 @@ class CompactionConfig:
     """zstd level of compacted files (written once, read often: worth more CPU than segments)."""
     wall_time_resolution_us: int = 1
     """Further round wall_time (every table) to this many microseconds in compacted files, by
-    telemetry.wall_time's rule (nearest multiple, halves up). 1 (default) keeps what the segments
+    telemetry.store.wall_time's rule (nearest multiple, halves up). 1 (default) keeps what the segments
     hold: metrics wall times are already milliseconds unless WriterConfig.metrics_wall_time_resolution_us
     says otherwise, and system/events keep microseconds."""
     lod: bool = True
@@ -124,81 +121,6 @@ class CompactionReport:
     problems: list[str] = field(default_factory=list)
 
 
-# ---- records: which compact file replaces which parts ----------------------------------------
-
-def record_path(run_id: str, table: str, uid: str) -> str:
-    return f"{COMPACTIONS_DIR}/{validate_run_id(run_id)}/{table}-{uid}.json"
-
-
-def record_path_of(compact_rel: str) -> str | None:
-    """The record path a compact file's own path implies (stores that cannot list use it)."""
-    key = parse_path(compact_rel)
-    if key is None or key.kind != "compact":
-        return None
-    uid = compact_rel.rsplit("-", 1)[-1].removesuffix(SEGMENT_SUFFIX)
-    return record_path(key.run_id, key.table, uid)
-
-
-def read_records(fs: fsspec.AbstractFileSystem, root: str, *, run_id: str | None = None,
-                 compact_rels: Iterable[str] | None = None, cache: dict[str, dict] | None = None) -> list[dict]:
-    """Compaction records of the archive (or of one run). With `compact_rels` the records are read
-    at the paths those compact files imply instead of listing (http archives cannot list)."""
-    if compact_rels is not None:
-        rels = [r for r in (record_path_of(c) for c in compact_rels) if r]
-    else:
-        folder = COMPACTIONS_DIR if run_id is None else f"{COMPACTIONS_DIR}/{validate_run_id(run_id)}"
-        rels = [r for r in list_files(fs, root, folder) if r.endswith(".json") and ".tmp-" not in r]
-    out = []
-    for rel in sorted(rels):
-        rec = None if cache is None else cache.get(rel)
-        if rec is None:
-            try:
-                rec = json.loads(fs.cat_file(join(root, rel)))
-            except (FileNotFoundError, ValueError, OSError):
-                continue  # no record (yet): its compact file stays invisible
-            if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(
-                    rec.get("replaces"), list):
-                continue
-            rec["_rel"] = rel
-            if cache is not None:
-                cache[rel] = rec
-        out.append(rec)
-    return out
-
-
-@dataclass(slots=True)
-class Resolution:
-    accepted: list[dict]
-    rejected: list[dict]
-    replaced: set[str]          # files no reader should read
-    compacts: set[str]          # compact files readers should read
-
-
-def resolve(records: list[dict], present: set[str]) -> Resolution:
-    """Which records count, given the data files `present`. Deterministic for every reader."""
-    res = Resolution([], [], set(), set())
-    for rec in sorted(records, key=lambda r: (str(r.get("created_at", "")), str(r.get("uid", "")))):
-        replaces = set(rec["replaces"])
-        if rec["file"] not in present or replaces & res.replaced or rec["file"] in res.replaced:
-            res.rejected.append(rec)
-            continue
-        res.accepted.append(rec)
-        res.replaced |= replaces
-        res.compacts.add(rec["file"])
-    res.compacts -= res.replaced
-    return res
-
-
-def live_filter(rels: Iterable[str], records: list[dict]) -> tuple[set[str], set[str]]:
-    """(files to read, files to skip) among data-file paths `rels`: replaced parts and compact
-    files without an accepted record are skipped."""
-    rels = set(rels)
-    res = resolve(records, rels)
-    skip = {r for r in rels if r in res.replaced or (
-        (k := parse_path(r)) is not None and k.kind == "compact" and r not in res.compacts)}
-    return rels - skip, skip
-
-
 # ---- compaction ---------------------------------------------------------------------------------
 
 def compact(url: str | os.PathLike | None = None, run: str | None = None, *, grace_s: float = 600.0,
@@ -212,13 +134,13 @@ def compact(url: str | os.PathLike | None = None, run: str | None = None, *, gra
     fs, root = open_fs(url, storage_options)
     problems: list[str] = []
     if recover_first:
-        from telemetry.recovery import recover
+        from telemetry.maintain.recovery import recover
 
         problems = recover(url, storage_options=storage_options).problems
     report = compact_fs(fs, root, run, grace_s=grace_s, config=config, tables=tables, progress=progress)
     report.problems[:0] = problems
     if report.files_written or report.removed or report.lod_files:
-        from telemetry.manifest import read_manifest, write_manifest
+        from telemetry.maintain.manifest import read_manifest, write_manifest
 
         try:
             if read_manifest(fs, root) is not None:
@@ -241,7 +163,7 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
     t0 = time.perf_counter()
     report = CompactionReport()
     runs = [validate_run_id(run)] if run is not None else _all_runs(fs, root)
-    live = _live_writers(fs, root)
+    live = live_writers(fs, root)
     wanted = tuple(t for t in _TABLE_ORDER if tables is None or t in set(tables))
     for done, run_id in enumerate(runs, start=1):
         report.runs += 1
@@ -253,7 +175,7 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
                 report.problems.append(f"{table} of run {run_id}: compaction failed: {exc!r}")
         if cfg.lod and (tables is None or "metrics" in wanted):
             try:
-                from telemetry.lod import rebuild_lod
+                from telemetry.read.lod import rebuild_lod
 
                 n = rebuild_lod(fs, root, run_id, widths=cfg.lod_widths)
                 report.lod_files += n > 0
@@ -302,19 +224,6 @@ def _all_runs(fs, root: str) -> list[str]:
     return sorted(runs)
 
 
-def _live_writers(fs, root: str) -> set[tuple[str, int, int]]:
-    live = set()
-    now = time.time()
-    for rel in list_files(fs, root, staging.LIVE_DIR):
-        try:
-            hb = staging.parse_heartbeat(fs.cat_file(join(root, rel)))
-        except (FileNotFoundError, OSError):
-            continue
-        if hb and staging.writer_is_alive(hb, now=now):  # the rule recovery uses: a starved writer lives
-            live.add((hb["run_id"], hb["attempt"], hb["rank"]))
-    return live
-
-
 def _compact_table(fs, root: str, table: str, run_id: str, live: set, cfg: CompactionConfig,
                    report: CompactionReport) -> None:
     files = list_files(fs, root, partition_dir(table, run_id), detail=True)
@@ -344,7 +253,7 @@ def _compact_table(fs, root: str, table: str, run_id: str, live: set, cfg: Compa
     rows = 0
     for key, rel, size in sorted(parts, key=lambda p: (p[0].attempt, p[0].rank, p[0].seq)):
         try:
-            data = staging.read_segment(fs.cat_file(join(root, rel)))
+            data = encodings.read_segment(fs.cat_file(join(root, rel)))
         except Exception as exc:  # noqa: BLE001 - a broken part stays where it is (verify reports it)
             report.problems.append(f"{rel}: unreadable, left out of compaction ({exc})")
             continue
@@ -421,7 +330,7 @@ def _conform(table: str, data: pa.Table) -> pa.Table:
 def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:
     """Parquet of a compacted file: dictionary names, DELTA_BINARY_PACKED steps and times,
     BYTE_STREAM_SPLIT (or PLAIN) floats, zstd, large row groups, sorting columns declared."""
-    opts = staging.parquet_options(data.schema)
+    opts = encodings.parquet_options(data.schema)
     if cfg.value_encoding == "PLAIN":
         opts["column_encoding"] = {k: v for k, v in opts["column_encoding"].items() if v != "BYTE_STREAM_SPLIT"}
         opts["use_dictionary"] = [n for n in data.column_names if n not in opts["column_encoding"]
@@ -460,7 +369,7 @@ def _collect_garbage(fs, root: str, run_id: str, grace_s: float, report: Compact
                 continue
             if rel in marks:
                 key = parse_path(rel)
-                empty = staging.segment_bytes(schema(key.table).empty_table())
+                empty = encodings.segment_bytes(schema(key.table).empty_table())
                 atomic_write_bytes(fs, join(root, rel), memoryview(empty))
             else:
                 remove(fs, join(root, rel))
@@ -480,7 +389,7 @@ def _collect_garbage(fs, root: str, run_id: str, grace_s: float, report: Compact
             remove(fs, join(root, rel))  # a compaction died between its file and its record
             report.removed += 1
     try:
-        from telemetry.lod import choose_lod, lod_infos
+        from telemetry.read.lod import choose_lod, lod_infos
 
         lods = list_files(fs, root, lod_dir(run_id), detail=True)
         infos = lod_infos(fs, root, [r for r in lods if parse_lod_path(r)])
@@ -504,5 +413,4 @@ def _age(info: dict[str, Any]) -> float:
     return 0.0  # unknown age: never old enough to delete
 
 
-__all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_closed_run", "compact_fs", "live_filter", "read_records",
-           "record_path", "resolve"]
+__all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_closed_run", "compact_fs"]

@@ -4,7 +4,7 @@ and matches the manifest.
 Readers skip a broken file by its footer alone (cheap, at every open); `verify` also decodes
 every page (`deep=True`), which finds what a footer cannot show: a flipped bit in a data page
 makes DuckDB fail every query over the table, so such a file must be found and set aside
-(`flightlog index --quarantine`, telemetry.quarantine).
+(`flightlog index --quarantine`, telemetry.maintain.quarantine).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from data_schema import SchemaError, conform, schema
 from data_schema.layout import is_temp, parse_path
-from telemetry.catalog import Catalog, LiveFile, page_problem, schema_problems
+from telemetry.read.catalog import Catalog, LiveFile, page_problem, schema_problems
 
 NEWER_FORMAT = "written by a newer flightlog"  # how a skipped file of a newer format is described
 
@@ -132,6 +132,6 @@ def verify(url: str | None = None, *, storage_options: dict | None = None, cache
 
 def _publication_problems(catalog: Catalog) -> list[str]:
     """Checksums and manifest completeness of an archive written by `flightlog publish` ([] otherwise)."""
-    from telemetry.publish import publication_problems
+    from telemetry.maintain.publish import publication_problems
 
     return publication_problems(catalog.fs, catalog.root, listable=catalog.listable)

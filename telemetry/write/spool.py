@@ -26,8 +26,8 @@ import uuid
 import fsspec
 
 from data_schema.layout import join, parse_path
-from telemetry import staging
-from telemetry.fs import atomic_write_bytes
+from telemetry.store import heartbeat
+from telemetry.store.fs import atomic_write_bytes
 
 _OWNER_FILE = "owner.json"
 
@@ -114,7 +114,7 @@ def upload_orphans(fs: fsspec.AbstractFileSystem, root: str, spool_root: str | N
         try:
             with open(os.path.join(folder, _OWNER_FILE)) as f:
                 owner = json.load(f)
-            if not staging.process_is_gone(int(owner["pid"]), str(owner["host"])):
+            if not heartbeat.process_is_gone(int(owner["pid"]), str(owner["host"])):
                 continue  # alive (or on another host): its writer uploads them itself
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -1,6 +1,6 @@
 """Re-verify checkpoints by their contents (torch side of `flightlog checkpoints verify`).
 
-telemetry.checkpoint_integrity checks sizes, hashes and tokens against steps without torch;
+telemetry.maintain.checkpoint_audit checks sizes, hashes and tokens against steps without torch;
 this module opens each file (`torch.load(weights_only=True)`, memory-mapped when local) and
 checks what the save-time audit recorded: optimizer state present, weight and optimizer
 dtypes, the step and tokens stored inside the checkpoint, and whether two checkpoints of
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from telemetry.checkpoint_integrity import CheckedCheckpoint, CheckpointVerifyReport, verify_checkpoints
+from telemetry.maintain.checkpoint_audit import CheckedCheckpoint, CheckpointVerifyReport, verify_checkpoints
 from trainer_hooks.checkpoints import MODEL_KEYS, NOT_WEIGHTS_KEYS, OPTIMIZER_KEYS, audit_object, load_for_audit
 
 STEP_KEYS = ("iteration", "step", "global_step")

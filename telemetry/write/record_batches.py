@@ -4,7 +4,7 @@
 flush thread hands them here. The common case is converted column-wise in C; a batch holding odd
 types (numpy or torch scalars, datetimes, junk) falls back to checking point by point, and
 what cannot be stored is skipped, counted in `invalid` and reported once a minute, never raised.
-Metric wall times are rounded by telemetry.wall_time's rule.
+Metric wall times are rounded by telemetry.store.wall_time's rule.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from data_schema.tables import TS, schema
 from data_schema.validation import SchemaError, validate_rows
-from telemetry import staging
-from telemetry.wall_time import round_micros, round_wall_time_column
+from telemetry.store import staging
+from telemetry.store.wall_time import round_micros, round_wall_time_column
 
 _METRIC_STAGED = staging.staged_schema("metrics")
 
@@ -159,7 +159,7 @@ class SafeJson:
 
 
 def micros(wts: pa.Array, res_us: int) -> np.ndarray:
-    """Unix seconds (float64, no nulls) -> int64 µs, rounded to `res_us` (telemetry.wall_time's rule)."""
+    """Unix seconds (float64, no nulls) -> int64 µs, rounded to `res_us` (telemetry.store.wall_time's rule)."""
     return round_micros(pc.round(pc.multiply(wts, 1e6)).cast(pa.int64()).to_numpy(), res_us)
 
 

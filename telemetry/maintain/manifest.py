@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from data_schema.layout import MANIFEST_FILE, SEGMENT_SUFFIX, is_temp, join, parse_path
 from data_schema.tables import FORMAT_VERSION
-from telemetry.fs import atomic_write_bytes, list_files, open_fs
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
 
 
 def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collection[str] = (),
@@ -24,7 +24,7 @@ def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collecti
     A file whose footer does not open is left out (readers skip it too) and, when `problems`
     is given, named there with the reason; `exclude` leaves out files already found broken.
     """
-    from telemetry.compaction import live_filter, read_records
+    from telemetry.store.liveness import live_filter, read_records
 
     found = list_files(fs, root, "", detail=True)
     # parts a compaction replaced (on disk until the grace period ends) and compact files without an

@@ -14,8 +14,8 @@ EXIT_OK = 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from telemetry.errors import ArchiveError
-    from telemetry.publish import PublishConfig, publish
+    from telemetry.maintain.publish import PublishConfig, publish
+    from telemetry.store.errors import ArchiveError
 
     if args.all and args.runs:
         raise ArchiveError("pass run names or --all, not both")

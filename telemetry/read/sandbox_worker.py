@@ -1,4 +1,4 @@
-"""The process that runs the SQL console's queries (telemetry.sandbox starts it).
+"""The process that runs the SQL console's queries (telemetry.read.sandbox starts it).
 
 Why a process: some queries cannot be interrupted in time from inside DuckDB. A single string
 function (`repeat('x', 4000000000)`) runs for tens of seconds and allocates gigabytes outside the

@@ -3,7 +3,7 @@
 What the `checkpoints` table says at save time (size, sha256) is compared with what the file
 holds now (local path or any fsspec URL), and the run's checkpoints are compared with each
 other: tokens must grow with steps at the run's rate, and two checkpoints of different steps
-must not be the same file. The torch side (trainer_hooks.checkpoint_verify) adds what needs
+must not be the same file. The torch side (trainer_hooks.checkpoint_reload) adds what needs
 the file's contents: optimizer state, dtypes, the step stored inside, identical weights.
 
 Problems are short codes with a sentence each, so the CLI prints them and tests match them:
@@ -63,7 +63,7 @@ class CheckpointVerifyReport:
 def recorded_checkpoints(archive_url: str | None, run: str, storage_options: dict | None = None
                          ) -> tuple[str, list[dict]]:
     """(run_id, rows): the latest row per checkpoint file (a later save to the same path supersedes)."""
-    from telemetry.archive import Archive
+    from telemetry.read.archive import Archive
 
     archive = Archive(archive_url, storage_options=storage_options)
     try:

@@ -1,0 +1,1 @@
+"""What every path shares: file system access, the staged and Parquet encodings, liveness, errors. Imports data_schema only."""

@@ -1,0 +1,133 @@
+"""Which files of an archive are live, and which writers are alive: the rules every path shares.
+
+Compaction swaps a run's small `part-*` segments for a large `compact-*` file through a record,
+`_manifest/compactions/<run_id>/<table>-<uid>.json`, written after the compact file: a compact file
+without an accepted record is invisible, and the parts an accepted record lists are replaced.
+Records are accepted in (created_at, uid) order; a record that lists a part an earlier accepted
+record already replaced (two compactions raced) is rejected. Every reader, the compactor, the
+manifest, publishing and the importers decide liveness here, so they never disagree.
+
+A writer is alive while its heartbeat says so (`heartbeat.writer_is_alive`): its staged files and
+its segments belong to it (or to recovery) and are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import fsspec
+
+from data_schema.layout import MANIFEST_DIR, SEGMENT_SUFFIX, join, parse_path, validate_run_id
+from telemetry.store import heartbeat
+from telemetry.store.fs import list_files
+
+COMPACTIONS_DIR = f"{MANIFEST_DIR}/compactions"
+META_KEY = b"flightlog.compaction"  # Parquet metadata of a compact file: the step spans it covers
+
+
+def record_path(run_id: str, table: str, uid: str) -> str:
+    return f"{COMPACTIONS_DIR}/{validate_run_id(run_id)}/{table}-{uid}.json"
+
+
+def record_path_of(compact_rel: str) -> str | None:
+    """The record path a compact file's own path implies (stores that cannot list use it)."""
+    key = parse_path(compact_rel)
+    if key is None or key.kind != "compact":
+        return None
+    uid = compact_rel.rsplit("-", 1)[-1].removesuffix(SEGMENT_SUFFIX)
+    return record_path(key.run_id, key.table, uid)
+
+
+def read_records(fs: fsspec.AbstractFileSystem, root: str, *, run_id: str | None = None,
+                 compact_rels: Iterable[str] | None = None, cache: dict[str, dict] | None = None) -> list[dict]:
+    """Compaction records of the archive (or of one run). With `compact_rels` the records are read
+    at the paths those compact files imply instead of listing (http archives cannot list)."""
+    if compact_rels is not None:
+        rels = [r for r in (record_path_of(c) for c in compact_rels) if r]
+    else:
+        folder = COMPACTIONS_DIR if run_id is None else f"{COMPACTIONS_DIR}/{validate_run_id(run_id)}"
+        rels = [r for r in list_files(fs, root, folder) if r.endswith(".json") and ".tmp-" not in r]
+    out = []
+    for rel in sorted(rels):
+        rec = None if cache is None else cache.get(rel)
+        if rec is None:
+            try:
+                rec = json.loads(fs.cat_file(join(root, rel)))
+            except (FileNotFoundError, ValueError, OSError):
+                continue  # no record (yet): its compact file stays invisible
+            if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(
+                    rec.get("replaces"), list):
+                continue
+            rec["_rel"] = rel
+            if cache is not None:
+                cache[rel] = rec
+        out.append(rec)
+    return out
+
+
+@dataclass(slots=True)
+class Resolution:
+    accepted: list[dict]
+    rejected: list[dict]
+    replaced: set[str]          # files no reader should read
+    compacts: set[str]          # compact files readers should read
+
+
+def resolve(records: list[dict], present: set[str]) -> Resolution:
+    """Which records count, given the data files `present`. Deterministic for every reader."""
+    res = Resolution([], [], set(), set())
+    for rec in sorted(records, key=lambda r: (str(r.get("created_at", "")), str(r.get("uid", "")))):
+        replaces = set(rec["replaces"])
+        if rec["file"] not in present or replaces & res.replaced or rec["file"] in res.replaced:
+            res.rejected.append(rec)
+            continue
+        res.accepted.append(rec)
+        res.replaced |= replaces
+        res.compacts.add(rec["file"])
+    res.compacts -= res.replaced
+    return res
+
+
+def live_filter(rels: Iterable[str], records: list[dict]) -> tuple[set[str], set[str]]:
+    """(files to read, files to skip) among data-file paths `rels`: replaced parts and compact
+    files without an accepted record are skipped."""
+    rels = set(rels)
+    res = resolve(records, rels)
+    skip = {r for r in rels if r in res.replaced or (
+        (k := parse_path(r)) is not None and k.kind == "compact" and r not in res.compacts)}
+    return rels - skip, skip
+
+
+
+# ---- writers ----------------------------------------------------------------------------------
+
+def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[tuple[str, int, int]], list[str]]:
+    """(run_id, attempt, rank) of the live writers, and the heartbeat paths of dead ones.
+
+    An unreadable heartbeat is skipped: a writer whose heartbeat cannot be read is not known to be
+    alive, and the next scan reads it again.
+    """
+    live: set[tuple[str, int, int]] = set()
+    dead: list[str] = []
+    now = time.time()
+    for rel in list_files(fs, root, heartbeat.LIVE_DIR):
+        path = join(root, rel)
+        try:
+            hb = heartbeat.parse_heartbeat(fs.cat_file(path))
+        except OSError:  # gone between the listing and the read, or the store failed: unknown
+            continue
+        if hb is None:
+            continue
+        if heartbeat.writer_is_alive(hb, now=now):
+            live.add((hb["run_id"], hb["attempt"], hb["rank"]))
+        else:
+            dead.append(path)
+    return live, dead
+
+
+def live_writers(fs: fsspec.AbstractFileSystem, root: str) -> set[tuple[str, int, int]]:
+    """(run_id, attempt, rank) of the writers that are alive (see `scan_heartbeats`)."""
+    return scan_heartbeats(fs, root)[0]

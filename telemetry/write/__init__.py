@@ -1,0 +1,1 @@
+"""The write path: one Writer per rank (hot path, flush thread, staging, spool)."""
