@@ -83,7 +83,7 @@ def build(root: str, runs: int, steps: int, workers: int = 2) -> tuple[float, in
 
 def child_query(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])

@@ -62,7 +62,7 @@ def build(root: str, points: int) -> None:
 COLD_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
-from telemetry.read.archive import Archive
+from telemetry import Archive
 t1 = time.perf_counter()
 a = Archive(sys.argv[1], recover=False)
 t2 = time.perf_counter()
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     process_s = time.perf_counter() - start
     cold_proc = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     t = time.perf_counter()
     archive = Archive(root, recover=False)

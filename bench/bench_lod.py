@@ -30,7 +30,7 @@ CHUNK = 1_000_000
 COLD = """
 import json, sys, time
 t0 = time.perf_counter()
-from telemetry.read.archive import Archive
+from telemetry import Archive
 a = Archive(sys.argv[1], recover=False)
 c = a.curve(sys.argv[2], "loss", buckets=2000)
 print(json.dumps({"s": time.perf_counter() - t0, "rows": len(c)}))
@@ -53,7 +53,7 @@ def series(points: int):
 
 
 def write(root: str, points: int) -> float:
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
 
     w = Writer(root, RUN, writer_config=WriterConfig(queue_size=2 * CHUNK, compact_on_close=False))
     t = time.perf_counter()
@@ -99,7 +99,7 @@ def column_bytes(path: str) -> dict[str, int]:
 def time_curves(root: str, repeat: int, points: int) -> dict[str, float]:
     proc = subprocess.run([sys.executable, "-c", COLD, root, RUN], capture_output=True, text=True, check=True)
     cold = json.loads(proc.stdout.strip().splitlines()[-1])["s"]
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     a = Archive(root, recover=False)
     a.curve(RUN, "loss", buckets=2000)

@@ -126,7 +126,7 @@ class _Tool:
         root.mkdir(parents=True, exist_ok=True)
         self.base_bytes = 0
         if tool == "flightlog":
-            from telemetry.write.writer import Writer, WriterConfig
+            from telemetry import Writer, WriterConfig
 
             # compaction on close is timed separately (see compact_flightlog)
             self.w = Writer(str(root / "archive"), "bench-peers", writer_config=WriterConfig(compact_on_close=False))
@@ -316,7 +316,7 @@ def child_build(task: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     chunk = 250_000
     # flightlog: the real Writer; default config compacts and builds the LOD on close
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
 
     for variant, cfg in (("flightlog", WriterConfig(queue_size=2 * chunk)),
                          ("flightlog_raw", WriterConfig(queue_size=2 * chunk, compact_on_close=False))):
@@ -385,7 +385,7 @@ def child_load(task: dict[str, Any]) -> dict[str, Any]:
     tool, path = task["tool"], task["path"]
     t0 = time.perf_counter()
     if tool == "flightlog":
-        from telemetry.read.archive import Archive
+        from telemetry import Archive
 
         t1 = time.perf_counter()
         a = Archive(path)

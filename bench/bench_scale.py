@@ -134,7 +134,7 @@ def child_compact(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_curve(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])
@@ -163,7 +163,7 @@ def child_curve(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_scan(task: dict[str, Any]) -> dict[str, Any]:
     """Queries that read every point of the series (no LOD helps): the memory budget's workload."""
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     a = Archive(task["root"])
     t = time.perf_counter()
@@ -179,7 +179,7 @@ def child_scan(task: dict[str, Any]) -> dict[str, Any]:
 
 def child_agg(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     t1 = time.perf_counter()
     a = Archive(task["root"])

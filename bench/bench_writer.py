@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from telemetry.write.writer import Writer, WriterConfig
+from telemetry import Writer, WriterConfig
 
 NAMES = ("loss", "grad_norm", "lr", "tokens_per_s", "step_time_s")
 

@@ -78,7 +78,7 @@ def _peak_rss() -> int:
 
 def writer_main(url: str, rank: int, world: int, metrics: int, steps: int, queue_size: int | None,
                 step_time_s: float, start: Any, out: Any) -> None:
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
 
     try:
         cfg = WriterConfig(flush_interval_s=0.5, segment_interval_s=5.0, close_timeout_s=120.0,
@@ -101,7 +101,7 @@ def writer_main(url: str, rank: int, world: int, metrics: int, steps: int, queue
 
 
 def reader_main(url: str, index: int, start: Any, stop: Any, out: Any) -> None:
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     loops, errors, archive = 0, [], None
     start.wait()
@@ -173,7 +173,7 @@ def run_load(url: str, *, writers: int = 8, metrics: int = 200, steps: int = 10_
 
 
 def _count(url: str, result: LoadResult) -> None:
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     with Archive(url) as a:
         for r in a.sql("SELECT rank, count(*) AS n FROM metrics GROUP BY rank").to_pylist():

@@ -42,7 +42,7 @@ def loss_of(attempt: int, rank: int, step: int) -> float:
 
 
 def rank_main(archive: str, attempt: int, rank: int, world: int, flush_s: float, ready: str) -> None:
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
 
     # Segments every second: kills also land between "segment written" and "staged deleted".
     cfg = WriterConfig(flush_interval_s=flush_s, segment_interval_s=1.0, compact_on_close=False)
@@ -136,7 +136,7 @@ def _check_files(archive: str, report: SoakReport) -> None:
     """Every Parquet file opens; every view of the archive reads (DuckDB)."""
     import pyarrow.parquet as pq
 
-    from telemetry.read.archive import Archive
+    from telemetry import Archive
 
     for path in glob.glob(os.path.join(archive, "**", "*.parquet"), recursive=True):
         try:

@@ -14,9 +14,13 @@ from telemetry.store.errors import (
 # Public names resolved on first use, so importing `telemetry` stays cheap (no duckdb
 # import for a trainer that only writes).
 _LAZY = {
-    "Writer": "telemetry.write.writer",
+    "Writer": "telemetry.maintain.wired",
     "WriterConfig": "telemetry.write.writer",
-    "Archive": "telemetry.read.archive",
+    "Archive": "telemetry.maintain.wired",
+    "LiveArchive": "telemetry.maintain.wired",
+    "open_archive": "telemetry.maintain.wired",
+    "compact": "telemetry.maintain.compaction",
+    "publish": "telemetry.maintain.publish",
     "recover": "telemetry.maintain.recovery",
     "RecoveryReport": "telemetry.maintain.recovery",
     "verify": "telemetry.maintain.file_integrity",
@@ -33,7 +37,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Archive", "ArchiveError", "ArchiveNotFoundError", "FormatVersionError", "QueryError",
+    "Archive", "ArchiveError", "ArchiveNotFoundError", "FormatVersionError", "LiveArchive", "QueryError",
     "RecoveryReport", "SandboxError", "SandboxedQuery", "UnknownRunError", "VerifyReport",
-    "Writer", "WriterConfig", "recover", "verify",
+    "Writer", "WriterConfig", "compact", "open_archive", "publish", "recover", "verify",
 ]

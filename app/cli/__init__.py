@@ -35,7 +35,7 @@ def _not_a_file(url: str) -> str:
 
 
 def _open(url: str | None):
-    from telemetry.read.archive import open_archive
+    from telemetry.maintain.wired import open_archive
 
     return open_archive(_not_a_file(url or _default_archive()))
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from telemetry.read.runs import resolve_run
+from telemetry.store.fs import open_fs
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 
@@ -35,23 +38,9 @@ def summary_line(report) -> str:
 
 
 def _resolve_run(url: str, run: str) -> str:
-    """A run's id or name -> its id (by the file names: no DuckDB needed); ArchiveError if unknown."""
-    from data_schema.layout import run_id_from_name
-    from telemetry.maintain.compaction import all_runs
-    from telemetry.store.errors import UnknownRunError
-
-    known = all_runs(url)
-    if run in known:
-        return run
-    try:
-        slug = run_id_from_name(run)
-    except ValueError:
-        slug = None
-    if slug in known:
-        return slug
-    hint = f"known runs: {', '.join(known)}" if 0 < len(known) <= 20 else (
-        f"{len(known)} runs are known; `flightlog runs` lists them" if known else "the archive holds no runs yet")
-    raise UnknownRunError(f"unknown run {run!r} in {url}: {hint}")
+    """A run's id, display name or name -> its id (telemetry.read.runs: the rule every command shares)."""
+    fs, root = open_fs(url)
+    return resolve_run(fs, root, run, where=url)
 
 
 def cmd_compact(args: argparse.Namespace) -> int:

@@ -139,7 +139,7 @@ def page_link_url(page: str, **params: Any) -> str:
 @st.cache_resource(show_spinner="Opening the archive...", max_entries=8)
 def _open_archive(url: str) -> Any:
     # the live view: staged batches of running writers are shown too (telemetry.read.live)
-    from telemetry.read.live import open_live_archive
+    from telemetry.maintain.wired import open_live_archive
 
     archive = open_live_archive(url)
     archive._ui_refreshed_at = time.monotonic()  # noqa: SLF001 - our own bookkeeping on the cached object

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_schema.layout import compact_name, join, parse_path, partition_dir, run_id_from_name, staging_dir
+from data_schema.layout import compact_name, join, parse_path, partition_dir, staging_dir
 from data_schema.tables import TABLES, schema
 from telemetry.maintain.compaction import CompactionConfig, compact_bytes
+from telemetry.read.runs import resolve_run
 from telemetry.store import encodings, staging
-from telemetry.store.errors import ArchiveError, UnknownRunError
+from telemetry.store.errors import ArchiveError
 from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
 from telemetry.store.liveness import META_KEY, live_filter, live_writers, read_records, record_path
 from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_wall_time_column
@@ -40,16 +41,9 @@ class ReplaceReport:
 
 
 def resolve_run_id(fs, root: str, run: str) -> str:
-    """A run name or id -> the id of a run that has files in the archive; UnknownRunError otherwise."""
-    for candidate in dict.fromkeys([run, run_id_from_name(run)]):
-        try:
-            for table in ("runs", "metrics", "checkpoints", "evals"):
-                if list_files(fs, root, partition_dir(table, candidate)):
-                    return candidate
-        except ArchiveError:
-            continue
-    raise UnknownRunError(f"no run {run!r} in the archive: `flightlog runs` lists its runs "
-                          "(record or import the run first)")
+    """A run's id, display name or name -> the id of a run that has files in the archive; UnknownRunError
+    otherwise (telemetry.read.runs: the rule every command shares)."""
+    return resolve_run(fs, root, run)
 
 
 def _live_groups(fs, root: str, run_id: str, table: str) -> set[tuple[int, int]]:

@@ -63,7 +63,7 @@ class CheckpointVerifyReport:
 def recorded_checkpoints(archive_url: str | None, run: str, storage_options: dict | None = None
                          ) -> tuple[str, list[dict]]:
     """(run_id, rows): the latest row per checkpoint file (a later save to the same path supersedes)."""
-    from telemetry.read.archive import Archive
+    from telemetry.maintain.wired import Archive
 
     archive = Archive(archive_url, storage_options=storage_options)
     try:

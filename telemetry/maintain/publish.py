@@ -78,7 +78,7 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
             config: PublishConfig | None = None, storage_options: dict | None = None,
             dest_storage_options: dict | None = None) -> PublishReport:
     """Publish `runs` (names or ids; None = every run) of the archive at `source` to `destination`."""
-    from telemetry.read.archive import open_archive
+    from telemetry.maintain.wired import open_archive
 
     cfg = config or PublishConfig()
     t0 = time.perf_counter()

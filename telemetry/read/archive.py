@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -22,7 +23,8 @@ import pyarrow as pa
 from data_schema import TABLES, schema
 from telemetry.read import curves, tail_lod
 from telemetry.read.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
-from telemetry.store.errors import ArchiveError, QueryError, UnknownRunError
+from telemetry.read.runs import match_run
+from telemetry.store.errors import QueryError
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
 INCIDENT_KINDS = (
@@ -214,16 +216,22 @@ class Archive:
         url: str | None = None,
         *,
         storage_options: dict | None = None,
-        recover: bool = True,
+        recover: Callable[..., Any] | None = None,
         cache_dir: str | None = None,
     ):
+        """`recover(url, storage_options=...)`, when given, runs before the first scan of a listable
+        archive this process may write to (telemetry.Archive hands in telemetry.maintain.recovery.recover)."""
         self._catalog = Catalog(url, storage_options=storage_options, cache_dir=cache_dir)
         self.url = self._catalog.url
         self.info = self._catalog.check_exists_and_version()
         self.problems: list[str] = []
         self.recovery: Any = None
-        if recover and self._catalog.listable:
-            self._recover(storage_options)
+        if recover is not None and self._catalog.listable and (
+                not self._catalog.local or os.access(self._catalog.root, os.W_OK)):
+            try:
+                self.recovery = recover(self.url, storage_options=storage_options)
+            except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading; it is reported
+                self.problems.append(f"recovery failed: {exc}")
         self._lock = threading.RLock()
         self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
@@ -231,24 +239,6 @@ class Archive:
         self._snap = Snapshot(files={})
         self._tail_lods = tail_lod.TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
         self.refresh()
-
-    def _recover(self, storage_options: dict | None) -> None:
-        try:
-            from telemetry.maintain.recovery import recover as _recover
-        except ImportError:
-            return
-        if self._catalog.local:
-            import os
-
-            if not os.access(self._catalog.root, os.W_OK):
-                return
-        try:
-            try:
-                self.recovery = _recover(self.url, storage_options=storage_options)
-            except TypeError:
-                self.recovery = _recover(self.url)
-        except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading
-            self.problems.append(f"recovery failed: {exc}")
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -392,28 +382,14 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         # fast path: an id with metric rows in the snapshot (the query below scans every run_id)
         if any(f.key.run_id == run and f.rows for f in self._snap.files.get("metrics", [])):
             return run
-        known = self._df("SELECT run_id, name FROM runs UNION SELECT DISTINCT run_id, NULL FROM metrics")
-        ids = set(known["run_id"])
-        if run in ids:
-            return run
-        by_name = sorted(set(known.loc[known["name"] == run, "run_id"]))
-        if len(by_name) == 1:
-            return by_name[0]
-        if len(by_name) > 1:
-            raise UnknownRunError(f"run name {run!r} is ambiguous: it names runs {', '.join(by_name)}; pass a run id")
-        try:
-            from data_schema import run_id_from_name
-
-            slug = run_id_from_name(run)
-            if slug in ids:
-                return slug
-        except ValueError:
-            pass
-        listing = sorted(ids)
-        hint = f"known runs: {', '.join(listing)}" if 0 < len(listing) <= 20 else (
-            f"{len(listing)} runs are known; `flightlog runs` lists them" if listing else "the archive holds no runs yet"
-        )
-        raise UnknownRunError(f"unknown run {run!r} in {self.url}: {hint}")
+        known: dict[str, str | None] = {}
+        for rid, name in self._df("SELECT run_id, name FROM runs UNION SELECT DISTINCT run_id, NULL FROM metrics"
+                                  ).itertuples(index=False):
+            if name is not None and not (isinstance(name, float) and math.isnan(name)):
+                known[rid] = name
+            else:
+                known.setdefault(rid, None)
+        return match_run(run, known, where=self.url)
 
     def _run_files(self, table: str, run_id: str) -> list[LiveFile]:
         return [f for f in self._snap.files.get(table, []) if f.key.run_id == run_id]
@@ -714,14 +690,4 @@ def _empty_curve(x: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
 
 
-def open_archive(url: str | None = None, **kwargs: Any) -> Archive:
-    """Archive(url) with ArchiveError for anything that is the user's input (used by CLI and app)."""
-    try:
-        return Archive(url, **kwargs)
-    except ArchiveError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ArchiveError(f"cannot open archive {url}: {exc}") from None
-
-
-__all__ = ["INCIDENT_KINDS", "Archive", "create_views", "new_connection", "open_archive"]
+__all__ = ["INCIDENT_KINDS", "Archive", "create_views", "new_connection"]

@@ -132,15 +132,3 @@ def _unlink(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-
-
-def open_live_archive(url: str | None = None, **kwargs) -> LiveArchive:
-    """LiveArchive(url) with ArchiveError for anything that is the user's input (as open_archive)."""
-    from telemetry.store.errors import ArchiveError
-
-    try:
-        return LiveArchive(url, **kwargs)
-    except ArchiveError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ArchiveError(f"cannot open archive {url}: {exc}") from None

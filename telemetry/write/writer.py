@@ -28,10 +28,11 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 
 from data_schema.layout import (
@@ -163,7 +164,11 @@ class Writer:
         pp_size: int | None = None, resumed_from_step: int | None = None,
         resumed_from_checkpoint: str | None = None, seed: int | None = None, reason: str | None = None,
         storage_options: dict | None = None, writer_config: WriterConfig | None = None,
+        compact_run: Callable[[fsspec.AbstractFileSystem, str, str, int], object] | None = None,
     ) -> None:
+        # compact_run(fs, root, run_id, min_rows): compaction on close, handed in by the maintain layer
+        # (telemetry.Writer wires telemetry.maintain.compaction.compact_closed_run); None: never compact.
+        self._compact_run = compact_run
         self.cfg = writer_config or WriterConfig()
         if not isinstance(self.cfg, WriterConfig):
             raise TypeError(f"writer_config must be a WriterConfig, got {type(self.cfg).__name__}")
@@ -373,11 +378,9 @@ class Writer:
                      "by `flightlog index` once the store answers") if self._spool is not None and len(self._spool) else ""
             self._oncelog.warn("close", f"flightlog: writer of run {self.run_id!r} rank {self.rank} closed "
                                f"after {timeout:.1f}s with data not yet written (storage unavailable?){where}")
-        elif self._owner and self.cfg.compact_on_close:
+        elif self._owner and self.cfg.compact_on_close and self._compact_run is not None:
             try:
-                from telemetry.maintain.compaction import compact_closed_run
-
-                compact_closed_run(self._fs, self._root, self.run_id, min_rows=self.cfg.compact_min_rows)
+                self._compact_run(self._fs, self._root, self.run_id, self.cfg.compact_min_rows)
             except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; never raise from close
                 _log.warning("flightlog: compaction after close failed: %r", exc)
 

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.ui import state
-from telemetry.read.live import LiveArchive
+from telemetry.maintain.wired import LiveArchive
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "ui" / "main.py"
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from telemetry import WriterConfig
 from telemetry.store.fs import open_fs
-from telemetry.write.writer import WriterConfig
 
 
 @pytest.fixture()

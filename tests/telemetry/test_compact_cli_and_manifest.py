@@ -8,10 +8,9 @@ import os
 import subprocess
 import sys
 
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import compact
 from telemetry.maintain.manifest import write_manifest
-from telemetry.read.archive import Archive
-from telemetry.write.writer import Writer, WriterConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,12 +11,11 @@ import uuid
 import pyarrow.parquet as pq
 
 from data_schema import staged_path
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import CompactionConfig, compact
 from telemetry.maintain.recovery import recover
-from telemetry.read.archive import Archive
 from telemetry.store import staging
 from telemetry.store.liveness import read_records
-from telemetry.write.writer import Writer, WriterConfig
 
 
 def cfg(**kw) -> WriterConfig:

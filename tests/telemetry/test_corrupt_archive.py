@@ -15,11 +15,10 @@ import pytest
 
 from data_schema import FORMAT_VERSION
 from data_schema.layout import MANIFEST_FILE, ROOT_FILE, segment_path
-from telemetry import Archive, Writer
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.file_integrity import verify
 from telemetry.maintain.manifest import write_manifest
 from telemetry.store.errors import FormatVersionError
-from telemetry.write.writer import WriterConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 50

@@ -112,7 +112,7 @@ def test_not_a_harness_file_says_so():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["import", "evals", CKPT_100, "--run", "nope"], "no run 'nope' in the archive"),
+    (["import", "evals", CKPT_100, "--run", "nope"], "unknown run 'nope'"),
     (["import", "evals", "missing.json", "--run", RUN], "missing.json is not a file"),
     (["import", "evals", CKPT_100, CKPT_200, "--run", RUN, "--step", "5"], "--step/--tokens name one checkpoint"),
 ])

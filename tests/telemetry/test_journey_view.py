@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import compact
-from telemetry.read.archive import JOURNEY_SQL, Archive, journey_sql
-from telemetry.write.writer import Writer, WriterConfig
+from telemetry.read.archive import JOURNEY_SQL, journey_sql
 
 CFG = WriterConfig(flush_interval_s=0.05, segment_interval_s=3600, segment_rows=300, close_timeout_s=20,
                    compact_on_close=False)

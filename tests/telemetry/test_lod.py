@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from data_schema import schema, segment_path
+from telemetry import Archive
 from telemetry.maintain.compaction import CompactionConfig, compact
 from telemetry.read import curves, lod
-from telemetry.read.archive import Archive
 from telemetry.store.encodings import segment_bytes
 from telemetry.store.fs import ensure_root_file, open_fs
 

@@ -13,9 +13,8 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telemetry import Archive, Writer
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import CompactionConfig, compact
-from telemetry.write.writer import WriterConfig
 
 RUN = "prop"
 FAST = WriterConfig(flush_interval_s=0.05, segment_interval_s=3600, close_timeout_s=20)

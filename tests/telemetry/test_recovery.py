@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_schema.layout import join, staged_path
+from telemetry import Writer
 from telemetry.maintain.recovery import recover
 from telemetry.store import staging
-from telemetry.write.writer import Writer
 
 KILLED_WRITER = textwrap.dedent("""
     import sys, time, math
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
     archive, log_path = sys.argv[1], sys.argv[2]
     w = Writer(archive, "killed run", writer_config=WriterConfig(flush_interval_s=0.5, segment_interval_s=3600))
     with open(log_path, "w", buffering=1) as log:
@@ -42,7 +42,7 @@ def _dead_writer(archive: str, run: str, *, attempt: int | None = None, steps: i
     """A writer process that stages data and dies without closing (no atexit, no segments)."""
     code = textwrap.dedent(f"""
         import os
-        from telemetry.write.writer import Writer, WriterConfig
+        from telemetry import Writer, WriterConfig
         w = Writer({archive!r}, {run!r}, attempt={attempt!r},
                    writer_config=WriterConfig(flush_interval_s=0.05, segment_interval_s=3600))
         for i in range({steps}):
@@ -188,7 +188,7 @@ def test_a_dead_local_writer_is_recovered_at_once_without_waiting_for_its_heartb
     # flush interval 0.05 s, but give the heartbeat a long life: only the pid check can call it dead
     code = textwrap.dedent(f"""
         import os
-        from telemetry.write.writer import Writer, WriterConfig
+        from telemetry import Writer, WriterConfig
         w = Writer({archive!r}, "gone", writer_config=WriterConfig(flush_interval_s=30, segment_interval_s=3600))
         for i in range(10):
             w.metric(i, "loss", float(i))

@@ -21,9 +21,9 @@ import time
 import pytest
 
 from data_schema.layout import STAGING_DIR
+from telemetry import Archive
 from telemetry.maintain.compaction import compact
 from telemetry.maintain.recovery import recover
-from telemetry.read.archive import Archive
 from telemetry.store import heartbeat
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
@@ -32,7 +32,7 @@ FLUSH_S = 0.05  # heartbeat stale after 3 x 0.05 s
 
 
 def _writer(url: str, steps: int, names: int, ready, go) -> None:
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
 
     cfg = WriterConfig(flush_interval_s=FLUSH_S, segment_interval_s=float(os.environ.get("RACE_SEG_S", "0.2")),
                        compact_on_close=True, compact_min_rows=1, close_timeout_s=60)
@@ -178,8 +178,8 @@ def test_live_view_does_not_count_a_leftover_staged_batch_of_a_compacted_part(ar
     its part is compacted (replaced, so not read), the part's seq must still cover that file."""
     import shutil
 
-    from telemetry.read.live import LiveArchive
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
+    from telemetry.maintain.wired import LiveArchive
 
     cfg = WriterConfig(flush_interval_s=60, segment_interval_s=3600, compact_min_rows=1, close_timeout_s=30)
     w = Writer(archive, run="left", rank=0, attempt=0, writer_config=cfg)

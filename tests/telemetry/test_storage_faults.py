@@ -23,10 +23,10 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from telemetry import Writer, WriterConfig
 from telemetry.maintain.recovery import recover
 from telemetry.store.fs import open_fs
 from telemetry.write.spool import archive_key
-from telemetry.write.writer import Writer, WriterConfig
 from tests.telemetry.conftest import read_fs
 
 SLOW_CALL_S = 0.25  # a logging call slower than this would be felt by a training step
@@ -138,7 +138,7 @@ def test_outage_longer_than_the_spool_bound_drops_and_counts_the_rest(moto_serve
 
 SPOOLING_WRITER = textwrap.dedent("""
     import json, os, sys, time
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
     url, so, spool = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     cfg = WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, max_backoff_s=0.5, spool_dir=spool)
     w = Writer(url, "killed while spooling", storage_options=so, writer_config=cfg)
@@ -250,7 +250,7 @@ def test_full_local_disk_holds_batches_in_memory_and_writes_them_once_space_retu
 
 PERMISSION_WRITER = textwrap.dedent("""
     import sys, time
-    from telemetry.write.writer import Writer, WriterConfig
+    from telemetry import Writer, WriterConfig
     cfg = WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, max_backoff_s=0.5, compact_on_close=False)
     w = Writer(sys.argv[1], "read-only folder", writer_config=cfg)
     def steps(lo, hi):

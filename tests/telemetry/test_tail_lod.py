@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from telemetry import Archive
 from telemetry.maintain.compaction import compact
 from telemetry.read import lod, tail_lod
-from telemetry.read.archive import Archive
 from telemetry.store.fs import ensure_root_file, open_fs
 from tests.telemetry.test_lod import RUN, assert_same_curve, attempt_parts, full_scan
 
@@ -85,7 +85,7 @@ def test_segments_written_after_the_lod_are_read_raw_and_compaction_drops_it(raw
 
 
 def test_a_process_that_exits_during_a_build_exits_cleanly(raw_archive):
-    script = ("import sys\nfrom telemetry.read import tail_lod\nfrom telemetry.read.archive import Archive\n"
+    script = ("import sys\nfrom telemetry.read import tail_lod\nfrom telemetry import Archive\n"
               "tail_lod.MIN_SCAN_S = 0.0\n"
               "a = Archive(sys.argv[1])\na.curve('lod-run', 'loss', buckets=10)\n"
               "assert a._tail_lods._thread.is_alive()\nprint('exiting during the build')\n")

@@ -11,11 +11,10 @@ import os
 import pyarrow as pa
 import pytest
 
+from telemetry import Archive, Writer, WriterConfig
 from telemetry.importers import ImportedRun, write_run
 from telemetry.importers._common import metrics_table
 from telemetry.maintain.compaction import CompactionConfig, compact
-from telemetry.read.archive import Archive
-from telemetry.write.writer import Writer, WriterConfig
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 US = dt.timedelta(microseconds=1)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_schema import run_id_from_name
-from telemetry.write.writer import Writer, WriterConfig
+from telemetry import Writer, WriterConfig
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
+from telemetry import Writer, WriterConfig
 from telemetry.maintain.manifest import read_manifest, write_manifest
 from telemetry.maintain.recovery import recover
 from telemetry.store.fs import open_fs
-from telemetry.write.writer import Writer, WriterConfig
 from tests.telemetry.conftest import read_fs
 
 CFG = WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, close_timeout_s=20)

@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import duckdb
 
-from telemetry.write.writer import Writer, WriterConfig
+from telemetry import Writer, WriterConfig
 
 STEPS = 5_000
 
