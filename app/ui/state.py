@@ -9,19 +9,22 @@ stale chart.
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
+from telemetry.maintain.wired import open_live_archive
+from telemetry.read import queries
+from telemetry.read.sandbox import SandboxedQuery
 from telemetry.store.errors import ArchiveError
+from telemetry.store.fs import DEFAULT_ARCHIVE, default_archive_url  # noqa: F401 - DEFAULT_ARCHIVE: for callers
 
-ARCHIVE_ENV = "FLIGHTLOG_ARCHIVE"
-DEFAULT_ARCHIVE = "./flightlog-archive"
 REFRESH_EVERY_S = 15.0  # re-scan the archive at most this often (live runs add segments)
 # live view (`?refresh=N` or the sidebar): re-scan every N seconds and redraw when the archive changed
 REFRESH_CHOICES: tuple[int, ...] = (0, 2, 5, 15, 60)  # 0 = off
@@ -51,12 +54,9 @@ def archive_url_from_argv(argv: Sequence[str]) -> str | None:
 
 
 def configured_archive_url(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> str:
-    """`--archive` from the command line, else $FLIGHTLOG_ARCHIVE, else ./flightlog-archive."""
-    import sys
-
+    """`--archive` from the command line, else $FLIGHTLOG_ARCHIVE, else ./flightlog-archive (store.fs's rule)."""
     from_argv = archive_url_from_argv(sys.argv[1:] if argv is None else argv)
-    env = os.environ if env is None else env
-    return from_argv or env.get(ARCHIVE_ENV) or DEFAULT_ARCHIVE
+    return from_argv or default_archive_url(env)
 
 
 def parse_step(raw: Any, label: str) -> tuple[int | None, str | None]:
@@ -129,8 +129,6 @@ def brushed_range(chart_state: Any, name: str) -> tuple[int, int] | None:
 
 def page_link_url(page: str, **params: Any) -> str:
     """A relative deep link into a page (`?page=journey&run=...`), usable from any page's URL."""
-    from urllib.parse import urlencode
-
     query = {"page": page, **{k: v for k, v in params.items() if v is not None}}
     return "./?" + urlencode(query)
 
@@ -139,8 +137,6 @@ def page_link_url(page: str, **params: Any) -> str:
 @st.cache_resource(show_spinner="Opening the archive...", max_entries=8)
 def _open_archive(url: str) -> Any:
     # the live view: staged batches of running writers are shown too (telemetry.read.live)
-    from telemetry.maintain.wired import open_live_archive
-
     archive = open_live_archive(url)
     archive._ui_refreshed_at = time.monotonic()  # noqa: SLF001 - our own bookkeeping on the cached object
     return archive
@@ -190,30 +186,24 @@ def sql_df(archive: Any, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
 @st.cache_resource(max_entries=16)
 def sandbox(url: str, row_limit: int, timeout_s: float) -> Any:
     """The SQL console's SandboxedQuery over the archive at `url` (it follows the archive's refreshes)."""
-    from telemetry.read.sandbox import SandboxedQuery
-
     return SandboxedQuery(_open_archive(url), row_limit=row_limit, timeout_s=timeout_s)
 
 
-# -- queries the pages share (trusted SQL over the archive's views) --------------------------
-def attempt_curves(archive: Any, run_id: str, name: str, *, buckets: int = 600) -> pd.DataFrame:
-    """One min/max/mean curve per attempt over the whole run (journey=False): the lineage chart.
+# -- queries the pages share (telemetry.read.queries), cached like Archive methods ----------------
+@st.cache_data(show_spinner=False, max_entries=256)
+def _cached_read(_archive: Any, url: str, version: str, function: str, args: tuple, kwargs: tuple) -> Any:
+    del url, version  # the cache key, as in _cached_call
+    return getattr(queries, function)(_archive, *args, **dict(kwargs))
 
-    Buckets are shared by every attempt (same step grid), so attempts overlay exactly.
-    """
-    span = sql_df(archive, "SELECT min(step) AS lo, max(step) AS hi FROM metrics WHERE run_id = ? AND name = ?",
-                  (run_id, name))
-    if span.empty or pd.isna(span["lo"].iloc[0]):
-        return pd.DataFrame(columns=["attempt", "bucket", "x_lo", "x_hi", "min", "max", "mean", "count"])
-    lo, hi = int(span["lo"].iloc[0]), int(span["hi"].iloc[0])
-    width = hi - lo + 1
-    return sql_df(archive, f"""
-SELECT attempt, (step - {lo}) * {int(buckets)} // {width} AS bucket, min(step) AS x_lo, max(step) AS x_hi,
-       min(value) FILTER (WHERE isfinite(value)) AS "min", max(value) FILTER (WHERE isfinite(value)) AS "max",
-       avg(value) FILTER (WHERE isfinite(value)) AS mean, count(*) AS count,
-       count(*) FILTER (WHERE NOT isfinite(value)) AS nonfinite
-FROM metrics WHERE run_id = ? AND name = ?
-GROUP BY attempt, bucket ORDER BY attempt, bucket""", (run_id, name))
+
+def _read(archive: Any, function: str, *args: Any, **kwargs: Any) -> Any:
+    """`telemetry.read.queries.<function>(archive, ...)`, cached per (archive URL, archive version, arguments)."""
+    return _cached_read(archive, archive.url, archive.version, function, tuple(args), tuple(sorted(kwargs.items())))
+
+
+def attempt_curves(archive: Any, run_id: str, name: str, *, buckets: int = 600) -> pd.DataFrame:
+    """One curve per attempt over the whole run (the lineage chart): queries.attempt_curves."""
+    return _read(archive, "attempt_curves", run_id, name, buckets=buckets)
 
 
 def step_spans(archive: Any, run_id: str) -> dict[int, tuple[int, int]]:
@@ -226,72 +216,32 @@ def step_spans(archive: Any, run_id: str) -> dict[int, tuple[int, int]]:
 
 
 def step_time_heatmap(archive: Any, run_id: str, *, buckets: int = 120) -> pd.DataFrame:
-    """Mean step_time_s per (rank, step bucket) over the journey: rank, bucket, x_lo, x_hi, value."""
-    span = sql_df(archive, "SELECT min(step) AS lo, max(step) AS hi FROM metrics WHERE run_id = ? AND name = 'step_time_s'",
-                  (run_id,))
-    if span.empty or pd.isna(span["lo"].iloc[0]):
-        return pd.DataFrame(columns=["rank", "bucket", "x_lo", "x_hi", "value"])
-    lo, hi = int(span["lo"].iloc[0]), int(span["hi"].iloc[0])
-    return sql_df(archive, f"""
-SELECT rank, (step - {lo}) * {int(buckets)} // {hi - lo + 1} AS bucket, min(step) AS x_lo, max(step) AS x_hi,
-       avg(value) FILTER (WHERE isfinite(value)) AS value
-FROM journey_metrics WHERE run_id = ? AND name = 'step_time_s'
-GROUP BY rank, bucket ORDER BY rank, bucket""", (run_id,))
+    """Mean step_time_s per (rank, step bucket) over the journey: queries.step_time_heatmap."""
+    return _read(archive, "step_time_heatmap", run_id, buckets=buckets)
 
 
 def rank_step_times(archive: Any, run_id: str) -> pd.DataFrame:
-    """Per rank: median and p95 step_time_s over the journey, and how many steps it logged."""
-    return sql_df(archive, """
-SELECT rank, median(value) AS median_step_time_s, quantile_cont(value, 0.95) AS p95_step_time_s, count(*) AS steps
-FROM journey_metrics WHERE run_id = ? AND name = 'step_time_s' AND isfinite(value)
-GROUP BY rank ORDER BY rank""", (run_id,))
+    """Per rank: median and p95 step_time_s and steps logged: queries.rank_step_times."""
+    return _read(archive, "rank_step_times", run_id)
 
 
 def system_names(archive: Any, run_id: str) -> list[str]:
-    df = sql_df(archive, "SELECT DISTINCT name FROM system WHERE run_id = ? ORDER BY name", (run_id,))
-    return list(df["name"])
+    return _read(archive, "system_names", run_id)
 
 
 def system_heatmap(archive: Any, run_id: str, name: str, *, buckets: int = 120) -> pd.DataFrame:
-    """Mean of one system metric per (rank, wall-time bucket): rank, bucket, t_lo, t_hi, value."""
-    span = sql_df(archive, """
-SELECT epoch_us(min(wall_time)) AS lo, epoch_us(max(wall_time)) AS hi FROM system WHERE run_id = ? AND name = ?""",
-                  (run_id, name))
-    if span.empty or pd.isna(span["lo"].iloc[0]):
-        return pd.DataFrame(columns=["rank", "bucket", "t_lo", "t_hi", "value"])
-    lo, hi = int(span["lo"].iloc[0]), int(span["hi"].iloc[0])
-    return sql_df(archive, f"""
-SELECT rank, (epoch_us(wall_time) - {lo}) * {int(buckets)} // {hi - lo + 1} AS bucket,
-       min(wall_time) AS t_lo, max(wall_time) AS t_hi, avg(value) FILTER (WHERE isfinite(value)) AS value
-FROM system WHERE run_id = ? AND name = ?
-GROUP BY rank, bucket ORDER BY rank, bucket""", (run_id, name))
+    """Mean of one system metric per (rank, wall-time bucket): queries.system_heatmap."""
+    return _read(archive, "system_heatmap", run_id, name, buckets=buckets)
 
 
 def system_summary(archive: Any, run_id: str) -> pd.DataFrame:
-    """Per rank: mean GPU util and power, max temperature and memory (wide, one row per rank)."""
-    return sql_df(archive, """
-SELECT rank, any_value(host) AS host, any_value(gpu_uuid) AS gpu_uuid,
-       avg(value) FILTER (WHERE name = 'gpu.util') AS mean_util_pct,
-       avg(value) FILTER (WHERE name = 'gpu.power_w') AS mean_power_w,
-       max(value) FILTER (WHERE name = 'gpu.temp_c') AS max_temp_c,
-       max(value) FILTER (WHERE name = 'gpu.mem_used_bytes') / 1e9 AS max_mem_gb
-FROM system WHERE run_id = ? GROUP BY rank ORDER BY rank""", (run_id,))
+    """Per rank: mean GPU util and power, max temperature and memory: queries.system_summary."""
+    return _read(archive, "system_summary", run_id)
 
 
 def x_bounds_for_steps(archive: Any, run_id: str, x: str, lo: int, hi: int) -> tuple[Any, Any]:
-    """A step range in the units of x: tokens_seen (tokens) or wall_time (time) at those steps."""
-    if x == "step":
-        return lo, hi
-    if x == "tokens":
-        df = sql_df(archive, """
-SELECT min(value) AS lo, max(value) AS hi FROM journey_metrics
-WHERE run_id = ? AND name = 'tokens_seen' AND step BETWEEN ? AND ? AND isfinite(value)""", (run_id, lo, hi))
-    else:
-        df = sql_df(archive, "SELECT min(wall_time) AS lo, max(wall_time) AS hi FROM journey_metrics "
-                    "WHERE run_id = ? AND step BETWEEN ? AND ?", (run_id, lo, hi))
-    if df.empty or pd.isna(df["lo"].iloc[0]):
-        return None, None
-    return df["lo"].iloc[0], df["hi"].iloc[0]
+    """A step range in the units of x (tokens or time): queries.x_bounds_for_steps."""
+    return _read(archive, "x_bounds_for_steps", run_id, x, lo, hi)
 
 
 # -- page plumbing ---------------------------------------------------------------------------

@@ -12,6 +12,14 @@ from collections.abc import Iterable, Mapping
 X_KINDS = ("step", "tokens", "time")
 TOKENS_METRIC = "tokens_seen"
 
+# The one rule for values that are not finite, shared by every bucketed query (curves, the LOD,
+# telemetry.read.queries): min/max/mean see finite values only, and NaN, +Inf and -Inf are counted apart.
+FINITE_VALUE = "CASE WHEN isfinite(value) THEN value END"
+FINITE_STATS_SQL = f'min({FINITE_VALUE}) AS "min", max({FINITE_VALUE}) AS "max", avg({FINITE_VALUE}) AS mean'
+NONFINITE_COUNTS_SQL = ("sum(isnan(value)::BIGINT)::BIGINT AS nan_count, "
+                        "sum((value = 'inf'::DOUBLE)::BIGINT)::BIGINT AS posinf_count, "
+                        "sum((value = '-inf'::DOUBLE)::BIGINT)::BIGINT AS neginf_count")
+
 
 def quote_str(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
@@ -53,7 +61,8 @@ def points_sql(source: str, *, x: str, where: list[str]) -> str:
     if x != "tokens":
         return base
     # tokens: the tokens_seen value logged at the same (attempt, step), any rank
-    tok_where = [w for w in where if not w.startswith("name =")] + [f"name = {quote_str(TOKENS_METRIC)}", "isfinite(value)"]
+    tok_where = [w for w in where if not w.startswith("name =")]
+    tok_where += [f"name = {quote_str(TOKENS_METRIC)}", "isfinite(value)"]
     tokens = (
         f"SELECT attempt, step, max(value) AS x_tokens FROM {source} WHERE {' AND '.join(tok_where)} "
         "GROUP BY attempt, step"
@@ -82,15 +91,12 @@ def curve_sql(points: str, *, x: str, lo: float, hi: float, buckets: int, clip: 
     bucket = bucket_expression(x, lo, hi, buckets)
     lo_lit, hi_lit = (int(lo), int(hi)) if x in ("step", "time") else (float(lo), float(hi))
     where = f"WHERE {xnum} BETWEEN {lo_lit!r} AND {hi_lit!r}" if clip else ""
-    fv = "CASE WHEN isfinite(value) THEN value END"
     # flat: one hash aggregate straight over the filtered points (a projection layer costs ~10%)
     return f"""
 SELECT {bucket} AS bucket, min({xshow}) AS x_lo, max({xshow}) AS x_hi,
-       min({fv}) AS "min", max({fv}) AS "max", avg({fv}) AS mean,
+       {FINITE_STATS_SQL},
        arg_min(value, {xnum}) AS first, arg_max(value, {xnum}) AS last, count(*) AS count,
-       sum(isnan(value)::BIGINT)::BIGINT AS nan_count,
-       sum((value = 'inf'::DOUBLE)::BIGINT)::BIGINT AS posinf_count,
-       sum((value = '-inf'::DOUBLE)::BIGINT)::BIGINT AS neginf_count
+       {NONFINITE_COUNTS_SQL}
 FROM ({points})
 {where}
 GROUP BY 1

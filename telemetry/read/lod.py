@@ -169,17 +169,14 @@ def build_lod_table(run_id: str, paths: list[str], spans: Mapping[int, tuple[int
     """The LOD rows of journey-filtered metric rows in `paths` (all widths), and the ranks seen.
     `con`: a connection from `connect()` to run on (closed here), so another thread can interrupt it."""
     w0 = int(widths[0])
-    fv = "CASE WHEN isfinite(value) THEN value END"
+    fv = curves.FINITE_VALUE
     con = con if con is not None else connect()
     try:
         con.execute(f"""
 CREATE TEMP TABLE base AS
 SELECT name, rank, step // {w0} AS bucket, min(step) AS step_lo, max(step) AS step_hi,
        min({fv}) AS "min", max({fv}) AS "max", sum({fv}) AS "sum", count(*) AS count, count({fv}) AS finite_count,
-       arg_min(value, step) AS first, arg_max(value, step) AS last,
-       sum(isnan(value)::BIGINT)::BIGINT AS nan_count,
-       sum((value = 'inf'::DOUBLE)::BIGINT)::BIGINT AS posinf_count,
-       sum((value = '-inf'::DOUBLE)::BIGINT)::BIGINT AS neginf_count
+       arg_min(value, step) AS first, arg_max(value, step) AS last, {curves.NONFINITE_COUNTS_SQL}
 FROM {curves.read_parquet_sql(paths)}
 WHERE step >= 0 AND {curves.journey_predicate(spans)}
 GROUP BY name, rank, step // {w0}""")
@@ -310,7 +307,7 @@ def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, wh
     `where`: the raw-row predicates (name, rank, journey) for the covered files and the tail."""
     n = int(hi) - int(lo) + 1
     lo, hi, b = int(lo), int(hi), int(buckets)
-    fv = "CASE WHEN isfinite(value) THEN value END"
+    fv = curves.FINITE_VALUE
     raw_cols = (f"((step - {lo}) * {b}) // {n} AS b, step AS step_lo, step AS step_hi, {fv} AS mn, {fv} AS mx, "
                 f"{fv} AS sm, (isfinite(value))::BIGINT AS fin, value AS first, value AS last, 1 AS cnt, "
                 "isnan(value)::BIGINT AS nan, (value = 'inf'::DOUBLE)::BIGINT AS pinf, "

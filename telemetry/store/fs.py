@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from telemetry.store.errors import ArchiveError, FormatVersionError
 DEFAULT_ARCHIVE = "./flightlog-archive"
 
 
-def default_archive_url() -> str:
-    """`$FLIGHTLOG_ARCHIVE`, or `./flightlog-archive`."""
-    return os.environ.get("FLIGHTLOG_ARCHIVE") or DEFAULT_ARCHIVE
+def default_archive_url(env: Mapping[str, str] | None = None) -> str:
+    """`$FLIGHTLOG_ARCHIVE` (of `env`, by default this process's environment), or `./flightlog-archive`."""
+    return (os.environ if env is None else env).get("FLIGHTLOG_ARCHIVE") or DEFAULT_ARCHIVE
 
 
 def open_fs(url: str | os.PathLike | None, storage_options: dict[str, Any] | None = None
