@@ -5,183 +5,32 @@ on their Vega-Lite spec.
 The rule of every curve: draw the per-bucket min-max band (so a single spike is visible at any
 zoom), a mean/last line over it, and a red marker wherever a bucket holds NaN or +-Inf. No
 chart gets more than a few thousand rows per series (`downsample_minmax`, or the archive's own
-buckets).
+buckets). Shared titles, formats and colours: chart_style.py; the frames: chart_frames.py;
+rank and GPU heatmaps: heatmaps.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
-MAX_ROWS_PER_SERIES = 4000
-# the plot area of a half-width chart (two columns) on a 1440-px laptop screen with the sidebar open
-HALF_WIDTH_PLOT_PX = 480
-PX_PER_BUCKET = 1.5  # the browser draws every row: a bucket narrower than this only costs time
-NONFINITE_COLOR = "#d62728"
-BAND_OPACITY = 0.25
-
-X_TITLES = {"step": "step", "tokens": "tokens seen", "time": "wall time (UTC)"}
-X_FORMATS = {"step": ",d", "tokens": "~s"}
-METRIC_TITLES = {
-    "loss": "loss (nats/token)",
-    "grad_norm": "grad norm (L2)",
-    "lr": "learning rate",
-    "loss_scale": "loss scale",
-    "tokens_seen": "tokens seen",
-    "tokens_per_s": "throughput (tokens/s)",
-    "step_time_s": "step time (s)",
-    "data_wait_s": "data wait (s)",
-    "mfu": "MFU (fraction)",
-    "param_norm": "param norm (L2)",
-    "gpu.util": "GPU util (%)",
-    "gpu.power_w": "GPU power (W)",
-    "gpu.temp_c": "GPU temperature (°C)",
-    "gpu.mem_used_bytes": "GPU memory used (bytes)",
-    "gpu.energy_j": "GPU energy (J)",
-    "gpu.sm_clock_mhz": "SM clock (MHz)",
-    "cpu.util": "CPU util (%)",
-    "host.mem_used_bytes": "host memory used (bytes)",
-}
-METRIC_FORMATS = {"lr": ".2e", "tokens_per_s": "~s", "tokens_seen": "~s"}
-# incident kinds drawn on curves, with their colour (the legend's order)
-INCIDENT_COLORS = {
-    "nan": "#d62728", "inf": "#9467bd", "loss_spike": "#ff7f0e", "grad_spike": "#e377c2",
-    "restart": "#1f77b4", "checkpoint_saved": "#2ca02c", "checkpoint_loaded": "#17becf",
-    "data_chunk_skipped": "#8c564b", "dropped_records": "#7f7f7f", "oom": "#bcbd22",
-    "straggler": "#aec7e8", "gpu_xid": "#ff9896", "gpu_throttle": "#c5b0d5",
-}
-OVERLAY_KINDS = ("nan", "inf", "loss_spike", "grad_spike", "restart", "checkpoint_saved", "data_chunk_skipped",
-                 "dropped_records", "oom")
+from app.ui.chart_frames import curve_frame, downsample_minmax, lineage_frame
+from app.ui.chart_style import (
+    BAND_OPACITY,
+    INCIDENT_COLORS,
+    MAX_ROWS_PER_SERIES,
+    METRIC_FORMATS,
+    NONFINITE_COLOR,
+    X_FORMATS,
+    X_TITLES,
+    metric_title,
+    x_encoding,
+)
 
 
-def metric_title(name: str) -> str:
-    """An axis title with units for a metric name (`step_time_s` -> `step time (s)`)."""
-    if name in METRIC_TITLES:
-        return METRIC_TITLES[name]
-    for suffix, unit in (("_bytes", "bytes"), ("_s", "s"), ("_w", "W"), ("_c", "°C"), ("_pct", "%")):
-        if name.endswith(suffix):
-            return f"{name[: -len(suffix)].replace('_', ' ')} ({unit})"
-    return name.replace("_", " ")
-
-
-def _x_encoding(x: str, field: str = "x", title: str | None = None, scale: alt.Scale | None = None) -> alt.X:
-    kind = "temporal" if x == "time" else "quantitative"
-    axis = alt.Axis(format=X_FORMATS[x], title=title or X_TITLES[x]) if x in X_FORMATS else alt.Axis(
-        title=title or X_TITLES.get(x, x))
-    return alt.X(field, type=kind, axis=axis, scale=scale or alt.Scale(zero=False, nice=False))
-
-
-def fmt_count(value: object) -> str:
-    """A count for a headline: 2.05 M, 1.3 B, 512 ("—" when unknown)."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(v):
-        return "—"
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div * 0.9995:  # 999,999 reads 1.00 M, not 1,000.00 k
-            return f"{v / div:,.3g} {unit}"
-    return f"{v:,.0f}"
-
-
-def buckets_for_width(plot_px: int = HALF_WIDTH_PLOT_PX, px_per_bucket: float = PX_PER_BUCKET) -> int:
-    """How many min-max buckets a chart `plot_px` wide can show: more rows than pixels draw nothing new
-    (each bucket keeps its min and max, so no spike is lost) but slow the browser down; zoom re-queries."""
-    return max(50, int(plot_px / px_per_bucket))
-
-
-# -- frames ----------------------------------------------------------------------------------
-def smooth(values: pd.Series, window: int) -> pd.Series:
-    """Exponential moving average with a span of `window` buckets (0/1: unchanged); NaN skipped."""
-    if window <= 1:
-        return values
-    return values.ewm(span=window, ignore_na=True).mean()
-
-
-def curve_frame(curve: pd.DataFrame, *, line: str = "mean", smoothing: int = 0, log: bool = False) -> pd.DataFrame:
-    """`Archive.curve()` rows -> what the envelope draws: x, x_end, lo, hi, line, nan, posinf, neginf, nonfinite.
-
-    On a log scale values <= 0 cannot be drawn: they become missing (the band shows a gap there),
-    and the number of them is kept in `nonpositive` for the tooltip.
-    """
-    if curve.empty:
-        return pd.DataFrame(columns=["x", "x_end", "lo", "hi", "line", "count", "nan", "posinf", "neginf", "nonfinite"])
-    out = pd.DataFrame({
-        "x": curve["x_lo"].to_numpy(), "x_end": curve["x_hi"].to_numpy(),
-        "lo": curve["min"].astype("float64").to_numpy(), "hi": curve["max"].astype("float64").to_numpy(),
-        "line": curve[line if line in curve else "mean"].astype("float64").to_numpy(),
-        "count": curve["count"].astype("int64").to_numpy(),
-        "nan": curve["nan_count"].astype("int64").to_numpy(),
-        "posinf": curve["posinf_count"].astype("int64").to_numpy(),
-        "neginf": curve["neginf_count"].astype("int64").to_numpy(),
-    })
-    # the line of a bucket whose last value is NaN/Inf falls back to the bucket's finite mean
-    bad_line = ~np.isfinite(out["line"].to_numpy())
-    out.loc[bad_line, "line"] = curve["mean"].astype("float64").to_numpy()[bad_line]
-    out["line"] = smooth(out["line"], smoothing)
-    out["nonfinite"] = out["nan"] + out["posinf"] + out["neginf"]
-    if log:
-        for col in ("lo", "hi", "line"):
-            out[col] = out[col].where(out[col] > 0)
-    return out
-
-
-def downsample_minmax(df: pd.DataFrame, x: str, y: str | list[str], max_rows: int = MAX_ROWS_PER_SERIES,
-                      by: str | None = None) -> pd.DataFrame:
-    """At most ~max_rows rows per series, keeping each x bucket's rows holding the min and max of y.
-
-    Unlike every-nth sampling, a single spike (or dip) always survives. Rows whose y is NaN/Inf
-    are all kept up to the budget, so non-finite values still show.
-    """
-    if df.empty:
-        return df
-    ys = [y] if isinstance(y, str) else list(y)
-    groups = [df] if by is None else [g for _, g in df.groupby(by, sort=False, dropna=False)]
-    out = []
-    for g in groups:
-        if len(g) <= max_rows:
-            out.append(g)
-            continue
-        g = g.sort_values(x, kind="stable")
-        n_buckets = max(1, max_rows // (2 * len(ys)))
-        pos = np.arange(len(g)) * n_buckets // len(g)
-        keep = set()
-        for col in ys:
-            vals = pd.to_numeric(g[col], errors="coerce").to_numpy(dtype="float64")
-            finite = np.where(np.isfinite(vals), vals, np.nan)
-            frame = pd.DataFrame({"b": pos, "v": finite, "i": np.arange(len(g))})
-            frame = frame.dropna(subset=["v"])
-            keep.update(frame.loc[frame.groupby("b")["v"].idxmax(), "i"])
-            keep.update(frame.loc[frame.groupby("b")["v"].idxmin(), "i"])
-            keep.update(np.flatnonzero(~np.isfinite(vals) & ~pd.isna(g[col]).to_numpy())[: max_rows // 10])
-        out.append(g.iloc[sorted(keep)])
-    return pd.concat(out, ignore_index=True)
-
-
-def events_on_x(events: pd.DataFrame, x: str, tokens_curve: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Events placed on the x axis of a curve: step, tokens (interpolated from tokens_seen) or wall time."""
-    if events.empty:
-        return events.assign(x=pd.Series(dtype="float64"))
-    ev = events.copy()
-    if x == "step":
-        ev["x"] = ev["step"].astype("float64")
-    elif x == "time":
-        ev["x"] = ev["wall_time"]
-    else:
-        if tokens_curve is None or tokens_curve.empty:
-            return ev.iloc[0:0].assign(x=pd.Series(dtype="float64"))
-        xs = tokens_curve["x_lo"].astype("float64").to_numpy()
-        ys = tokens_curve["mean"].astype("float64").to_numpy()
-        ev["x"] = np.interp(ev["step"].astype("float64").to_numpy(), xs, ys)
-    return ev.dropna(subset=["x", "step"]) if "step" in ev else ev
-
-
-# -- curves ----------------------------------------------------------------------------------
 def envelope(
     curve: pd.DataFrame,
     *,
@@ -207,7 +56,7 @@ def envelope(
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     y_axis = alt.Axis(title=y_title, format=METRIC_FORMATS.get(metric, ".4~g"))
     x_scale = alt.Scale(zero=False, nice=False, domain=list(x_domain)) if x_domain else None
-    x_enc = _x_encoding(x, scale=x_scale)
+    x_enc = x_encoding(x, scale=x_scale)
     base = alt.Chart(data)
     tooltip = [
         alt.Tooltip("x", title=X_TITLES[x], type="temporal" if x == "time" else "quantitative",
@@ -265,27 +114,11 @@ def incident_rules(events: pd.DataFrame, *, x: str = "step", x_scale: alt.Scale 
                alt.Tooltip("message:N")]
     tooltip += [alt.Tooltip(f"{c}:Q") for c in ("attempt", "rank", "data_chunk") if c in data]
     return alt.Chart(data).mark_rule(strokeDash=[4, 3], strokeWidth=1.5).encode(
-        x=_x_encoding(x, scale=x_scale),
-        color=alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=colors), legend=None),  # one legend for the page: events_legend_html
+        x=x_encoding(x, scale=x_scale),
+        # no legend per chart: one for the page (events_legend_html)
+        color=alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=colors), legend=None),
         tooltip=tooltip,
     ).properties(name="incidents")
-
-
-def lineage_frame(curves: pd.DataFrame, lineage: pd.DataFrame) -> pd.DataFrame:
-    """Per-attempt curve rows tagged `journey` or `abandoned` (a later attempt re-ran those steps)."""
-    if curves.empty:
-        return curves.assign(branch=pd.Series(dtype="object"))
-    spans = [(int(r.attempt), int(r.first_step), int(r.last_step)) for r in lineage.dropna(
-        subset=["first_step", "last_step"]).itertuples()]
-    out = curves.copy()
-    abandoned = np.zeros(len(out), dtype=bool)
-    att = out["attempt"].to_numpy()
-    xs = out["x_lo"].to_numpy()
-    for a, lo, hi in spans:
-        abandoned |= (att < a) & (xs >= lo) & (xs <= hi)
-    out["branch"] = np.where(abandoned, "abandoned", "journey")
-    out["attempt"] = out["attempt"].astype(str)
-    return out
 
 
 def lineage_chart(curves: pd.DataFrame, lineage: pd.DataFrame, *, metric: str = "loss", log: bool = False,
@@ -297,7 +130,7 @@ def lineage_chart(curves: pd.DataFrame, lineage: pd.DataFrame, *, metric: str = 
             data[col] = data[col].where(data[col] > 0)
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, ".4~g"))
-    x_enc = _x_encoding("step", field="x_lo")
+    x_enc = x_encoding("step", field="x_lo")
     color = alt.Color("attempt:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(title="attempt"))
     band = alt.Chart(data).mark_area(opacity=0.15).encode(
         x=x_enc, y=alt.Y("min:Q", scale=y_scale, axis=y_axis), y2="max:Q", color=color, detail="branch:N")
@@ -331,7 +164,7 @@ def compare_chart(curves: Mapping[str, pd.DataFrame], *, metric: str, x: str = "
     data = pd.concat(frames, ignore_index=True) if frames else curve_frame(pd.DataFrame()).assign(run="")
     y_scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     y_axis = alt.Axis(title=metric_title(metric), format=METRIC_FORMATS.get(metric, ".4~g"))
-    x_enc = _x_encoding(x)
+    x_enc = x_encoding(x)
     color = alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(title="run", orient="bottom"))
     band = alt.Chart(data).mark_area(opacity=0.18).encode(
         x=x_enc, y=alt.Y("lo:Q", scale=y_scale, axis=y_axis), y2="hi:Q", color=color)
@@ -343,69 +176,17 @@ def compare_chart(curves: Mapping[str, pd.DataFrame], *, metric: str, x: str = "
                  alt.Tooltip("hi:Q", title="max", format=".5g")])
     bad = data[data["nonfinite"] > 0]
     marks = alt.Chart(bad).mark_rule(color=NONFINITE_COLOR, opacity=0.7).encode(
-        x=x_enc, tooltip=[alt.Tooltip("run:N"), alt.Tooltip("nan:Q", title="NaN"), alt.Tooltip("posinf:Q", title="+Inf"),
-                          alt.Tooltip("neginf:Q", title="-Inf")])
+        x=x_enc, tooltip=[alt.Tooltip("run:N"), alt.Tooltip("nan:Q", title="NaN"),
+                          alt.Tooltip("posinf:Q", title="+Inf"), alt.Tooltip("neginf:Q", title="-Inf")])
     return alt.layer(band, line, marks).properties(height=height, title=f"{metric_title(metric)} by run")
 
-
-# -- ranks and GPUs --------------------------------------------------------------------------
-def find_stragglers(per_rank: pd.DataFrame, *, column: str = "median_step_time_s", margin: float = 0.10) -> pd.DataFrame:
-    """Adds `slower_pct` (vs the median over ranks) and `straggler` (slower than the margin allows)."""
-    out = per_rank.copy()
-    if out.empty or column not in out:
-        return out.assign(slower_pct=pd.Series(dtype="float64"), straggler=pd.Series(dtype="bool"))
-    vals = pd.to_numeric(out[column], errors="coerce")
-    ref = float(vals.median())
-    if not math.isfinite(ref) or ref <= 0:
-        return out.assign(slower_pct=np.nan, straggler=False)
-    out["slower_pct"] = (vals / ref - 1.0) * 100.0
-    out["straggler"] = (vals > ref * (1.0 + margin)).fillna(False).astype(bool)
-    return out
-
-
-def with_bucket_ends(df: pd.DataFrame, start: str, end: str, *, by: str = "rank") -> pd.DataFrame:
-    """Rect ends for a heatmap: each bucket reaches the next bucket's start (the last one its own end)."""
-    if df.empty:
-        return df.assign(x0=df.get(start), x1=df.get(end))
-    out = df.sort_values([by, start]).copy()
-    nxt = out.groupby(by)[start].shift(-1)
-    out["x0"] = out[start]
-    out["x1"] = nxt.where(nxt.notna(), out[end])
-    same = out["x1"] == out["x0"]
-    if same.any():  # a one-sample bucket still gets a visible width
-        width = (out[end].max() - out[start].min()) / max(1, out["bucket"].nunique()) if "bucket" in out else 1
-        out.loc[same, "x1"] = out.loc[same, "x0"] + width
-    return out
-
-
-def heatmap(df: pd.DataFrame, *, x: str, value_title: str, stragglers: list[int] | None = None,
-            height: int | None = None, value_format: str = ".3g") -> alt.Chart:
-    """Rank x bucket rectangles coloured by the value (x: "step" or "time"); straggler ranks labelled on the axis."""
-    data = df.copy()
-    data["rank"] = data["rank"].astype(int)
-    slow = {int(r) for r in stragglers or []}
-    data["rank_label"] = [f"{r} (straggler)" if r in slow else str(r) for r in data["rank"]]
-    order = [f"{r} (straggler)" if r in slow else str(r) for r in sorted(data["rank"].unique())]
-    n_ranks = max(1, len(order))
-    x_kind = "temporal" if x == "time" else "quantitative"
-    x_enc = alt.X("x0", type=x_kind, title=X_TITLES[x], scale=alt.Scale(nice=False, zero=False),
-                  axis=alt.Axis(format=X_FORMATS[x]) if x in X_FORMATS else alt.Axis())
-    y_enc = alt.Y("rank_label:O", title="rank", sort=order, axis=alt.Axis(
-        labelColor=alt.ExprRef(f"indexof(datum.value, 'straggler') >= 0 ? '{NONFINITE_COLOR}' : 'gray'")))
-    return alt.Chart(data).mark_rect().encode(
-        x=x_enc, x2="x1", y=y_enc,
-        color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme="viridis")),
-        tooltip=[alt.Tooltip("rank:O"), alt.Tooltip("x0", type=x_kind, title="from"),
-                 alt.Tooltip("x1", type=x_kind, title="to"),
-                 alt.Tooltip("value:Q", title=value_title, format=value_format)],
-    ).properties(height=height or min(420, max(120, 30 * n_ranks)))
 
 
 # -- checkpoints, data, evals ------------------------------------------------------------------
 def checkpoints_chart(loss_curve: pd.DataFrame, checkpoints: pd.DataFrame, *, height: int = 220) -> alt.LayerChart:
     """The loss journey with one rule per checkpoint: green when clean, red when its audit found problems."""
     data = curve_frame(loss_curve)
-    x_enc = _x_encoding("step")
+    x_enc = x_encoding("step")
     layers: list[alt.Chart] = [
         alt.Chart(data).mark_area(opacity=BAND_OPACITY).encode(x=x_enc, y=alt.Y("lo:Q", title=metric_title("loss"),
                                                                                scale=alt.Scale(zero=False)), y2="hi:Q"),

@@ -3,20 +3,20 @@ server work done ahead (what `flightlog ui` starts, see server.py).
 
 Streamlit runs the page scripts inside its server process, so without this the first visitor waits
 for pandas, pyarrow, altair and duckdb to import (~0.8 s on a 2-core laptop) and for the archive to
-open and list its runs. A daemon thread does that while the server starts; a browser arriving later
-finds it done, and one arriving earlier just waits on the same import locks. A failure here is
-silent on purpose: the page opens the archive again and shows the user what went wrong.
+open and list its runs. A daemon thread does that (app/ui/warmup.py) while the server starts; a browser
+arriving later finds it done, and one arriving earlier just waits on the same import locks. A failure
+there is only logged at debug level: the page opens the archive again and shows the user what went wrong.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
-import time
 
 WARMUP_THREAD = "flightlog-warmup"
-RUNTIME_WAIT_S = 60.0  # Streamlit's runtime (the home of st.cache_data) exists within a second or two
+WARMUP_MODULE = "app.ui.warmup"  # imported on the warm-up thread (see warm_up)
 
 
 # Streamlit notes it logs about a thread outside any session ("missing ScriptRunContext", "No runtime
@@ -31,39 +31,21 @@ class _FromWarmupThread(logging.Filter):
         return record.threadName != WARMUP_THREAD
 
 
-def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> str:
-    """Import the pages' heavy modules, open the `--archive` of the app's `script_args` (st.cache_resource)
-    and cache its runs list the way the sidebar asks for it (st.cache_data, once Streamlit's runtime exists).
+def warm_up(script_args: list[str], runtime_wait_s: float | None = None) -> str:
+    """Import the pages' modules and run `app.ui.warmup.warm_up` (open the archive, cache its runs list).
 
-    Returns how far it got: "failed" (the archive did not open), "opened" (no runtime to cache the runs
-    in within `runtime_wait_s`) or "ready".
+    The import is by name, here on the warm-up thread, on purpose: importing the app's modules (pandas,
+    altair, duckdb, Streamlit's caches) is most of the work being moved off the server's start, and a
+    top-level import would do it on the main thread before the server answers, outside any runtime.
     """
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _FromWarmupThread) for f in logger.filters):
             logger.addFilter(_FromWarmupThread())
-    import altair  # noqa: F401 - importing is the warm-up
-    import duckdb  # noqa: F401
-    import pandas  # noqa: F401
-    import pyarrow  # noqa: F401
-    from streamlit import runtime
-
-    from app.ui import charts, state  # noqa: F401 - charts: altair's chart classes, used by every page
-
-    try:
-        archive = state.get_archive(state.configured_archive_url(script_args))  # the sidebar's default archive
-    except Exception:  # noqa: BLE001 - the page reports a bad archive to the user; a warm-up only tries
-        return "failed"
-    deadline = time.monotonic() + runtime_wait_s
-    while not runtime.exists():  # st.cache_data keeps its entries in the runtime: wait for it
-        if time.monotonic() >= deadline:
-            return "opened"
-        time.sleep(0.05)
-    try:
-        state.query(archive, "runs")
-    except Exception:  # noqa: BLE001 - same: the sidebar runs this query again and reports
-        return "opened"
-    return "ready"
+    warmup = importlib.import_module(WARMUP_MODULE)
+    if runtime_wait_s is None:
+        return warmup.warm_up(script_args)
+    return warmup.warm_up(script_args, runtime_wait_s)
 
 
 def start_warm_up(argv: list[str]) -> threading.Thread:
@@ -77,7 +59,7 @@ def start_warm_up(argv: list[str]) -> threading.Thread:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     start_warm_up(argv)
-    from streamlit.web import cli
+    from streamlit.web import cli  # lazy: the warm-up thread starts before Streamlit's own imports
 
     sys.argv = ["streamlit", *argv]  # what `python -m streamlit ...` would have seen
     cli.main(prog_name="streamlit")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ui import charts
+from app.ui import chart_frames, chart_style, charts, heatmaps
 
 
 def _curve(n: int = 10, **overrides: dict[int, dict]) -> pd.DataFrame:
@@ -87,10 +87,11 @@ def test_log_scale_leaves_nonpositive_values_out_instead_of_breaking_the_scale()
 
 def test_incidents_are_rules_with_kind_colour_and_tooltip():
     curve = _curve()
-    events = pd.DataFrame({"step": [20, 55], "kind": ["loss_spike", "checkpoint_saved"], "severity": ["warning", "info"],
+    events = pd.DataFrame({"step": [20, 55], "kind": ["loss_spike", "checkpoint_saved"],
+                           "severity": ["warning", "info"],
                            "message": ["spike", None], "attempt": [0, 0], "rank": [0, 0], "wall_time": [None, None],
                            "data_chunk": [3, None]})
-    layers, datasets = _layers(charts.envelope(curve, metric="loss", events=charts.events_on_x(events, "step")))
+    layers, datasets = _layers(charts.envelope(curve, metric="loss", events=chart_frames.events_on_x(events, "step")))
     rule = layers[-1]
     assert _mark(rule) == "rule" and rule["encoding"]["color"]["field"] == "kind"
     assert {r["kind"] for r in _data(rule, datasets)} == {"loss_spike", "checkpoint_saved"}
@@ -100,7 +101,7 @@ def test_incidents_are_rules_with_kind_colour_and_tooltip():
 def test_events_on_tokens_axis_are_placed_by_interpolating_tokens_seen():
     tokens = pd.DataFrame({"x_lo": [0, 100], "mean": [0.0, 1000.0]})
     events = pd.DataFrame({"step": [50], "kind": ["nan"], "wall_time": [None]})
-    assert charts.events_on_x(events, "tokens", tokens)["x"].tolist() == [500.0]
+    assert chart_frames.events_on_x(events, "tokens", tokens)["x"].tolist() == [500.0]
 
 
 def test_downsample_minmax_keeps_a_single_spike_and_dip_and_caps_rows():
@@ -108,33 +109,34 @@ def test_downsample_minmax_keeps_a_single_spike_and_dip_and_caps_rows():
     df = pd.DataFrame({"step": np.arange(n), "value": np.ones(n)})
     df.loc[123_457, "value"] = 1e6
     df.loc[765_431, "value"] = -1e6
-    out = charts.downsample_minmax(df, "step", "value", max_rows=2000)
+    out = chart_frames.downsample_minmax(df, "step", "value", max_rows=2000)
     assert len(out) <= 2100
     assert out["value"].max() == 1e6 and out["value"].min() == -1e6
 
 
 def test_smoothing_changes_the_line_only():
     curve = _curve(rows={5: {"mean": 100.0}})
-    raw = charts.curve_frame(curve)
-    smoothed = charts.curve_frame(curve, smoothing=5)
+    raw = chart_frames.curve_frame(curve)
+    smoothed = chart_frames.curve_frame(curve, smoothing=5)
     assert smoothed["line"].max() < raw["line"].max()
     assert smoothed["hi"].tolist() == raw["hi"].tolist()
 
 
 def test_find_stragglers_flags_the_rank_slower_than_the_margin():
     per_rank = pd.DataFrame({"rank": [0, 1, 2, 3], "median_step_time_s": [1.0, 1.02, 1.3, 0.99]})
-    out = charts.find_stragglers(per_rank, margin=0.10)
+    out = heatmaps.find_stragglers(per_rank, margin=0.10)
     assert out.loc[out["straggler"], "rank"].tolist() == [2]
     assert out.loc[2, "slower_pct"] == pytest.approx((1.3 / 1.01 - 1) * 100)
-    assert charts.find_stragglers(per_rank, margin=0.5)["straggler"].sum() == 0
+    assert heatmaps.find_stragglers(per_rank, margin=0.5)["straggler"].sum() == 0
 
 
 def test_lineage_frame_marks_steps_rerun_by_a_later_attempt_as_abandoned():
-    curves = pd.DataFrame({"attempt": [0, 0, 0, 1, 1], "x_lo": [0, 100, 250, 200, 300], "x_hi": [99, 199, 299, 299, 399],
+    curves = pd.DataFrame({"attempt": [0, 0, 0, 1, 1], "x_lo": [0, 100, 250, 200, 300],
+                           "x_hi": [99, 199, 299, 299, 399],
                            "min": 1.0, "max": 2.0, "mean": 1.5, "count": 1})
     lineage = pd.DataFrame({"attempt": [0, 1], "first_step": [0, 200], "last_step": [299, 399],
                             "resumed_from_step": [None, 200]})
-    out = charts.lineage_frame(curves, lineage)
+    out = chart_frames.lineage_frame(curves, lineage)
     assert out["branch"].tolist() == ["journey", "journey", "abandoned", "journey", "journey"]
     spec = charts.lineage_chart(curves, lineage).to_dict()
     assert [_mark(layer) for layer in spec["layer"]] == ["area", "line", "rule"]
@@ -143,7 +145,7 @@ def test_lineage_frame_marks_steps_rerun_by_a_later_attempt_as_abandoned():
 def test_heatmap_is_rank_by_bucket_rects_with_stragglers_labelled():
     df = pd.DataFrame({"rank": [0, 0, 1, 1], "bucket": [0, 1, 0, 1], "x_lo": [0, 50, 0, 50], "x_hi": [49, 99, 49, 99],
                        "value": [0.5, 0.5, 0.65, 0.7]})
-    spec = charts.heatmap(charts.with_bucket_ends(df, "x_lo", "x_hi"), x="step", value_title="step time (s)",
+    spec = heatmaps.heatmap(heatmaps.with_bucket_ends(df, "x_lo", "x_hi"), x="step", value_title="step time (s)",
                           stragglers=[1]).to_dict()
     assert spec["mark"]["type"] == "rect" and spec["encoding"]["y"]["title"] == "rank"
     rows = spec["datasets"][spec["data"]["name"]]
@@ -166,13 +168,13 @@ def test_result_chart_of_a_big_result_ships_a_few_thousand_rows_with_the_spike()
     df.loc[77_777, "v"] = 9.0
     spec = charts.result_chart(df, x="step", y="v").to_dict()
     rows = next(iter(spec["datasets"].values()))
-    assert len(rows) <= charts.MAX_ROWS_PER_SERIES + 100 and max(r["v"] for r in rows) == 9.0
+    assert len(rows) <= chart_style.MAX_ROWS_PER_SERIES + 100 and max(r["v"] for r in rows) == 9.0
 
 
 def test_metric_titles_carry_units():
-    assert charts.metric_title("step_time_s") == "step time (s)"
-    assert charts.metric_title("mem_allocated_bytes") == "mem allocated (bytes)"
-    assert charts.metric_title("tokens_per_s") == "throughput (tokens/s)"
-    assert charts.fmt_count(2_048_000) == "2.05 M" and charts.fmt_count(None) == "—"
-    assert charts.fmt_count(999_999) == "1 M" and charts.fmt_count(1_048_576_000_000) == "1.05 T"
-    assert charts.fmt_count(499) == "499"
+    assert chart_style.metric_title("step_time_s") == "step time (s)"
+    assert chart_style.metric_title("mem_allocated_bytes") == "mem allocated (bytes)"
+    assert chart_style.metric_title("tokens_per_s") == "throughput (tokens/s)"
+    assert chart_style.fmt_count(2_048_000) == "2.05 M" and chart_style.fmt_count(None) == "—"
+    assert chart_style.fmt_count(999_999) == "1 M" and chart_style.fmt_count(1_048_576_000_000) == "1.05 T"
+    assert chart_style.fmt_count(499) == "499"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ui import charts, server
+from app.ui import chart_style, server
 from app.ui.launch import warm_up
 
 
@@ -70,6 +70,6 @@ def test_flightlog_ui_server_imports_duckdb_and_opens_the_archive_before_any_vis
 
 
 def test_buckets_follow_the_chart_width_and_never_drop_below_a_readable_floor():
-    assert charts.buckets_for_width(480) == 320
-    assert charts.buckets_for_width(960) == 640
-    assert charts.buckets_for_width(10) == 50
+    assert chart_style.buckets_for_width(480) == 320
+    assert chart_style.buckets_for_width(960) == 640
+    assert chart_style.buckets_for_width(10) == 50

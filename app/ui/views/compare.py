@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import charts, state
+from app.ui import chart_style, charts, state
 
 st.title("Compare runs")
 archive = state.current_archive()
@@ -23,9 +23,9 @@ c1, c2, c3, c4 = st.columns([4, 2, 2, 1])
 chosen = c1.multiselect("Runs", ids, default=default, key="cmp_runs", format_func=lambda r: names[r])
 all_names = sorted({n for r in chosen for n in state.query(archive, "metric_names", r)})
 metric = c2.selectbox("Metric", all_names, index=all_names.index("loss") if "loss" in all_names else 0,
-                      key="cmp_metric", format_func=charts.metric_title) if all_names else None
+                      key="cmp_metric", format_func=chart_style.metric_title) if all_names else None
 x = c3.segmented_control("Align by", ["step", "tokens"], default="step", key="cmp_x",
-                         format_func=lambda v: charts.X_TITLES[v]) or "step"
+                         format_func=lambda v: chart_style.X_TITLES[v]) or "step"
 log = c4.toggle("Log y", key="cmp_log")
 if not chosen or metric is None:
     st.info("Pick at least one run with metrics.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.ui import charts, state
+from app.ui import chart_frames, charts, state
 
 st.title("Incidents")
 picked = state.require_run()
@@ -88,7 +88,7 @@ with left:
         if around.empty:
             st.info(f"No metrics were logged within ±{int(radius)} steps of this event by attempt {ev['attempt']}.")
         else:
-            around = charts.downsample_minmax(around, "step", "value", by="name")
+            around = chart_frames.downsample_minmax(around, "step", "value", by="name")
             st.altair_chart(charts.around_chart(around, center=step), key="inc_around")
             with st.expander("Every metric around the event (table)"):
                 wide = around.pivot_table(index=["step", "rank"], columns="name", values="value", aggfunc="first")

@@ -8,7 +8,7 @@ import functools
 import pandas as pd
 import streamlit as st
 
-from app.ui import charts, state
+from app.ui import chart_frames, chart_style, charts, state
 
 picked = state.require_run()
 if picked is None:
@@ -22,7 +22,8 @@ st.title(f"Journey of {name}")
 
 spans = state.step_spans(archive, run_id)  # {attempt: (first, last)} from file footers: no scan
 st.caption(" · ".join([
-    f"**{info['status']}**", f"{charts.fmt_count(info['steps'])} steps", f"{charts.fmt_count(info['tokens'])} tokens",
+    f"**{info['status']}**", f"{chart_style.fmt_count(info['steps'])} steps",
+    f"{chart_style.fmt_count(info['tokens'])} tokens",
     f"{int(info['attempts'])} attempt(s)", f"{int(info['ranks'])} rank(s)", f"{int(info['incidents'])} incident(s)",
     f"run id `{run_id}`"]))
 if not spans:
@@ -67,14 +68,15 @@ smoothing = c6.slider("Smoothing", 0, 50, 0, key="journey_smooth",
 with st.expander("Metrics, line, ranks and events"):
     e1, e2, e3 = st.columns([4, 1, 1])
     shown = e1.multiselect("Metrics", names, default=default_metrics, key="journey_metrics",
-                           format_func=charts.metric_title)
+                           format_func=chart_style.metric_title)
     line = e2.segmented_control("Line", ["mean", "last"], default="mean", key="journey_line",
-                                help="the band is always the bucket's min-max; the line its mean or last value") or "mean"
+                                help="the band is always the bucket's min-max; the line its mean or last value"
+                                ) or "mean"
     rank_options = ["all ranks"] + [f"rank {r}" for r in range(int(info["ranks"] or 1))]
     rank_label = e3.selectbox("Ranks", rank_options, key="journey_rank",
                               help="all ranks: each bucket spans every rank's values")
-    overlay = st.multiselect("Events on the charts", list(charts.OVERLAY_KINDS), default=list(charts.OVERLAY_KINDS),
-                             key="journey_events")
+    overlay = st.multiselect("Events on the charts", list(chart_style.OVERLAY_KINDS),
+                             default=list(chart_style.OVERLAY_KINDS), key="journey_events")
 lo, hi = (int(lo), int(hi)) if lo <= hi else (int(hi), int(lo))
 zoomed = (lo, hi) != (first, last)
 if zoomed:
@@ -83,7 +85,7 @@ else:
     st.query_params.pop("lo", None)
     st.query_params.pop("hi", None)
 rank = None if rank_label == "all ranks" else int(rank_label.split()[1])
-buckets = charts.buckets_for_width()  # about one bucket per 1.5 px of a half-width chart
+buckets = chart_style.buckets_for_width()  # about one bucket per 1.5 px of a half-width chart
 
 # -- curves -----------------------------------------------------------------------------------
 if zoomed:
@@ -95,13 +97,14 @@ else:
 events = state.query(archive, "events", run_id, kinds=overlay, lo=lo, hi=hi) if overlay else pd.DataFrame()
 tokens_curve = state.query(archive, "curve", run_id, "tokens_seen", x="step", buckets=buckets) if (
     x == "tokens" and "tokens_seen" in names) else None
-events = charts.events_on_x(events, x, tokens_curve) if not events.empty else events
+events = chart_frames.events_on_x(events, x, tokens_curve) if not events.empty else events
 if x == "tokens" and "tokens_seen" not in names:
     st.warning("This run logged no `tokens_seen`: showing nothing against tokens. Pick step or time.")
 st.caption(f"Steps {lo:,}–{hi:,} · up to {buckets:,} buckets per chart · band: min–max of each bucket, line: "
-           f"its {line} · red ▼: buckets holding NaN or ±Inf" + (" · drag across a chart to zoom" if x == "step" else ""))
+           f"its {line} · red ▼: buckets holding NaN or ±Inf"
+           + (" · drag across a chart to zoom" if x == "step" else ""))
 if not events.empty:
-    kinds_shown = [k for k in charts.INCIDENT_COLORS if k in set(events["kind"])]
+    kinds_shown = [k for k in chart_style.INCIDENT_COLORS if k in set(events["kind"])]
     st.markdown(charts.events_legend_html(kinds_shown), unsafe_allow_html=True)
 
 grid = st.columns(2)

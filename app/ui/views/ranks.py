@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import charts, state
+from app.ui import chart_style, heatmaps, state
 
 st.title("Ranks & GPUs")
 picked = state.require_run()
@@ -16,7 +16,7 @@ archive, run_id = picked
 margin_pct = st.columns([1, 2])[0].slider("Straggler margin (% slower than the median rank)", 1, 100, 10,
                                           key="ranks_margin")
 step_times = state.rank_step_times(archive, run_id)
-summary = charts.find_stragglers(step_times, margin=margin_pct / 100.0)
+summary = heatmaps.find_stragglers(step_times, margin=margin_pct / 100.0)
 gpu = state.system_summary(archive, run_id)
 if not gpu.empty:
     summary = gpu.merge(summary, on="rank", how="outer") if not summary.empty else gpu
@@ -57,7 +57,7 @@ if heat.empty:
     st.info("No `step_time_s` metric in this run: `trainer_hooks` logs it by default; with the plain Writer, log "
             "`step_time_s` per rank.")
 else:
-    st.altair_chart(charts.heatmap(charts.with_bucket_ends(heat, "x_lo", "x_hi"), x="step",
+    st.altair_chart(heatmaps.heatmap(heatmaps.with_bucket_ends(heat, "x_lo", "x_hi"), x="step",
                                    value_title="step time (s)", stragglers=stragglers), width="stretch",
                     key="ranks_step_heat")
 
@@ -69,11 +69,11 @@ if not names:
 else:
     preferred = [n for n in ("gpu.util", "gpu.power_w", "gpu.temp_c", "gpu.mem_used_bytes") if n in names]
     name = st.segmented_control("GPU metric", names, default=(preferred or names)[0], key="ranks_gpu_metric",
-                                format_func=charts.metric_title) or (preferred or names)[0]
+                                format_func=chart_style.metric_title) or (preferred or names)[0]
     heat = state.system_heatmap(archive, run_id, name)
     if heat.empty:
         st.info(f"No `{name}` samples in this run.")
     else:
-        st.altair_chart(charts.heatmap(charts.with_bucket_ends(heat, "t_lo", "t_hi"), x="time",
-                                       value_title=charts.metric_title(name), stragglers=stragglers),
+        st.altair_chart(heatmaps.heatmap(heatmaps.with_bucket_ends(heat, "t_lo", "t_hi"), x="time",
+                                       value_title=chart_style.metric_title(name), stragglers=stragglers),
                         width="stretch", key="ranks_gpu_heat")
