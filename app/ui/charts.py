@@ -275,20 +275,28 @@ def _vl_type(s: pd.Series) -> str:
     return "nominal"
 
 
-def around_chart(rows: pd.DataFrame, *, center: int, height: int = 130) -> alt.FacetChart | alt.Chart:
-    """Every metric of a run around one step (small multiples, one line per rank, the step marked)."""
-    data = rows[["name", "step", "rank", "attempt", "value"]].copy()
+def around_chart(rows: pd.DataFrame, *, center: int, name: str | None = None, height: int = 150) -> alt.LayerChart:
+    """One metric of a run around a step (one line per rank, NaN/Inf as red rules, the step marked).
+
+    A chart per metric, each as wide as its container (`width="stretch"`): a facet of fixed-width
+    panels overflowed its page column and drew over the column beside it. `name`: the metric to draw
+    (default: the only one in `rows`).
+    """
+    picked = rows if name is None else rows[rows["name"] == name]
+    data = picked[["name", "step", "rank", "attempt", "value"]].copy()
     data["finite_value"] = data["value"].where(np.isfinite(data["value"]))
     data["nonfinite"] = ~np.isfinite(data["value"])
     data["rank"] = data["rank"].astype(str)
     base = alt.Chart(data)
+    several_ranks = data["rank"].nunique() > 1
     line = base.mark_line(point=True).encode(
         x=alt.X("step:Q", title="step", axis=alt.Axis(format=",d"), scale=alt.Scale(zero=False, nice=False)),
         y=alt.Y("finite_value:Q", title=None, scale=alt.Scale(zero=False)),
-        color=alt.Color("rank:N", legend=alt.Legend(title="rank", orient="top")),
+        color=alt.Color("rank:N", legend=alt.Legend(title="rank", orient="top") if several_ranks else None),
         tooltip=["name:N", alt.Tooltip("step:Q", format=","), "rank:N", "attempt:Q",
                  alt.Tooltip("value:Q", format=".5g")])
     bad = base.transform_filter("datum.nonfinite").mark_rule(color=NONFINITE_COLOR).encode(x="step:Q")
     center_rule = base.mark_rule(color="#ff7f0e", strokeDash=[4, 2]).encode(x=alt.datum(center))
-    return alt.layer(line, bad, center_rule).properties(height=height, width=320).facet(
-        facet=alt.Facet("name:N", title=None), columns=3).resolve_scale(y="independent")
+    title = metric_title(name if name is not None else str(data["name"].iloc[0]) if len(data) else "")
+    return alt.layer(line, bad, center_rule).properties(
+        height=height, title=alt.TitleParams(title, anchor="start", fontSize=12))

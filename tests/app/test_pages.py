@@ -50,7 +50,8 @@ def assert_clean(at: AppTest) -> None:
 TITLES = {"views/runs.py": "Runs", "views/journey.py": "Journey of llm-demo", "views/incidents.py": "Incidents",
           "views/ranks.py": "Ranks", "views/checkpoints.py": "Checkpoints", "views/compare.py": "Compare",
           "views/sql.py": "SQL"}
-EXPECTED_CHARTS = {"views/runs.py": 0, "views/journey.py": 5, "views/incidents.py": 1, "views/ranks.py": 2,
+# incidents: one chart per metric around the event (6 metrics in the demo run)
+EXPECTED_CHARTS = {"views/runs.py": 0, "views/journey.py": 5, "views/incidents.py": 6, "views/ranks.py": 2,
                    "views/checkpoints.py": 3, "views/compare.py": 1, "views/sql.py": 0}
 
 
@@ -208,9 +209,10 @@ def test_incident_drilldown_shows_metrics_around_it_its_chunk_and_the_chunk_hist
     body = texts(at.markdown)
     assert "301, 302, 303" in body and "Data chunk **3**" in body
     assert "Chunk 3 had incidents in 2 attempts" in texts(at.warning)
-    around = charts_of(at)[0]
-    frame = next(iter(around["frames"].values()))
-    assert frame["step"].between(130, 170).all() and {"loss", "grad_norm", "lr"} <= set(frame["name"])
+    frames = [next(iter(c["frames"].values())) for c in charts_of(at)]
+    assert all(f["step"].between(130, 170).all() for f in frames)
+    names = [f["name"].iloc[0] for f in frames]  # one chart per metric
+    assert len(names) == len(set(names)) and {"loss", "grad_norm", "lr"} <= set(names)
     at.multiselect(key="inc_kind").set_value(["checkpoint_saved"]).run()
     assert set(at.dataframe[0].value["kind"]) == {"checkpoint_saved"}
 

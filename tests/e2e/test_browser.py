@@ -173,7 +173,8 @@ def test_sql_console_runs_a_query_and_charts_it_in_chromium(app, browser):
     area = browser.find_element(By.CSS_SELECTOR, '[data-testid="stTextArea"] textarea')
     area.send_keys(Keys.CONTROL, "a")
     area.send_keys(Keys.DELETE)
-    area.send_keys("SELECT step, avg(value) AS loss FROM journey_metrics WHERE name = 'loss' GROUP BY step ORDER BY step")
+    area.send_keys("SELECT step, avg(value) AS loss FROM journey_metrics WHERE name = 'loss' "
+                   "GROUP BY step ORDER BY step")
     area.send_keys(Keys.CONTROL, Keys.ENTER)
     wait_until_idle(browser, charts=0)
     next(b for b in browser.find_elements(By.CSS_SELECTOR, "button") if b.text == "Run query").click()
@@ -263,3 +264,47 @@ def test_dragging_across_a_journey_chart_zooms_into_those_steps(app, browser):
     lo, hi = int(query["lo"][0]), int(query["hi"][0])
     assert 0 < lo < hi < 499 and hi - lo < 300
     browser.save_screenshot(str(SHOTS / "journey-brushed.png"))
+
+
+# the box of every chart and of every column beside its own, as the page lays them out
+OVERLAP_SCRIPT = """
+const rect = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+const out = [];
+for (const chart of document.querySelectorAll('[data-testid="stMain"] .vega-embed')) {
+  const drawn = chart.querySelector('canvas, svg.marks') || chart;
+  const own = chart.closest('[data-testid="stColumn"]');
+  if (!own) continue;
+  out.push({chart: rect(drawn), own: rect(own), text: 'own column'});
+  // every column the chart sits in (columns nest), against the columns beside it
+  for (let col = own; col; col = col.parentElement.closest('[data-testid="stColumn"]')) {
+    for (const other of col.parentElement.children) {
+      if (other === col || !other.matches('[data-testid="stColumn"]')) continue;
+      out.push({chart: rect(drawn), column: rect(other), text: other.innerText.slice(0, 40)});
+    }
+  }
+}
+return out;
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1920])
+def test_incident_drilldown_charts_stay_inside_their_column(app, browser, width):
+    browser.set_window_size(width, 900)
+    try:
+        open_page(browser, f"{app.base}/incidents?run=llm-demo", charts=6)
+        assert_no_exception(browser)
+        boxes = browser.execute_script(OVERLAP_SCRIPT)
+        assert any(b["text"].startswith("Data") for b in boxes), "the drill-down's charts sit beside the Data column"
+        for b in boxes:
+            left, top, right, bottom = b["chart"]
+            if "column" in b:  # no chart may reach into a neighbouring column (1 px of rounding allowed)
+                c_left, c_top, c_right, c_bottom = b["column"]
+                apart = right <= c_left + 1 or left >= c_right - 1 or bottom <= c_top + 1 or top >= c_bottom - 1
+                assert apart, f"at {width} px a chart {b['chart']} overlaps the column {b['text']!r} {b['column']}"
+            else:  # and its drawing stays within its own column
+                o_left, _, o_right, _ = b["own"]
+                assert left >= o_left - 1 and right <= o_right + 1, f"at {width} px a chart spills out: {b}"
+        if width == 1440:
+            browser.save_screenshot(str(SHOTS / "incidents-1440.png"))
+    finally:
+        browser.set_window_size(1440, 900)

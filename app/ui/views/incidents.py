@@ -7,6 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import chart_frames, charts, state
+from telemetry.read import series
+
+AROUND_CHARTS = 12  # charts around an event, in the journey's order; the table below holds every metric
 
 st.title("Incidents")
 picked = state.require_run()
@@ -89,7 +92,15 @@ with left:
             st.info(f"No metrics were logged within ±{int(radius)} steps of this event by attempt {ev['attempt']}.")
         else:
             around = chart_frames.downsample_minmax(around, "step", "value", by="name")
-            st.altair_chart(charts.around_chart(around, center=step), key="inc_around")
+            names = series.order_series(around["name"].unique())
+            shown_names = names[:AROUND_CHARTS]
+            grid = st.columns(2)  # each chart stretches to its half of this column, never past it
+            for i, name in enumerate(shown_names):
+                with grid[i % 2]:
+                    st.altair_chart(charts.around_chart(around, center=step, name=name), width="stretch",
+                                    key=f"inc_around_{i}")
+            if len(names) > len(shown_names):
+                st.caption(f"{len(names) - len(shown_names)} more metrics in the table below.")
             with st.expander("Every metric around the event (table)"):
                 wide = around.pivot_table(index=["step", "rank"], columns="name", values="value", aggfunc="first")
                 st.dataframe(wide.reset_index(), hide_index=True)
