@@ -1,4 +1,4 @@
-"""`flightlog import wandb|tensorboard|mlflow|csv|jsonl|evals ...`: bring runs logged elsewhere into the archive.
+"""`flightlog import wandb|tensorboard|mlflow|csv|jsonl|hf-trainer|megatron|log|auto|evals ...`: runs logged elsewhere.
 
 The lead's app/cli.py calls `add_import_commands(subparsers)`; every handler returns an exit
 code, prints one summary line on stdout and lets ArchiveError (ImportSourceError) reach the
@@ -8,13 +8,24 @@ CLI, which prints it as one line.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from telemetry.importers._common import ImportSourceError
+from telemetry.importers.evals import import_evals
+from telemetry.importers.hf_trainer import import_hf_trainer, is_hf_trainer
+from telemetry.importers.megatron_log import import_megatron, is_megatron_log
+from telemetry.importers.mlflow import import_mlflow
+from telemetry.importers.tabular import ColumnMap, import_csv, import_jsonl
+from telemetry.importers.tensorboard import import_tensorboard
+from telemetry.importers.text_log import import_text_log
+from telemetry.importers.wandb_file import import_wandb
+from telemetry.store.fs import default_archive_url
 
 EXIT_OK = 0
 
 
 def _archive(args: argparse.Namespace) -> str:
-    from telemetry.store.fs import default_archive_url
-
     return args.archive or default_archive_url()
 
 
@@ -24,54 +35,87 @@ def _report(summary) -> int:
 
 
 def cmd_import_wandb(args: argparse.Namespace) -> int:
-    from telemetry.importers.wandb_file import import_wandb
-
     return _report(import_wandb(args.path, _archive(args), run_name=args.run, quiet=args.quiet))
 
 
 def cmd_import_tensorboard(args: argparse.Namespace) -> int:
-    from telemetry.importers.tensorboard import import_tensorboard
-
     return _report(import_tensorboard(args.path, _archive(args), run_name=args.run, quiet=args.quiet))
 
 
 def cmd_import_mlflow(args: argparse.Namespace) -> int:
-    from telemetry.importers.mlflow import import_mlflow
-
     return _report(import_mlflow(args.tracking_uri, _archive(args), quiet=args.quiet))
 
 
-def _columns(args: argparse.Namespace):
-    from telemetry.importers.tabular import ColumnMap
-
+def _columns(args: argparse.Namespace) -> ColumnMap:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     return ColumnMap(step_col=args.step_col, wall_time_col=args.wall_time_col, metrics=metrics)
 
 
 def cmd_import_csv(args: argparse.Namespace) -> int:
-    from telemetry.importers.tabular import import_csv
-
     return _report(import_csv(args.file, _archive(args), columns=_columns(args), run_name=args.run,
                               quiet=args.quiet))
 
 
 def cmd_import_jsonl(args: argparse.Namespace) -> int:
-    from telemetry.importers.tabular import import_jsonl
-
     return _report(import_jsonl(args.file, _archive(args), columns=_columns(args), run_name=args.run,
                                 quiet=args.quiet))
 
 
 def cmd_import_evals(args: argparse.Namespace) -> int:
-    from telemetry.importers.evals import import_evals
-
     return _report(import_evals(list(args.files), _archive(args), args.run, step=args.step, tokens=args.tokens,
                                 quiet=args.quiet))
 
 
+def cmd_import_hf_trainer(args: argparse.Namespace) -> int:
+    return _report(import_hf_trainer(args.path, _archive(args), run_name=args.run, quiet=args.quiet))
+
+
+def cmd_import_megatron(args: argparse.Namespace) -> int:
+    return _report(import_megatron(args.file, _archive(args), run_name=args.run, quiet=args.quiet))
+
+
+def cmd_import_log(args: argparse.Namespace) -> int:
+    if not args.pattern:
+        if is_megatron_log(args.file):
+            print(f"{args.file}: a Megatron-LM log (no --pattern given): imported as `flightlog import megatron`")
+            return cmd_import_megatron(args)
+        raise ImportSourceError("--pattern REGEX is required: name the step and each metric, e.g. "
+                                r"--pattern 'step (?P<step>\d+) \| loss (?P<loss>\S+)'")
+    return _report(import_text_log(args.file, _archive(args), pattern=args.pattern, run_name=args.run,
+                                   quiet=args.quiet))
+
+
+def detect_source(path: str) -> str | None:
+    """Which importer reads `path`: hf-trainer, megatron, wandb or tensorboard; None when none is sure."""
+    if is_hf_trainer(path):
+        return "hf-trainer"
+    if path.endswith(".wandb") or os.path.isdir(path) and any(Path(path).rglob("*.wandb")):
+        return "wandb"
+    if os.path.isdir(path) and any(Path(path).rglob("events.out.tfevents.*")):
+        return "tensorboard"
+    if os.path.isfile(path) and is_megatron_log(path):
+        return "megatron"
+    return None
+
+
+def cmd_import_auto(args: argparse.Namespace) -> int:
+    kind = detect_source(args.path)
+    if kind is None:
+        raise ImportSourceError(f"cannot tell what {args.path} holds (not a Trainer output, a Megatron-LM log, "
+                                "W&B or TensorBoard files): name the source, e.g. `flightlog import csv FILE`")
+    print(f"{args.path}: {kind}")
+    if kind == "hf-trainer":
+        return cmd_import_hf_trainer(args)
+    if kind == "megatron":
+        args.file = args.path
+        return cmd_import_megatron(args)
+    return cmd_import_wandb(args) if kind == "wandb" else cmd_import_tensorboard(args)
+
+
 def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `import` and its sources on the CLI's subparsers; returns the `import` parser."""
-    parser = subparsers.add_parser("import", help="import runs from W&B, TensorBoard, MLflow, CSV or JSONL, or eval scores",
+    parser = subparsers.add_parser("import", help="import runs from W&B, TensorBoard, MLflow, CSV/JSONL, HF Trainer, "
+                                                  "Megatron-LM or text logs, or eval scores",
                                    description="Import runs logged elsewhere. Re-importing the same source "
                                                "replaces that run.")
     sources = parser.add_subparsers(dest="source", metavar="SOURCE")
@@ -114,11 +158,38 @@ def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
                                        "(step,benchmark,metric,value[,stderr,n_shot,tokens_seen]) into a run's "
                                        "evals. Scores of the same (step, benchmark, metric) are replaced.")
     p.add_argument("files", nargs="+", metavar="FILE", help="results_*.json files of the harness, or a CSV")
-    p.add_argument("--run", required=True, metavar="RUN", help="the run (name or id) the checkpoints belong to")
+    p.add_argument("--run", required=True, metavar="RUN", help="the run (name or id) the checkpoints belong to; "
+                                                               "created when the archive has none of that name")
     common(p, run_help=None)
     p.add_argument("--step", type=int, metavar="N", help="the checkpoint's step (one file; default: from a "
                                                          "checkpoint name such as step1000 or ckpt_100)")
     p.add_argument("--tokens", type=int, metavar="N", help="tokens seen at that checkpoint (one file; default: "
                                                            "from the run's recorded checkpoint of that step)")
     p.set_defaults(func=cmd_import_evals)
+
+    p = sources.add_parser("hf-trainer", help="a Hugging Face Trainer run: its trainer_state.json files",
+                           description="Import a transformers.Trainer run: log_history (loss, grad_norm, lr, "
+                                       "eval_*) and each checkpoint-N folder as a checkpoint.")
+    p.add_argument("path", metavar="PATH", help="a trainer_state.json, a checkpoint-N folder or the output folder")
+    common(p, run_help="name of the run (default: the output folder's name)")
+    p.set_defaults(func=cmd_import_hf_trainer)
+
+    p = sources.add_parser("megatron", help="a Megatron-LM stdout log (restarts become attempts)")
+    p.add_argument("file", metavar="FILE")
+    common(p, run_help="name of the run (default: the file name)")
+    p.set_defaults(func=cmd_import_megatron)
+
+    p = sources.add_parser("log", help="any text log, read with a regular expression",
+                           description="Import a text log: --pattern names the step (?P<step>...), optionally "
+                                       "(?P<wall_time>...), and each metric, e.g. "
+                                       r"'step (?P<step>\d+) \| loss (?P<loss>\S+) \| lr (?P<lr>\S+)'.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--pattern", metavar="REGEX", help="named groups: step, wall_time (optional), metrics")
+    common(p, run_help="name of the run (default: the file name)")
+    p.set_defaults(func=cmd_import_log)
+
+    p = sources.add_parser("auto", help="detect the source: Trainer output, Megatron-LM log, W&B or TensorBoard")
+    p.add_argument("path", metavar="PATH")
+    common(p, run_help="name of the run")
+    p.set_defaults(func=cmd_import_auto)
     return parser

@@ -61,6 +61,10 @@ class ImportedRun:
     system: pa.Table | None = None   # columns wall_time, name, value, gpu_index, host
     events: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # why -> how many (records, values, bytes)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # `checkpoints` rows (no run_id)
+    # attempts rows (attempt, started_at, ended_at, end_status, resumed_from_step, reason) of a source that
+    # restarted (a Megatron log); metrics and events then carry an `attempt` column/key. Default: attempt 0 only.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def points(self) -> int:
@@ -212,19 +216,23 @@ def _state_rows(run: ImportedRun, now: dt.datetime) -> dict[str, pa.Table]:
     created = run.created_at or now
     ended = run.ended_at or created
     end_status = None if run.status == "running" else run.status
+    attempts = [{"reason": f"imported from {run.source}", **a, "run_id": run.run_id, "updated_at": now}
+                for a in run.attempts] or [
+        {"run_id": run.run_id, "attempt": 0, "started_at": created, "ended_at": None if end_status is None else ended,
+         "end_status": end_status, "reason": f"imported from {run.source}", "updated_at": now}]
     rows = {
         "runs": [{"run_id": run.run_id, "project": run.project, "name": run.name, "created_at": created,
                   "status": run.status, "world_size": 1, "config_json": _config_json(run), "host": run.host,
                   "framework": run.source, "updated_at": now}],
-        "attempts": [{"run_id": run.run_id, "attempt": 0, "started_at": created,
-                      "ended_at": None if end_status is None else ended, "end_status": end_status,
-                      "reason": f"imported from {run.source}", "updated_at": now}],
-        "ranks": [{"run_id": run.run_id, "attempt": 0, "rank": 0, "host": run.host, "updated_at": now}],
+        "attempts": attempts,
+        "ranks": [{"run_id": run.run_id, "attempt": a["attempt"], "rank": 0, "host": run.host, "updated_at": now}
+                  for a in attempts],
     }
     out = {t: pa.Table.from_pylist(r, schema=schema(t)) for t, r in rows.items()}
-    if run.events:
-        events = [{"run_id": run.run_id, "attempt": 0, "rank": 0, **e} for e in run.events]
-        out["events"] = pa.Table.from_pylist(events, schema=schema("events"))
+    for table, extra in (("events", run.events), ("checkpoints", run.checkpoints)):
+        if extra:
+            out[table] = pa.Table.from_pylist([{"attempt": 0, "rank": 0, **e, "run_id": run.run_id} for e in extra],
+                                              schema=schema(table))
     return out
 
 
@@ -238,6 +246,14 @@ def _with_all_columns(table: str, data: pa.Table) -> pa.Table:
 
 def _chunks(data: pa.Table, rows: int) -> list[pa.Table]:
     return [data.slice(i, rows) for i in range(0, data.num_rows, rows)] or []
+
+
+def _by_attempt(data: pa.Table) -> list[tuple[int, pa.Table]]:
+    """Rows grouped by their `attempt` column (one segment file per attempt); all attempt 0 without one."""
+    if "attempt" not in data.column_names:
+        return [(0, data)]
+    col = data.column("attempt")
+    return [(int(a), data.filter(pc.equal(col, a))) for a in sorted(pc.unique(col).to_pylist())]
 
 
 def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
@@ -265,16 +281,20 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
         )
     now = dt.datetime.now(dt.UTC)
     tables: dict[str, list[pa.Table]] = {t: [d] for t, d in _state_rows(run, now).items()}
-    tables["metrics"] = _chunks(_sorted_by_name_step(round_wall_time_column(run.metrics, res)), SEGMENT_ROWS)
+    tables["metrics"] = [chunk for _, part in _by_attempt(round_wall_time_column(run.metrics, res))
+                         for chunk in _chunks(_sorted_by_name_step(part), SEGMENT_ROWS)]
     if run.system is not None and run.system.num_rows:
         tables["system"] = _chunks(run.system, SEGMENT_ROWS)
 
     written: set[str] = set()
     total = 0
     for table, parts in tables.items():
-        for seq, part in enumerate(parts, start=1):
-            full = staging.full_table(table, _with_all_columns(table, part), run_id=run.run_id, attempt=0, rank=0)
-            rel = segment_path(table, run.run_id, 0, 0, seq)
+        seqs: dict[int, int] = {}
+        for attempt, part in ((a, p) for chunk in parts for a, p in _by_attempt(chunk)):
+            seq = seqs[attempt] = seqs.get(attempt, 0) + 1
+            full = staging.full_table(table, _with_all_columns(table, part), run_id=run.run_id, attempt=attempt,
+                                      rank=0)
+            rel = segment_path(table, run.run_id, attempt, 0, seq)
             buf = encodings.segment_bytes(full)
             atomic_write_bytes(fs, join(root, rel), memoryview(buf))
             written.add(rel)

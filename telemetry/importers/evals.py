@@ -8,7 +8,9 @@ checkpoint of that step. Both harness layouts are read: v0.4 (`"acc,none"`, `"n-
 v0.3 (`"acc"`, `config.num_fewshot`). A plain CSV has columns
 `step,benchmark,metric,value[,stderr,n_shot,tokens_seen]`.
 
-Rows are keyed by (step, benchmark, metric): importing a file again replaces its scores.
+Rows are keyed by (step, benchmark, metric): importing a file again replaces its scores. The run is
+named as every command names one (telemetry.read.runs: id, display name or name); a run the archive
+does not hold yet is created (an evaluation-only run, e.g. a published model's checkpoints).
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
-from data_schema.layout import join, partition_dir
-from telemetry.importers._common import ImportSourceError, progress
-from telemetry.importers.rows import replace_rows, resolve_run_id
+from data_schema.layout import join, partition_dir, run_id_from_name
+from telemetry.importers._common import ImportedRun, ImportSourceError, empty_metrics, progress, write_run
+from telemetry.importers.rows import replace_rows
+from telemetry.read.runs import known_runs, match_run
+from telemetry.store.errors import UnknownRunError
+from telemetry.store.fs import list_files, open_fs
+from telemetry.store.liveness import live_filter, read_records
 
 KEY = ["step", "benchmark", "metric"]
 _CKPT = re.compile(r"(?<![A-Za-z])(?:global_step|step|iter|checkpoint|ckpt)[_\-=]?0*(\d+)", re.IGNORECASE)
@@ -42,11 +50,14 @@ class EvalImportSummary:
     steps: set[int] = field(default_factory=set)
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    created: bool = False   # the run was not in the archive: this import created it
 
     def line(self) -> str:
         skipped = ("; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
                    if self.skipped else "")
-        return (f"imported {self.rows} eval scores from {self.files} file(s) into run {self.run_id}: "
+        into = f"new run {self.run_id} (created: the archive had no such run)" if self.created else \
+            f"run {self.run_id}"
+        return (f"imported {self.rows} eval scores from {self.files} file(s) into {into}: "
                 f"{len(self.benchmarks)} benchmark(s) at {len(self.steps)} checkpoint(s), "
                 f"{self.replaced} earlier score(s) replaced{skipped} in {self.seconds:.2f}s")
 
@@ -55,6 +66,15 @@ def step_from_name(text: str) -> int | None:
     """The step a checkpoint name carries (the last match: `runs/x/step1000` -> 1000)."""
     found = _CKPT.findall(text or "")
     return int(found[-1]) if found else None
+
+
+def first_step(*texts: str) -> int | None:
+    """The step of the first text that names a checkpoint (step 0 counts: it is not "no step")."""
+    for text in texts:
+        step = step_from_name(text)
+        if step is not None:
+            return step
+    return None
 
 
 def _number(v: Any) -> float | None:
@@ -119,8 +139,6 @@ def _read_json(path: str) -> Any:
 
 
 def read_eval_csv(path: str) -> list[dict]:
-    import pyarrow.csv as pcsv
-
     try:
         t = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -146,11 +164,6 @@ def read_eval_csv(path: str) -> list[dict]:
 
 def _checkpoint_tokens(fs, root: str, run_id: str) -> dict[int, int]:
     """step -> tokens_seen of the run's recorded checkpoints (for scores whose tokens are not given)."""
-    import pyarrow.parquet as pq
-
-    from telemetry.store.fs import list_files
-    from telemetry.store.liveness import live_filter, read_records
-
     files = list_files(fs, root, partition_dir("checkpoints", run_id))
     keep, _ = live_filter(files, read_records(fs, root, run_id=run_id))
     out: dict[int, int] = {}
@@ -165,9 +178,8 @@ def _checkpoint_tokens(fs, root: str, run_id: str) -> dict[int, int]:
 def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: int | None = None,
                  tokens: int | None = None, quiet: bool = False, storage_options: dict | None = None
                  ) -> EvalImportSummary:
-    """Read every file, then replace the run's scores of the same (step, benchmark, metric) in one swap."""
-    from telemetry.store.fs import open_fs
-
+    """Read every file, then replace the run's scores of the same (step, benchmark, metric) in one swap.
+    A run the archive does not hold is created first (summary.created)."""
     if not paths:
         raise ImportSourceError("no files given: pass lm-evaluation-harness result JSON files or a CSV")
     if (step is not None or tokens is not None) and len(paths) > 1:
@@ -176,8 +188,14 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
     t0 = time.perf_counter()
     summary = EvalImportSummary()
     fs, root = open_fs(archive_url, storage_options)
-    run_id = resolve_run_id(fs, root, run)
-    ckpt_tokens = _checkpoint_tokens(fs, root, run_id)
+    known = known_runs(fs, root)
+    try:
+        run_id = match_run(run, known, where=root)
+    except UnknownRunError:
+        if run in known.values():  # a display name several runs share: ambiguous, not missing
+            raise
+        run_id = None
+    ckpt_tokens = {} if run_id is None else _checkpoint_tokens(fs, root, run_id)
     rows: list[dict] = []
     with progress(len(paths), "import evals", unit="file", quiet=quiet) as bar:
         for path in paths:
@@ -189,9 +207,8 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
                 harness = "csv"
             else:
                 got, facts = parse_harness_json(_read_json(path), path)
-                where = step if step is not None else (step_from_name(Path(path).name)
-                                                       or step_from_name(facts["model_args"])
-                                                       or step_from_name(facts["model_name"]))
+                where = step if step is not None else first_step(Path(path).name, facts["model_args"],
+                                                                 facts["model_name"])
                 if where is None:
                     raise ImportSourceError(
                         f"{path}: cannot tell which checkpoint it scores (no step in its file name or model "
@@ -201,7 +218,8 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
                     r["tokens_seen"] = tokens
                 harness = facts["harness"]
                 if facts["skipped"]:
-                    summary.skipped["non-numeric scores"] = summary.skipped.get("non-numeric scores", 0) + facts["skipped"]
+                    summary.skipped["non-numeric scores"] = (summary.skipped.get("non-numeric scores", 0)
+                                                             + facts["skipped"])
             for r in got:
                 r["harness"], r["source"] = harness, source
                 if r.get("tokens_seen") is None:
@@ -217,6 +235,9 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
     # the last file wins when two files score the same (step, benchmark, metric)
     unique = {(r["step"], r["benchmark"], r["metric"]): r for r in rows}
     table = pa.Table.from_pylist(list(unique.values()))
+    if run_id is None:
+        run_id = _create_run(archive_url, run, paths, storage_options)
+        summary.created = True
     report = replace_rows(archive_url, "evals", run_id, table, KEY, storage_options=storage_options)
     summary.run_id = report.run_id
     summary.rows = report.rows_written
@@ -225,3 +246,16 @@ def import_evals(paths: list[str], archive_url: str | None, run: str, *, step: i
     summary.steps = {r["step"] for r in unique.values()}
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _create_run(archive_url, run: str, paths: list[str], storage_options: dict | None) -> str:
+    """An evaluation-only run named `run` (its id: the name's slug), for scores of a model not recorded here."""
+    try:
+        run_id = run_id_from_name(run)
+    except ValueError as exc:
+        raise ImportSourceError(f"--run {run!r} cannot name a new run: {exc}") from None
+    folder = os.path.commonpath([str(Path(p).resolve().parent) for p in paths])
+    write_run(archive_url, ImportedRun(run_id=run_id, name=run, source="evals", source_path=folder,
+                                       metrics=empty_metrics(), extra={"created_by": "flightlog import evals"}),
+              storage_options=storage_options)
+    return run_id
