@@ -8,7 +8,7 @@
             optimizer.step(); optimizer.zero_grad()
 """
 
-from trainer_hooks.checkpoints import CheckpointAudit, audit_file, audit_object, save_checkpoint
+from trainer_hooks.checkpoint_audit import CheckpointAudit, audit_file, audit_object, save_checkpoint
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import observe_batches
 from trainer_hooks.observer import Observer, attach

@@ -1,4 +1,4 @@
-"""Checkpoint audit: what a saved checkpoint really holds, recorded next to the run.
+"""Checkpoint audit at save time: what a saved checkpoint really holds, recorded next to the run.
 
 LLM360's Amber shipped checkpoints without optimizer state and in BF16 instead of FP32;
 nobody noticed until someone tried to resume. The audit records, per checkpoint: size,
@@ -6,7 +6,9 @@ sha256 (files), whether an optimizer state with a non-empty `state` is inside, t
 of the floating-point weights and of the optimizer state, the current data chunk, and a
 problems list (`missing_optimizer_state`, `weights_not_fp32` when the run declares FP32
 master weights). Files are read with `torch.load(map_location="cpu", weights_only=True)`,
-memory-mapped where the format allows, on a background thread.
+memory-mapped where the format allows, on a background thread. Later, `flightlog checkpoints
+verify` re-checks the records: telemetry.maintain.checkpoint_files (the files, no torch) and
+checkpoint_contents.py (what they hold).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Re-verify checkpoints by their contents (torch side of `flightlog checkpoints verify`).
 
-telemetry.maintain.checkpoint_audit checks sizes, hashes and tokens against steps without torch;
+telemetry.maintain.checkpoint_files checks sizes, hashes and tokens against steps without torch;
 this module opens each file (`torch.load(weights_only=True)`, memory-mapped when local) and
 checks what the save-time audit recorded: optimizer state present, weight and optimizer
 dtypes, the step and tokens stored inside the checkpoint, and whether two checkpoints of
@@ -15,10 +15,12 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import fsspec
 import torch
+from tqdm import tqdm
 
-from telemetry.maintain.checkpoint_audit import CheckedCheckpoint, CheckpointVerifyReport, verify_checkpoints
-from trainer_hooks.checkpoints import MODEL_KEYS, NOT_WEIGHTS_KEYS, OPTIMIZER_KEYS, audit_object, load_for_audit
+from telemetry.maintain.checkpoint_files import CheckedCheckpoint, CheckpointVerifyReport, verify_checkpoints
+from trainer_hooks.checkpoint_audit import MODEL_KEYS, NOT_WEIGHTS_KEYS, OPTIMIZER_KEYS, audit_object, load_for_audit
 
 STEP_KEYS = ("iteration", "step", "global_step")
 TOKEN_KEYS = ("tokens_seen", "consumed_tokens", "tokens")
@@ -26,8 +28,6 @@ TOKEN_KEYS = ("tokens_seen", "consumed_tokens", "tokens")
 
 def _load(uri: str) -> Any:
     if "://" in uri and not uri.startswith("file://"):
-        import fsspec
-
         with fsspec.open(uri, "rb") as fh:
             return torch.load(fh, map_location="cpu", weights_only=True)
     return load_for_audit(uri.removeprefix("file://"))
@@ -111,8 +111,6 @@ def check_contents(c: CheckedCheckpoint) -> tuple[str | None, list[str]]:
 def verify_run_checkpoints(archive_url: str | None, run: str, *, storage_options: dict | None = None,
                            progress: bool = False) -> CheckpointVerifyReport:
     """Everything `flightlog checkpoints verify` checks: files (telemetry side), then contents."""
-    from tqdm import tqdm
-
     report = verify_checkpoints(archive_url, run, storage_options=storage_options, progress=progress)
     digests: dict[str, list[CheckedCheckpoint]] = {}
     dtypes: dict[int, tuple[str, ...]] = {}

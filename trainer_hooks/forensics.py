@@ -258,8 +258,9 @@ class Forensics:
         value = details["loss"] if details["metric"] == "loss" else details["grad_norm"]
         kind = "nan" if value == "nan" else "inf"
         where = f" first non-finite output: {layer}" if layer else ""
-        self._emit(kind, step=f.step, severity="error", data_chunk=f.data_chunk, sample_ids=sample_id_list(f.sample_ids),
-                   layer=layer, message=f"{details['metric']} is {value} at step {f.step}{where}", details=details)
+        self._emit(kind, step=f.step, severity="error", data_chunk=f.data_chunk,
+                   sample_ids=sample_id_list(f.sample_ids), layer=layer,
+                   message=f"{details['metric']} is {value} at step {f.step}{where}", details=details)
 
     def close(self) -> None:
         """Emit non-finite events still waiting for a probed step (the run ended first)."""

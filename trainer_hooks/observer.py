@@ -8,12 +8,10 @@
         optimizer.step(); optimizer.zero_grad(); scheduler.step()
     obs.close()
 
-Step boundaries come from `optimizer.register_step_post_hook`; the pre-hook computes the
-grad norm (`torch._foreach_norm`, on device) unless the loop's own `clip_grad_norm_` result
-was seen (clip_watch.py) or handed to `grad_norm()`; the model's forward marks the start of a
-step (data_wait_s; forward_mark.py, cheaper than a forward pre-hook). Everything the training thread does per step is: a few
-tensor references (GPU) or `.item()` reads (CPU, no sync there), Python numbers, and one
-`DeviceBuffer.stage` of one tuple. The drainer thread turns each step into `metrics` rows, checks for
+This module is the Observer's public face and lifecycle: `attach()`, opening its collaborators
+(the rank's Writer, the NVML/host sampler, an optional W&B mirror), the drainer thread's side
+of each step, checkpoints, flush and close. The hooks on the training thread and the step they
+stage are step_capture.py. The drainer thread turns each step into `metrics` rows, checks for
 NaN/Inf and spikes (forensics.py), tracks data chunks and mirrors to another logger.
 A failure inside any hook is caught here: one log line, an `events` row of kind
 `hook_error`, and training goes on.
@@ -25,50 +23,25 @@ import atexit
 import logging
 import math
 import os
-import re
-import time
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from trainer_hooks import checkpoints as ckpt
-from trainer_hooks import clip_watch, log_input
+from trainer_hooks.checkpoint_audit import CheckpointRecorder
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
-from trainer_hooks.device_buffer import DeviceBuffer, norm_of_norms
-from trainer_hooks.forensics import Forensics, LayerProbe, layer_from_probe
-from trainer_hooks.forward_mark import mark_forward_start
+from trainer_hooks.device_buffer import DeviceBuffer
+from trainer_hooks.forensics import Forensics, layer_from_probe
+from trainer_hooks.mirror import wandb_mirror_for
 from trainer_hooks.nvml_sampler import NvmlSampler
-from trainer_hooks.step_metrics import TokenCount, step_metrics
+from trainer_hooks.step_capture import StepCapture
+from trainer_hooks.step_metrics import LOG, StepRecord, StepValues, TokenCount, step_metrics
 from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
-_perf = time.perf_counter
-_wall = time.time
-_Tensor = torch.Tensor
-_STEP, _LOG = 0, 1  # payload kinds (step_metrics.py reads _STEP payloads)
 
 __all__ = ["Observer", "ObserverConfig", "attach"]
-
-
-def _cuda_memory(index: int) -> tuple[int, int]:
-    """(allocated, reserved) bytes of the caching allocator. torch.cuda.memory_allocated() flattens
-    the allocator's whole nested stats dict in Python on every call (~0.4 ms on a GPU host, measured:
-    most of the capture's host cost); the raw dict has both numbers for one cheap call."""
-    try:
-        stats = torch._C._cuda_memoryStats(index)
-        return stats["allocated_bytes"]["all"]["current"], stats["reserved_bytes"]["all"]["current"]
-    except (AttributeError, KeyError, TypeError):  # another torch's layout: the public, slower calls
-        return torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index)
-
-
-def _lr_value(lr: Any) -> Any:
-    """A tensor lr (capturable optimizers) changes in place: read it now on CPU, copy it on a GPU."""
-    if isinstance(lr, torch.Tensor):
-        return lr.item() if lr.device.type == "cpu" else lr.detach().clone()
-    return lr
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -77,18 +50,24 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class Observer:
-    """Captures one rank's training telemetry into a `telemetry.Writer`. Build it with `attach()`."""
+class Observer(StepCapture):
+    """Captures one rank's training telemetry into a `telemetry.Writer`. Build it with `attach()`.
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, run: str, archive: str | None = None,
-                 config: Any = None, options: ObserverConfig | None = None, scaler: Any = None,
-                 device_mesh: Any = None, writer: Any = None, nvml: Any = None) -> None:
+    Collaborators may be handed in (tests swap them; a framework may share its own): `writer` (an
+    open telemetry.Writer), `sampler` (a started sampler, anything with `.stop()`, instead of the
+    NVML/host sampler), `mirror` (anything with `.log(metrics, step=)`, instead of `options.mirror`).
+    What is handed in stays its owner's: close() neither closes nor stops it.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, run: str,
+                 archive: str | None = None, config: Any = None, options: ObserverConfig | None = None,
+                 scaler: Any = None, device_mesh: Any = None, writer: Any = None, nvml: Any = None,
+                 sampler: Any = None, mirror: Any = None) -> None:
         self.cfg = cfg = options or ObserverConfig()
+        if mirror is not None and cfg.mirror is not None:
+            raise TypeError("pass a mirror either as mirror=... or as the mirror option, not both")
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.device = _model_device(model)
-        self._cuda = self.device.type == "cuda"
-        self._cuda_index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
-            if self._cuda else None
         self.topology = topo = discover(device_mesh=device_mesh, rank=cfg.rank, local_rank=cfg.local_rank,
                                         world_size=cfg.world_size, tp_size=cfg.tp_size, pp_size=cfg.pp_size,
                                         device=self.device)
@@ -102,55 +81,28 @@ class Observer:
         self.writer.rank_info(local_rank=topo.local_rank, host=topo.host, gpu_uuid=topo.gpu_uuid,
                               dp_rank=topo.dp_rank, tp_rank=topo.tp_rank, pp_rank=topo.pp_rank)
         self._errors: dict[str, int] = {}
-        self._warned: set[str] = set()
         self._closed = False
-        self._dp = max(1, int(topo.dp_size or 1))  # tokens_seen counts every data-parallel replica
-
-        # ---- training-thread state (touched only by hooks on the training thread)
-        self._step = cfg.start_step
-        self._tokens_total = cfg.start_tokens
-        self._open = False
-        self._t_start: float | None = None
-        self._t_end: float | None = None
-        self._data_wait: float | None = None
-        self._loss: torch.Tensor | None = None
-        self._loss_f = 0.0
-        self._n_loss = 0
-        self._tokens = 0
-        self._gn: Any = None
-        self._gn_given = False
-        self._chunk: int | None = None
-        self._ids: Any = None
-        self._extras: list[tuple[int, str, Any]] = []
-        self._groups = optimizer.param_groups
-        self._refresh_params()  # _params, _param_ids, _n_params, _n_groups
-        self._probe = LayerProbe(model)
-        self._probe_for_good = False  # set by the drainer after the first non-finite step
+        dp = max(1, int(topo.dp_size or 1))
+        self._init_capture(model, optimizer, device=self.device, dp_size=dp)  # training-thread state
 
         # ---- drainer-thread state
         self._chunks = ChunkTracker(self.writer)
-        self._dp_tokens = TokenCount(seen=cfg.start_tokens, dp_size=self._dp, model_flops_per_token=cfg.model_flops_per_token,
-                                     peak_flops=cfg.peak_flops)
-        self._mirror, self._own_mirror = self._open_mirror(run, config)
+        self._dp_tokens = TokenCount(seen=cfg.start_tokens, dp_size=dp,
+                                     model_flops_per_token=cfg.model_flops_per_token, peak_flops=cfg.peak_flops)
+        if mirror is not None:
+            self._mirror, self._own_mirror = mirror, False
+        else:
+            self._mirror, self._own_mirror = self._open_mirror(run, config)
         self.forensics = Forensics(self._emit, self._want_probe, spike_window=cfg.spike_window,
                                    spike_zscore=cfg.spike_zscore, spike_min_points=cfg.spike_min_points, seed=cfg.seed)
         self._buf = DeviceBuffer(self.device, self._on_drain, ring=cfg.ring_size, on_error=self._hook_error)
-        self._ckpt = ckpt.CheckpointRecorder(self.writer, master_weights_dtype=cfg.master_weights_dtype,
-                                             on_error=self._hook_error)
+        self._ckpt = CheckpointRecorder(self.writer, master_weights_dtype=cfg.master_weights_dtype,
+                                        on_error=self._hook_error)
 
-        self._probe_every = cfg.nan_layer_probe_every
-        self._hooks = [optimizer.register_step_post_hook(self._end_step), mark_forward_start(model, self._on_forward)]
-        if cfg.compute_grad_norm:
-            self._hooks.append(optimizer.register_step_pre_hook(self._pre_step))
-        self._scaler_update = None
-        # A disabled GradScaler (enabled=False) scales nothing: no loss_scale metric for it.
-        self._scaler_on = scaler is not None and bool(getattr(scaler, "_enabled", True))
-        if self._scaler_on and hasattr(scaler, "update"):
-            self._wrap_scaler(scaler)
-        if cfg.observe_clip:
-            clip_watch.watch(self)
-        self.sampler: NvmlSampler | None = None
-        if cfg.sample_gpu:
+        self._install_hooks(model, optimizer)
+        self.sampler: Any = sampler
+        self._own_sampler = False
+        if sampler is None and cfg.sample_gpu:
             self._start_sampler(nvml)
         # A script that never calls close() still gets its last steps: registered after the
         # Writer's own exit hook, so it runs first (atexit is last-in, first-out).
@@ -158,7 +110,7 @@ class Observer:
         self._atexit = lambda: (o := ref()) is not None and o.close()
         atexit.register(self._atexit)
 
-    # ---- setup -----------------------------------------------------------------------------
+    # ---- collaborators -----------------------------------------------------------------------
 
     def _start_sampler(self, nvml: Any) -> None:
         topo = self.topology
@@ -166,10 +118,12 @@ class Observer:
         if uuids is None and topo.local_rank != 0:
             return  # CPU ranks: local rank 0 samples the host once for the node
         try:
-            self.sampler = NvmlSampler(self.writer, nvml=nvml, gpu_uuids=uuids, interval_s=self.cfg.gpu_sample_interval_s,
-                                       ecc_interval_s=self.cfg.ecc_interval_s, host_metrics=topo.local_rank == 0,
+            cfg = self.cfg
+            self.sampler = NvmlSampler(self.writer, nvml=nvml, gpu_uuids=uuids, interval_s=cfg.gpu_sample_interval_s,
+                                       ecc_interval_s=cfg.ecc_interval_s, host_metrics=topo.local_rank == 0,
                                        step_fn=lambda: self._step, on_error=self._hook_error).start()
-        except Exception as exc:  # noqa: BLE001
+            self._own_sampler = True
+        except Exception as exc:  # noqa: BLE001 - no sampler: steps are still recorded; the error is an event
             self._hook_error("nvml_sampler", exc)
 
     def _open_mirror(self, run: str, config: Any) -> tuple[Any, bool]:
@@ -178,34 +132,12 @@ class Observer:
         if self.topology.rank != 0:
             return None, False  # one W&B run per training run, as W&B users expect: rank 0's view
         try:
-            from trainer_hooks.mirror import wandb_mirror_for  # noqa: PLC0415 - wandb only when asked for
-
             return wandb_mirror_for(run, config, project=self.cfg.project), True
         except Exception as exc:  # noqa: BLE001 - no W&B: the archive still records everything
             self._hook_error("mirror", exc)
             return None, False
 
-    def _wrap_scaler(self, scaler: Any) -> None:
-        update = scaler.update
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            # GradScaler skips optimizer.step() on inf/NaN grads: no post-hook fired, close the step here.
-            if self._open and self._n_loss and not self._closed:
-                try:
-                    self._end_step(skipped=True)
-                except Exception as exc:  # noqa: BLE001
-                    self._hook_error("scaler_update", exc)
-            return update(*args, **kwargs)
-
-        self._scaler_update = update
-        scaler.update = wrapped
-
-    # ---- public API (training thread) ----------------------------------------------------------
-
-    @property
-    def step(self) -> int:
-        """The step in progress (or the next one, between steps)."""
-        return self._step
+    # ---- public API ----------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
@@ -218,132 +150,6 @@ class Observer:
     @property
     def rank(self) -> int:
         return self.topology.rank
-
-    def record_loss(self, loss: Any, tokens: Any = None) -> None:
-        """This micro-batch's loss (tensor, float, or an output with `.loss`) and token count.
-
-        Call it before `optimizer.step()` (the step's boundary). Several calls before one step
-        (gradient accumulation) are averaged. A loss tensor with several elements counts as
-        its mean. `tokens`: a Python int (or CPU tensor) of tokens this rank trained on in this
-        micro-batch; the `tokens_seen` metric multiplies by the data-parallel size.
-        """
-        try:
-            if not self._open:
-                self._on_forward(None, None)
-            if type(loss) is _Tensor and loss.is_cpu and loss.numel() == 1:  # the common case: fewest calls
-                self._loss_f += loss.item()  # a CPU read is no sync, and frees the tensor now
-            else:
-                self._add_loss(loss)
-            self._n_loss += 1
-            if tokens is not None:
-                self._tokens += tokens if type(tokens) is int else (
-                    self._host_int(tokens) if isinstance(tokens, torch.Tensor) else int(tokens))
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("record_loss", exc)
-
-    def _add_loss(self, loss: Any) -> None:
-        if not isinstance(loss, torch.Tensor):
-            if not isinstance(loss, (int, float)) and hasattr(loss, "loss"):
-                loss = loss.loss
-            if not isinstance(loss, torch.Tensor):
-                self._loss_f += float(loss)
-                return
-        if loss.numel() != 1:
-            loss = loss.detach().float().mean()
-        if loss.is_cpu:
-            self._loss_f += loss.item()
-        else:
-            t = loss.detach()
-            self._loss = t if self._loss is None else self._loss + t
-
-    def grad_norm(self, value: Any) -> None:
-        """Hand over the grad norm the trainer computed (e.g. clip_grad_norm_'s return value).
-
-        Saves flightlog computing its own; a GPU tensor stays on device (no sync). Not needed
-        after `torch.nn.utils.clip_grad_norm_`, whose result flightlog picks up by itself.
-        """
-        try:
-            self._gn = self._host_or_device(value)
-            self._gn_given = True
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("grad_norm", exc)
-
-    def _clip_norm(self, params: Any, total: Any) -> None:
-        """clip_watch: the loop clipped `params`; when they are this optimizer's, that is the step's norm."""
-        try:
-            if len(self._groups) != self._n_groups:
-                self._refresh_params()
-            if self._gn_given or len(params) != self._n_params:
-                return
-            ids = self._param_ids
-            if params and id(params[0]) in ids and id(params[-1]) in ids:
-                self._gn = self._host_or_device(total)
-                self._gn_given = True
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("clip_grad_norm", exc)
-
-    def _refresh_params(self) -> None:  # at start, and when the loop called optimizer.add_param_group()
-        self._params = [p for g in self._groups for p in g["params"]]
-        self._param_ids = frozenset(map(id, self._params))
-        self._n_params = len(self._param_ids)
-        self._n_groups = len(self._groups)
-
-    def _host_or_device(self, v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return v.item() if v.is_cpu else v.detach()  # item() reads a tensor that requires grad too
-        return float(v)
-
-    def set_batch(self, *, chunk: Any = None, sample_ids: Any = None) -> None:
-        """The data chunk and sample ids of the batch being trained on (kept until changed)."""
-        try:
-            if isinstance(chunk, torch.Tensor):
-                chunk = self._host_int(chunk)
-            self._chunk = None if chunk is None else int(chunk)
-            if isinstance(sample_ids, torch.Tensor) and sample_ids.device.type != "cpu":
-                self._warn_once("ids", "flightlog: sample_ids on the GPU are not recorded (reading them would "
-                                "sync); pass the dataloader's CPU ids")
-                sample_ids = None
-            self._ids = sample_ids
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("set_batch", exc)
-
-    def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
-        """Log extra scalars: Python/numpy numbers or 0-d/1-element tensors on any device.
-
-        What cannot be stored faithfully (None, strings, complex numbers, tensors with several
-        elements, meta tensors, empty or over-long names, negative steps) is skipped with one
-        warning per name (log_input.py says what is accepted). `step=None` means the step in
-        progress, or the step just finished between steps. Never raises, never syncs.
-        """
-        try:
-            if not isinstance(values, Mapping):
-                self._warn_once("log:values", f"flightlog: obs.log() takes a dict of {{name: value}}, got "
-                                f"{type(values).__name__}; skipped")
-                return
-            if step is None:
-                step = self._step if self._open or self._step == self.cfg.start_step else self._step - 1
-                bad_step = None
-            else:
-                step, bad_step = log_input.step_of(step)
-            extras = self._extras
-            for name, v in values.items():
-                why = bad_step or log_input.name_problem(name)
-                if why is None:
-                    if type(v) is float:
-                        extras.append((step, name, v))
-                        continue
-                    v, why = log_input.value_of(v)
-                    if why is None:
-                        extras.append((step, name, v))
-                        continue
-                shown = name[:80] + "..." if isinstance(name, str) and len(name) > 80 else name
-                kind = "step" if bad_step else re.sub(r"\d+", "#", why)[:30]  # not per value or per step
-                self._warn_once(f"log:{name!r:.200}:{kind}",
-                                f"flightlog: obs.log({shown!r}) {why}; skipped (said once per name)")
-            if not self._open:
-                self._stage_extras()
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("log", exc)
 
     def checkpoint_saved(self, path_or_state: Any, *, step: int | None = None, tokens: int | None = None,
                          _loaded: Any = None) -> None:
@@ -382,17 +188,11 @@ class Observer:
         self._closed = True
         atexit.unregister(self._atexit)
         try:
-            for h in self._hooks:
-                h.remove()
-            self._probe.disarm()
-            if self._scaler_update is not None:
-                self.scaler.update = self._scaler_update
-            clip_watch.unwatch(self)
-            self._stage_extras()
+            self._stop_capture()
             self._buf.close(timeout)
             self.forensics.close()
             self._chunks.end()
-            if self.sampler is not None:
+            if self._own_sampler:
                 self.sampler.stop()
             self._ckpt.wait(timeout)
             if self._buf.dropped:
@@ -412,105 +212,10 @@ class Observer:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close("crashed" if exc_type is not None else "finished")
 
-    # ---- hooks (training thread) ---------------------------------------------------------------
-
-    def _on_forward(self, module: Any, args: Any) -> None:
-        if self._open:
-            return
-        try:
-            self._open = True
-            t = self._t_start = _perf()
-            self._data_wait = None if self._t_end is None else t - self._t_end
-            every = self._probe_every
-            if self._probe_for_good or (every and self._step % every == 0):
-                self._probe.arm()
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("forward_pre_hook", exc)
-
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._gn_given:
-            return
-        try:
-            if len(self._groups) != self._n_groups:
-                self._refresh_params()
-            grads = [g for p in self._params if (g := p.grad) is not None]  # one property read each
-            if not grads:
-                self._gn = None
-            else:  # one norm per tensor in one multi-tensor op; float32 even for bf16 gradients
-                norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-                if self._cuda:  # combined on device: one value to copy out
-                    self._gn = torch.linalg.vector_norm(torch.stack(norms))
-                else:  # CPU: read now. Per-tensor norms (or the gradients) kept alive until the drainer
-                    # runs measured 5-10 µs/step slower: the next backward and forward lose the freed memory.
-                    self._gn = norm_of_norms(norms)
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("grad_norm", exc)
-
-    def _end_step(self, optimizer: Any = None, args: Any = None, kwargs: Any = None, skipped: bool = False) -> None:
-        """The optimizer's step post-hook (registered as is: one Python call per step), or GradScaler.update
-        closing a step whose optimizer.step() it skipped."""
-        t = _perf()
-        try:
-            start = self._t_end if self._t_end is not None else self._t_start
-            scale = self._read_scale() if self._scaler_on else None
-            mem = first_bad = calls = None
-            cuda = self._cuda
-            if self._probe._handles:  # armed: the probe's device scalar and the call names
-                first_bad, calls = self._probe.take()
-                if not self._probe_for_good:
-                    self._probe.disarm()
-                if first_bad is not None and not cuda:
-                    first_bad = first_bad.item()
-            if cuda:
-                mem = _cuda_memory(self._cuda_index)
-            groups = self._groups
-            if len(groups) == 1:
-                lrs = groups[0]["lr"]
-                if type(lrs) is not float:
-                    lrs = _lr_value(lrs)
-            else:
-                lrs = [g["lr"] if type(g["lr"]) is float else _lr_value(g["lr"]) for g in groups]
-            # One tuple per step. CPU: numbers already read (no sync), or the grad norm's per-tensor norms.
-            self._buf.stage((self._loss, None if skipped else self._gn, scale, first_bad),
-                            (_STEP, self._step, self._n_loss, self._loss_f, self._tokens,
-                             None if start is None else t - start, self._data_wait, lrs, mem, self._chunk,
-                             self._ids, calls, skipped, _wall()))
-        except Exception as exc:  # noqa: BLE001
-            self._hook_error("step_post_hook", exc)
-        finally:  # the step ends even when recording it failed
-            self._tokens_total += self._tokens * self._dp
-            self._step += 1
-            self._t_end = t
-            self._open = False
-            self._loss, self._loss_f, self._n_loss, self._tokens = None, 0.0, 0, 0
-            self._gn, self._gn_given = None, False
-        if self._extras:
-            try:
-                self._stage_extras()
-            except Exception as exc:  # noqa: BLE001
-                self._hook_error("log", exc)
-
-    def _read_scale(self) -> Any:
-        s = getattr(self.scaler, "_scale", None)  # None until the scaler's first scale()
-        if isinstance(s, torch.Tensor):
-            # update() changes it in place, after this step was staged (stream order on a GPU)
-            return s.item() if s.is_cpu else s
-        return None if s is None else float(s)
-
-    def _stage_extras(self) -> None:
-        extras, self._extras = self._extras, []
-        slots = self._buf.slots
-        for i in range(0, len(extras), slots):
-            part = extras[i:i + slots]
-            self._buf.stage([v for _, _, v in part], (_LOG, [(s, n) for s, n, _ in part]))
-
-    def _last_step(self) -> int:
-        return self._step if self._step == self.cfg.start_step else self._step - 1
-
     # ---- drainer thread --------------------------------------------------------------------------
 
     def _on_drain(self, values: list[float | None], payload: tuple) -> None:
-        if payload[0] == _LOG:
+        if payload[0] == LOG:
             by_step: dict[int, dict[str, float]] = {}
             for (step, name), v in zip(payload[1], values, strict=True):
                 self.writer.metric(step, name, v)
@@ -519,12 +224,15 @@ class Observer:
                 for step, m in by_step.items():
                     self._mirror_log(m, step)
             return
-        step, m, loss, gn, scale, first_bad, tokens, chunk, ids, calls = step_metrics(values, payload, self._dp_tokens)
-        self.writer.metrics(step, m, wall_time=payload[-1])
-        self._chunks.step(step, chunk, tokens)
+        r, v = StepRecord._make(payload), StepValues._make(values)  # the training thread staged plain tuples
+        m, loss = step_metrics(v, r, self._dp_tokens)
+        step, chunk, calls = r.step, r.chunk, r.probe_calls
+        self.writer.metrics(step, m, wall_time=r.wall_time)
+        self._chunks.step(step, chunk, r.tokens)
         probed = calls is not None
-        self.forensics.observe_step(step, loss, gn, loss_scale=scale, data_chunk=chunk, sample_ids=ids, probed=probed,
-                                    layer=layer_from_probe(first_bad, calls) if probed else None)
+        self.forensics.observe_step(step, loss, v.grad_norm, loss_scale=v.loss_scale, data_chunk=chunk,
+                                    sample_ids=r.sample_ids, probed=probed,
+                                    layer=layer_from_probe(v.first_bad, calls) if probed else None)
         if self._mirror is not None:
             self._mirror_log(m, step)
 
@@ -542,16 +250,6 @@ class Observer:
     def _emit(self, kind: str, **fields: Any) -> None:
         self.writer.event(kind, **fields)
 
-    def _host_int(self, t: torch.Tensor) -> int:
-        if t.device.type != "cpu":
-            raise ValueError("a GPU tensor here would force a host-device sync; pass a Python int or CPU tensor")
-        return int(t)
-
-    def _warn_once(self, key: str, msg: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _log.warning(msg)
-
     def _hook_error(self, where: str, exc: BaseException) -> None:
         """A telemetry failure: one log line per place, an events row, never an exception."""
         n = self._errors.get(where, 0) + 1
@@ -562,7 +260,7 @@ class Observer:
             try:
                 self.writer.event("hook_error", step=self._step, severity="error", message=f"{where}: {exc!r}"[:500],
                                   details={"where": where, "error": repr(exc)[:2000], "count": n})
-            except Exception:  # noqa: BLE001 - the writer itself is broken: the log line must do
+            except Exception:  # noqa: BLE001 - the writer itself is broken: the log line above must do
                 pass
 
 

@@ -54,14 +54,14 @@ def cmd_checkpoints_verify(args: argparse.Namespace) -> int:
     archive = _archive(args)
     progress = not args.quiet and sys.stderr.isatty()
     if args.files_only or not _has_torch():
-        from telemetry.maintain.checkpoint_audit import verify_checkpoints
+        from telemetry.maintain.checkpoint_files import verify_checkpoints
 
         if not args.files_only:
             print(f"flightlog: note: torch is not installed, so only sizes, hashes and tokens are checked "
                   f"(for optimizer state and dtypes: {TRAIN_EXTRA})", file=sys.stderr)
         report = verify_checkpoints(archive, args.run, progress=progress)
     else:
-        from trainer_hooks.checkpoint_reload import verify_run_checkpoints
+        from trainer_hooks.checkpoint_contents import verify_run_checkpoints
 
         report = verify_run_checkpoints(archive, args.run, progress=progress)
     if not report.checkpoints:

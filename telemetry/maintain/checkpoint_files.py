@@ -1,9 +1,9 @@
-"""Re-verify a run's recorded checkpoints against their files, without torch.
+"""Re-check a run's recorded checkpoints against their files now, and against each other, without torch.
 
 What the `checkpoints` table says at save time (size, sha256) is compared with what the file
 holds now (local path or any fsspec URL), and the run's checkpoints are compared with each
 other: tokens must grow with steps at the run's rate, and two checkpoints of different steps
-must not be the same file. The torch side (trainer_hooks.checkpoint_reload) adds what needs
+must not be the same file. The torch side (trainer_hooks.checkpoint_contents) adds what needs
 the file's contents: optimizer state, dtypes, the step stored inside, identical weights.
 
 Problems are short codes with a sentence each, so the CLI prints them and tests match them:
@@ -19,6 +19,11 @@ import hashlib
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
+
+from fsspec.core import url_to_fs
+from tqdm import tqdm
+
+from telemetry.maintain.wired import Archive
 
 TOKENS_PER_STEP_TOLERANCE = 0.02  # relative; batch-size ramps change the rate gradually, not one checkpoint
 
@@ -63,8 +68,6 @@ class CheckpointVerifyReport:
 def recorded_checkpoints(archive_url: str | None, run: str, storage_options: dict | None = None
                          ) -> tuple[str, list[dict]]:
     """(run_id, rows): the latest row per checkpoint file (a later save to the same path supersedes)."""
-    from telemetry.maintain.wired import Archive
-
     archive = Archive(archive_url, storage_options=storage_options)
     try:
         run_id = archive.resolve_run(run)
@@ -81,8 +84,6 @@ def recorded_checkpoints(archive_url: str | None, run: str, storage_options: dic
 def digest(uri: str, chunk: int = 1 << 20) -> tuple[int | None, str | None]:
     """(bytes, sha256) of a checkpoint file; a folder (sharded checkpoint) gives its total size and no hash.
     FileNotFoundError when it is gone."""
-    from fsspec.core import url_to_fs
-
     fs, path = url_to_fs(uri)
     if fs.isdir(path):
         return sum(int(info.get("size") or 0) for info in fs.find(path, detail=True).values()), None
@@ -153,8 +154,6 @@ def check_consistency(checked: list[CheckedCheckpoint]) -> None:
 def verify_checkpoints(archive_url: str | None, run: str, *, storage_options: dict | None = None,
                        progress: bool = False) -> CheckpointVerifyReport:
     """Size/hash and step/token checks of every recorded checkpoint of `run` (no torch needed)."""
-    from tqdm import tqdm
-
     run_id, rows = recorded_checkpoints(archive_url, run, storage_options)
     checked = [CheckedCheckpoint(step=r.get("step"), attempt=r.get("attempt"), rank=r.get("rank"), uri=r.get("uri"),
                                  tokens_seen=r.get("tokens_seen"), recorded=r) for r in rows]

@@ -68,7 +68,8 @@ def test_poisoned_chunk_is_named_by_nan_events_and_by_incidents_across_two_seeds
     with Archive(archive) as a:
         nan = a.events("poisoned", kinds=["nan"])
         assert len(nan) > 0 and set(nan["data_chunk"]) == {poisoned}
-        seeds = {r["attempt"]: r["seed"] for r in _rows(a, "SELECT attempt, seed FROM attempts WHERE run_id = 'poisoned'")}
+        seeds = {r["attempt"]: r["seed"]
+                 for r in _rows(a, "SELECT attempt, seed FROM attempts WHERE run_id = 'poisoned'")}
         assert seeds == {0: 0, 1: 1}
         for attempt, seed in seeds.items():
             cfg = tiny_config(dp=2, seed=seed, poison_chunk=poisoned)
@@ -80,7 +81,8 @@ def test_poisoned_chunk_is_named_by_nan_events_and_by_incidents_across_two_seeds
                 assert "tok_emb" in first["layer"], first["layer"]  # the corrupt embedding row, not a later layer
                 assert json.loads(first["details_json"])["metric"] in ("loss", "grad_norm")
         # every step of the chunk is non-finite, and no other step is
-        loss = _rows(a, "SELECT attempt, step, value FROM metrics WHERE run_id = 'poisoned' AND name = 'loss' AND rank = 0")
+        loss = _rows(a, "SELECT attempt, step, value FROM metrics "
+                        "WHERE run_id = 'poisoned' AND name = 'loss' AND rank = 0")
         for r in loss:
             in_chunk = expected[seeds[r["attempt"]]] <= r["step"] < expected[seeds[r["attempt"]]] + 2
             assert (r["value"] != r["value"]) == in_chunk, r  # NaN exactly inside the chunk

@@ -61,7 +61,8 @@ def test_checkpoint_without_optimizer_state_and_one_with_bf16_weights_are_flagge
     assert b["problems"] == ["weights_not_fp32"] and b["weights_dtypes"] == ["bfloat16"]
     assert b["has_optimizer_state"] is True and b["step"] == 4
 
-    saved = {details(e)["uri"].rsplit("/", 1)[-1]: e for e in read_table(archive, "events", "kind = 'checkpoint_saved'")}
+    saved = {details(e)["uri"].rsplit("/", 1)[-1]: e
+             for e in read_table(archive, "events", "kind = 'checkpoint_saved'")}
     assert saved["full.pt"]["severity"] == "info"
     assert saved["weights_only.pt"]["severity"] == "warning"
     assert "missing_optimizer_state" in saved["weights_only.pt"]["message"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from app.cli import main as cli
-from telemetry.maintain.checkpoint_audit import verify_checkpoints
-from trainer_hooks.checkpoint_reload import verify_run_checkpoints
-from trainer_hooks.checkpoints import audit_file
+from telemetry.maintain.checkpoint_files import verify_checkpoints
+from trainer_hooks.checkpoint_audit import audit_file
+from trainer_hooks.checkpoint_contents import verify_run_checkpoints
 
 RUN = "ckpt-run"
 TOKENS_PER_STEP = 1000

@@ -86,7 +86,8 @@ def test_two_gloo_ranks_write_their_own_files_and_agree_on_the_attempt(archive):
     losses = read_table(archive, "metrics", "name = 'loss'")
     assert sorted({(r["attempt"], r["rank"]) for r in losses}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # DDP averages gradients: both ranks saw the same grad norm at each step.
-    gn = {(r["rank"], r["step"]): r["value"] for r in read_table(archive, "metrics", "name = 'grad_norm' AND attempt = 0")}
+    gn = {(r["rank"], r["step"]): r["value"]
+          for r in read_table(archive, "metrics", "name = 'grad_norm' AND attempt = 0")}
     assert all(gn[(0, s)] == pytest.approx(gn[(1, s)], rel=1e-6) for s in range(4))
     runs = read_table(archive, "runs")
     assert {r["world_size"] for r in runs} == {2}

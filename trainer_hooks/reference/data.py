@@ -53,7 +53,8 @@ def corpus_text(n_bytes: int = 1 << 19, seed: int = 1234) -> str:
     while size < n_bytes:
         if rng.random() < 0.25:
             n = rng.randrange(10, 999)
-            s = f"Flight {n} from {rng.choice(_CITIES)} to {rng.choice(_CITIES)} lands at {rng.randrange(1, 24)}:{rng.randrange(0, 60):02d}."
+            s = (f"Flight {n} from {rng.choice(_CITIES)} to {rng.choice(_CITIES)} lands at "
+                 f"{rng.randrange(1, 24)}:{rng.randrange(0, 60):02d}.")
         else:
             s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TAILS)}."
             s = s[0].upper() + s[1:]
@@ -170,7 +171,8 @@ class TokenStream:
     def batch(self, step: int, dp_rank: int = 0, dp_size: int = 1) -> Batch:
         cfg = self.cfg
         if cfg.global_batch % dp_size:
-            raise ValueError(f"global_batch ({cfg.global_batch}) must be divisible by the data-parallel size ({dp_size})")
+            raise ValueError(f"global_batch ({cfg.global_batch}) must be divisible by the data-parallel size "
+                             f"({dp_size})")
         chunk, epoch = self.chunk_at(step)
         first = chunk * cfg.chunk_sequences + (step % self.steps_per_chunk) * cfg.global_batch
         global_ids = list(range(first, first + cfg.global_batch))

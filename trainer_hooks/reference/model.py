@@ -210,7 +210,8 @@ class Attention(nn.Module):
         """Attention over the cached keys/values (earlier positions) and `x`; returns (output, new cache)."""
         B, T, _ = x.shape
         past = 0 if cache is None else cache[0].size(2)
-        q, k, v = (w(x).view(B, T, self.local_heads, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        q, k, v = (w(x).view(B, T, self.local_heads, self.head_dim).transpose(1, 2)
+                   for w in (self.wq, self.wk, self.wv))
         cos, sin = cos[past:past + T], sin[past:past + T]  # positions continue after the cached ones
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:

@@ -144,4 +144,5 @@ def test_fabric_loop_records_each_step_with_the_clipped_norm_handed_over(archive
     assert sorted(loss) == [0, 1, 2, 3]
     for step, (l_, n) in expected.items():
         assert loss[step] == pytest.approx(l_, rel=1e-6) and gn[step] == pytest.approx(n, rel=1e-6)
-    assert rows(archive, "SELECT framework FROM runs WHERE run_id = ?", [obs.run_id])[0]["framework"] == "lightning.fabric"
+    framework = rows(archive, "SELECT framework FROM runs WHERE run_id = ?", [obs.run_id])[0]["framework"]
+    assert framework == "lightning.fabric"
