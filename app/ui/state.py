@@ -234,6 +234,11 @@ def system_heatmap(archive: Any, run_id: str, name: str, *, buckets: int = 120) 
     return _read(archive, "system_heatmap", run_id, name, buckets=buckets)
 
 
+def metric_points(archive: Any, run_id: str) -> pd.DataFrame:
+    """Per metric: points, first and last step, last value of the few-point ones: queries.metric_points."""
+    return _read(archive, "metric_points", run_id)
+
+
 def system_summary(archive: Any, run_id: str) -> pd.DataFrame:
     """Per rank: mean GPU util and power, max temperature and memory: queries.system_summary."""
     return _read(archive, "system_summary", run_id)

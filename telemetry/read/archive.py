@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_schema import TABLES, schema
-from telemetry.read import curves, tail_lod
+from telemetry.read import curves, series, tail_lod
 from telemetry.read.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
 from telemetry.read.runs import match_run
 from telemetry.store.errors import QueryError
@@ -359,11 +359,16 @@ tok AS (SELECT run_id, max(value) AS tokens FROM {metrics} WHERE name = 'tokens_
 m AS (
     SELECT s.run_id, s.steps, tok.tokens, mr.metric_ranks
     FROM ({steps}) s LEFT JOIN tok USING (run_id) LEFT JOIN ({metric_ranks}) mr USING (run_id)),
-last_step AS (SELECT run_id, max(step) AS step FROM {metrics} WHERE name = 'loss' GROUP BY run_id),
+-- the run's loss, whatever tool named it (`loss`, `train/loss`, `lm loss`, ...): telemetry.read.series' rule
+loss_name AS (
+    SELECT run_id, first(name ORDER BY loss_rank, name) AS name FROM (
+        SELECT DISTINCT run_id, name, {series.loss_rank_sql("name")} AS loss_rank FROM {metrics}
+        WHERE contains(lower(name), 'loss')) WHERE loss_rank IS NOT NULL GROUP BY run_id),
+last_step AS (SELECT run_id, max(step) AS step FROM {metrics} JOIN loss_name USING (run_id, name) GROUP BY run_id),
 -- the journey's last loss: at the highest step, the latest attempt wins, then the lowest rank
 ll AS (
     SELECT x.run_id, arg_max(x.value, x.attempt * 65536 - x.rank) AS last_loss
-    FROM {metrics} x JOIN last_step USING (run_id, step) WHERE x.name = 'loss' GROUP BY x.run_id),
+    FROM {metrics} x JOIN loss_name USING (run_id, name) JOIN last_step USING (run_id, step) GROUP BY x.run_id),
 a AS (SELECT run_id, count(*) AS attempts FROM attempts{where} GROUP BY run_id),
 k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM ranks{where} GROUP BY run_id),
 e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}){and_} GROUP BY run_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from telemetry.read import curves
+from telemetry.read import curves, series
 
 ATTEMPT_CURVE_COLUMNS = ["attempt", "bucket", "x_lo", "x_hi", "min", "max", "mean", "count",
                          "nan_count", "posinf_count", "neginf_count"]
@@ -77,16 +77,18 @@ def system_names(archive: Any, run_id: str) -> list[str]:
 
 
 def system_heatmap(archive: Any, run_id: str, name: str, *, buckets: int = 120) -> pd.DataFrame:
-    """Mean of one system metric (finite values) per (rank, wall-time bucket): rank, bucket, t_lo, t_hi, value."""
+    """Mean of one system metric (finite values) per (rank, GPU, wall-time bucket): rank, gpu_index, bucket,
+    t_lo, t_hi, value. One row per GPU: a process driving several GPUs (W&B's gpu.0.*, gpu.1.*) has several."""
     span = _span(archive, "SELECT epoch_us(min(wall_time)) AS lo, epoch_us(max(wall_time)) AS hi FROM system "
                           "WHERE run_id = ? AND name = ?", (run_id, name))
     if span is None:
-        return pd.DataFrame(columns=["rank", "bucket", "t_lo", "t_hi", "value"])
+        return pd.DataFrame(columns=["rank", "gpu_index", "bucket", "t_lo", "t_hi", "value"])
     bucket = curves.bucket_expression("time", span[0], span[1], buckets)
     return _df(archive, f"""
-SELECT rank, {bucket} AS bucket, min(wall_time) AS t_lo, max(wall_time) AS t_hi, avg({curves.FINITE_VALUE}) AS value
+SELECT rank, gpu_index, {bucket} AS bucket, min(wall_time) AS t_lo, max(wall_time) AS t_hi,
+       avg({curves.FINITE_VALUE}) AS value
 FROM system WHERE run_id = ? AND name = ?
-GROUP BY rank, bucket ORDER BY rank, bucket""", (run_id, name))
+GROUP BY rank, gpu_index, bucket ORDER BY rank, gpu_index NULLS FIRST, bucket""", (run_id, name))
 
 
 def system_summary(archive: Any, run_id: str) -> pd.DataFrame:
@@ -116,3 +118,21 @@ WHERE run_id = ? AND name = ? AND step BETWEEN ? AND ? AND isfinite(value)""",
     if df.empty or pd.isna(df["lo"].iloc[0]):
         return None, None
     return df["lo"].iloc[0], df["hi"].iloc[0]
+
+
+def metric_points(archive: Any, run_id: str) -> pd.DataFrame:
+    """Per metric of a run: points, first_step, last_step, and for the few-point ones (series.is_few_points:
+    sizes, final scores) the last value (`last`, at the highest step; NaN for the others: their curves
+    tell). The journey draws the others and lists these in a table (telemetry.read.series)."""
+    counts = _df(archive, """
+SELECT name, count(*) AS points, min(step) AS first_step, max(step) AS last_step
+FROM metrics WHERE run_id = ? GROUP BY name ORDER BY name""", (run_id,))
+    few = [r.name for r in counts.itertuples() if series.is_few_points(int(r.points), r.first_step, r.last_step)]
+    counts["last"] = float("nan")
+    if few:
+        marks = ", ".join("?" for _ in few)
+        last = _df(archive, f"""
+SELECT name, arg_max(value, step * 65536 + attempt) AS last FROM metrics WHERE run_id = ? AND name IN ({marks})
+GROUP BY name""", (run_id, *few))
+        counts["last"] = counts["name"].map(dict(zip(last["name"], last["last"], strict=True))).astype("float64")
+    return counts

@@ -136,6 +136,48 @@ def build_fixture_archive(root: str | os.PathLike) -> str:
     return root
 
 
+# Runs as importers write them: each tool names its series its own way (W&B's history keys, TensorBoard
+# tags, Megatron's log, the HF Trainer's log) and logs a few single-point values (sizes, final scores)
+IMPORTED_RUNS = {
+    "wandb-import": {"train/loss": 0, "val/loss": 10, "train/grad_norm": 0, "train/learning_rate": 0,
+                     "_runtime": 0, "artifact/code (bytes)": None, "artifact/model (bytes)": None,
+                     "final/eval time ms": None},
+    "tensorboard-import": {"loss/train": 0, "loss/val": 10, "learning_rate": 0, "accuracy/train": 0},
+    "megatron-import": {"lm loss": 0, "lm loss validation": 10, "grad-norm": 0, "lr-Adam": 0, "loss-scale": 0},
+    "hf-import": {"loss": 0, "eval_loss": 10, "grad_norm": 0, "learning_rate": 0, "train_runtime": None},
+}
+IMPORTED_LAST_LOSS = 2.0 + 8.0 / (1.0 + 99 / 40.0)  # the training loss at the last step (99)
+WANDB_GPUS = 2  # the W&B run: one process on a host with two GPUs (gpu.0.*, gpu.1.*)
+
+
+def build_imported_archive(root: str | os.PathLike) -> str:
+    """Runs named the way W&B, TensorBoard, Megatron and HF imports name their series (see IMPORTED_RUNS):
+    a series with offset 0 is logged every step, 10 every tenth step (validation), None once at the end."""
+    from telemetry import Writer, WriterConfig
+
+    root = str(root)
+    for run, series in IMPORTED_RUNS.items():
+        with Writer(root, run, world_size=1, project="imports", writer_config=WriterConfig(flush_interval_s=0.2)) as w:
+            for step in range(100):
+                values = {}
+                for name, every in series.items():
+                    if every == 0 or (every and step % every == 0):
+                        loss = 2.0 + 8.0 / (1.0 + step / 40.0)
+                        values[name] = loss + (0.3 if every == 10 else 0.0) if "loss" in name else 1e-4 * (step + 1)
+                    elif every is None and step == 99:
+                        values[name] = 12_345.0
+                w.metrics(step, values, wall_time=T0 + 80_000 + step)
+                if run == "wandb-import" and step % 10 == 0:
+                    for gpu in range(WANDB_GPUS):
+                        w.system("gpu.util", 40.0 + 50 * gpu, gpu_index=gpu, wall_time=T0 + 80_000 + step)
+    return root
+
+
+@pytest.fixture(scope="session")
+def imported_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_imported_archive(Path(tmp_path_factory.mktemp("imported-archive")) / "archive")
+
+
 @pytest.fixture(scope="session")
 def fixture_archive(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The fixture archive (built once per session; tests only read it)."""

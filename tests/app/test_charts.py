@@ -178,3 +178,16 @@ def test_metric_titles_carry_units():
     assert chart_style.fmt_count(2_048_000) == "2.05 M" and chart_style.fmt_count(None) == "—"
     assert chart_style.fmt_count(999_999) == "1 M" and chart_style.fmt_count(1_048_576_000_000) == "1.05 T"
     assert chart_style.fmt_count(499) == "499"
+
+
+def test_heatmap_of_a_rank_driving_two_gpus_has_a_row_per_gpu():
+    df = pd.DataFrame({"rank": [0, 0, 0, 0], "gpu_index": [0, 0, 1, 1], "bucket": [0, 1, 0, 1],
+                       "t_lo": [0.0, 10.0, 0.0, 10.0], "t_hi": [9.0, 19.0, 9.0, 19.0], "value": [40.0, 41, 90, 91]})
+    rows = heatmaps.with_bucket_ends(df, "t_lo", "t_hi", by=["rank", "gpu_index"])
+    assert list(rows["x1"]) == [10.0, 19.0, 10.0, 19.0]  # each GPU's row reaches its own next bucket
+    spec = heatmaps.heatmap(rows, x="step", value_title="GPU util (%)").to_dict()
+    assert spec["encoding"]["y"]["sort"] == ["0 · GPU 0", "0 · GPU 1"]
+    one_gpu_per_rank = df.assign(rank=[0, 0, 1, 1])
+    spec = heatmaps.heatmap(heatmaps.with_bucket_ends(one_gpu_per_rank, "t_lo", "t_hi"), x="step",
+                            value_title="GPU util (%)").to_dict()
+    assert spec["encoding"]["y"]["sort"] == ["0", "1"]  # one GPU per rank: a row per rank, as before

@@ -24,7 +24,8 @@ def charts_of(at: AppTest) -> list[dict]:
     out = []
     for el in at.get("vega_lite_chart"):
         spec = json.loads(el.proto.spec)
-        spec["frames"] = {d.name: dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in el.proto.datasets}
+        spec["frames"] = {d.name: dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data)
+                          for d in el.proto.datasets}
         out.append(spec)
     return out
 
@@ -264,7 +265,8 @@ def test_sql_console_refuses_an_attack_clearly_then_keeps_working(open_app, atta
     assert_clean(at)
     assert says in texts(at.error)
     assert not Path("/tmp/flightlog-stolen.csv").exists()
-    _run_sql(at, "SELECT run_id, steps FROM (SELECT run_id, max(step) AS steps FROM metrics GROUP BY run_id) ORDER BY 1")
+    _run_sql(at, "SELECT run_id, steps FROM (SELECT run_id, max(step) AS steps FROM metrics GROUP BY run_id) "
+                 "ORDER BY 1")
     assert_clean(at)
     assert not at.error
     assert list(at.dataframe[0].value["run_id"]) == ["baseline", "llm-demo"]
@@ -333,3 +335,52 @@ def test_cached_queries_follow_the_archive_version(fixture_archive, tmp_path):
         archive.refresh()
         assert archive.version != before
         assert "late-run" in set(state.query(archive, "runs")["run_id"])
+
+
+# -- imported runs: each tool's names, one rule (telemetry.read.series) ------------------------------
+IMPORTED_DEFAULT_CHARTS = {
+    "wandb-import": ["train/loss", "val/loss", "train/grad_norm", "train/learning_rate"],
+    "tensorboard-import": ["loss/train", "loss/val", "learning_rate", "accuracy/train"],
+    "megatron-import": ["lm loss", "lm loss validation", "grad-norm", "lr-Adam"],
+    "hf-import": ["loss", "eval_loss", "grad_norm", "learning_rate"],
+}
+# logged once, at the end (conftest.IMPORTED_RUNS): sizes and final scores
+IMPORTED_SINGLE_VALUES = {"wandb-import": ["artifact/code (bytes)", "artifact/model (bytes)", "final/eval time ms"],
+                          "tensorboard-import": [], "megatron-import": [], "hf-import": ["train_runtime"]}
+
+
+@pytest.mark.parametrize("run", list(IMPORTED_DEFAULT_CHARTS))
+def test_journey_of_an_import_opens_on_its_losses_and_lists_single_values_in_a_table(open_app, imported_archive, run):
+    at = open_app("views/journey.py", archive=imported_archive, run=run)
+    assert_clean(at)
+    assert at.multiselect(key="journey_metrics").value == IMPORTED_DEFAULT_CHARTS[run]
+    titles = [c["title"]["text"] for c in charts_of(at)[:4]]
+    assert titles[0].startswith(IMPORTED_DEFAULT_CHARTS[run][0].replace("_", " "))
+    singles = IMPORTED_SINGLE_VALUES[run]
+    assert not set(singles) & set(at.multiselect(key="journey_metrics").options), "single values are no charts"
+    if singles:
+        table = next(d.value for d in at.dataframe if "last_step" in d.value)  # the summary table
+        assert sorted(table["name"]) == sorted(singles) and set(table["last"]) == {12_345.0}
+
+
+def test_runs_list_shows_the_last_training_loss_of_every_import(open_app, imported_archive):
+    at = open_app("views/runs.py", archive=imported_archive)
+    assert_clean(at)
+    table = at.dataframe[0].value.set_index("run_id")
+    for run in IMPORTED_DEFAULT_CHARTS:
+        assert table.loc[run, "last_loss"] == pytest.approx(2.0 + 8.0 / (1.0 + 99 / 40.0)), run  # at step 99
+
+
+def test_compare_of_imports_opens_on_the_loss(open_app, imported_archive):
+    at = open_app("views/compare.py", archive=imported_archive, run="wandb-import")
+    assert_clean(at)
+    assert at.selectbox(key="cmp_metric").value == "train/loss"
+
+
+def test_gpu_heatmap_of_one_process_with_two_gpus_has_a_row_per_gpu(open_app, imported_archive):
+    at = open_app("views/ranks.py", archive=imported_archive, run="wandb-import")
+    assert_clean(at)
+    heat = charts_of(at)[-1]
+    frame = next(iter(heat["frames"].values()))
+    assert sorted(frame["rank_label"].unique()) == ["0 · GPU 0", "0 · GPU 1"]
+    assert heat["encoding"]["y"]["title"] == "rank · GPU"

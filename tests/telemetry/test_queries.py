@@ -92,7 +92,7 @@ def test_rank_step_times_and_system_queries(url):
         summary = queries.system_summary(a, "r")
         assert list(summary["rank"]) == [0, 1]
         empty = queries.system_heatmap(a, "r", "gpu.power_w")
-        assert empty.empty and list(empty.columns) == ["rank", "bucket", "t_lo", "t_hi", "value"]
+        assert empty.empty and list(empty.columns) == ["rank", "gpu_index", "bucket", "t_lo", "t_hi", "value"]
 
 
 def test_x_bounds_for_steps_in_time_units(url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import chart_style, charts, state
+from telemetry.read import series
 
 st.title("Compare runs")
 archive = state.current_archive()
@@ -21,8 +22,10 @@ current = state.current_run()
 default = ([current] if current in ids else []) + [r for r in ids if r != current][:2]
 c1, c2, c3, c4 = st.columns([4, 2, 2, 1])
 chosen = c1.multiselect("Runs", ids, default=default, key="cmp_runs", format_func=lambda r: names[r])
-all_names = sorted({n for r in chosen for n in state.query(archive, "metric_names", r)})
-metric = c2.selectbox("Metric", all_names, index=all_names.index("loss") if "loss" in all_names else 0,
+# the journey's order (telemetry.read.series); the first chosen run's loss first, whatever tool named it
+all_names = series.order_series(sorted({n for r in chosen for n in state.query(archive, "metric_names", r)}))
+first_loss = series.loss_name(state.query(archive, "metric_names", chosen[0])) if chosen else None
+metric = c2.selectbox("Metric", all_names, index=all_names.index(first_loss) if first_loss else 0,
                       key="cmp_metric", format_func=chart_style.metric_title) if all_names else None
 x = c3.segmented_control("Align by", ["step", "tokens"], default="step", key="cmp_x",
                          format_func=lambda v: chart_style.X_TITLES[v]) or "step"

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import chart_frames, chart_style, charts, state
+from telemetry.read import series
 
 picked = state.require_run()
 if picked is None:
@@ -55,7 +56,12 @@ def _zoom_to_brush(chart_key: str) -> None:
         st.session_state["zoom_lo"], st.session_state["zoom_hi"] = state.clamp_range(*picked, first, last)
 
 
-default_metrics = [m for m in ("loss", "grad_norm", "lr", "tokens_per_s") if m in names] or names[:4]
+# one rule with the runs list and Compare (telemetry.read.series): losses first, whatever tool named them, then
+# grad norm, lr, throughput; series of a few points (sizes, final scores) go to a table, not near-empty charts
+points = state.metric_points(archive, run_id)
+counts = {r.name: (int(r.points), r.first_step, r.last_step) for r in points.itertuples()}
+curve_names, few_names = series.split_series(counts, names)
+default_metrics = series.default_charts(curve_names)
 c1, c2, c3, c4, c5, c6 = st.columns([2.2, 1.6, 1.6, 0.8, 1, 2], vertical_alignment="bottom")
 x = c1.segmented_control("x axis", ["step", "tokens", "time"], default="step", key="journey_x",
                          help="step, tokens seen, or wall time (UTC)") or "step"
@@ -67,7 +73,7 @@ smoothing = c6.slider("Smoothing", 0, 50, 0, key="journey_smooth",
                       help="EMA over this many buckets, of the line only: the min-max band stays raw")
 with st.expander("Metrics, line, ranks and events"):
     e1, e2, e3 = st.columns([4, 1, 1])
-    shown = e1.multiselect("Metrics", names, default=default_metrics, key="journey_metrics",
+    shown = e1.multiselect("Metrics", curve_names, default=default_metrics, key="journey_metrics",
                            format_func=chart_style.metric_title)
     line = e2.segmented_control("Line", ["mean", "last"], default="mean", key="journey_line",
                                 help="the band is always the bucket's min-max; the line its mean or last value"
@@ -130,13 +136,23 @@ for i, metric in enumerate(shown):
         if n_nan or n_pinf or n_ninf:
             st.caption(f":red[{n_nan:,} NaN · {n_pinf:,} +Inf · {n_ninf:,} −Inf in view]")
 
+if few_names:
+    st.subheader("Summary values")
+    st.caption("Series with only a few points (sizes, final scores): their values, not charts.")
+    summary = points[points["name"].isin(few_names)].set_index("name").loc[few_names].reset_index()
+    st.dataframe(summary[["name", "last", "last_step", "points"]], hide_index=True, key="journey_summary",
+                 column_config={"name": st.column_config.TextColumn("series"),
+                                "last": st.column_config.NumberColumn("value (last)", format="%.6g"),
+                                "last_step": st.column_config.NumberColumn("step", format="localized"),
+                                "points": st.column_config.NumberColumn("points", format="localized")})
+
 # -- attempts ---------------------------------------------------------------------------------
 st.subheader("Attempts")
 if len(spans) > 1:
     lineage = state.query(archive, "attempt_lineage", run_id)
     st.caption("The journey stitches attempts together: for each step the latest attempt that reached it wins; "
                "earlier attempts' re-run steps are abandoned branches (dashed).")
-    lineage_metric = "loss" if "loss" in names else names[0]
+    lineage_metric = series.loss_name(curve_names) or (curve_names or names)[0]
     per_attempt = state.attempt_curves(archive, run_id, lineage_metric)
     st.altair_chart(charts.lineage_chart(per_attempt, lineage, metric=lineage_metric, log=log), width="stretch",
                     key="journey_lineage")

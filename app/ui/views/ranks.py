@@ -61,7 +61,7 @@ else:
                                    value_title="step time (s)", stragglers=stragglers), width="stretch",
                     key="ranks_step_heat")
 
-st.subheader("GPU telemetry per rank")
+st.subheader("GPU telemetry per rank and GPU")
 names = state.system_names(archive, run_id)
 if not names:
     st.info("No GPU samples in this run: the sampler was off (no NVML, no GPU, or `sample_gpu=False`). "
@@ -74,6 +74,7 @@ else:
     if heat.empty:
         st.info(f"No `{name}` samples in this run.")
     else:
-        st.altair_chart(heatmaps.heatmap(heatmaps.with_bucket_ends(heat, "t_lo", "t_hi"), x="time",
-                                       value_title=chart_style.metric_title(name), stragglers=stragglers),
-                        width="stretch", key="ranks_gpu_heat")
+        # a row per GPU: one process may drive several (gpu_index), W&B imports' gpu.0.*, gpu.1.*
+        rows = heatmaps.with_bucket_ends(heat, "t_lo", "t_hi", by=["rank", "gpu_index"])
+        st.altair_chart(heatmaps.heatmap(rows, x="time", value_title=chart_style.metric_title(name),
+                                         stragglers=stragglers), width="stretch", key="ranks_gpu_heat")
