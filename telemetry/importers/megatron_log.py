@@ -73,6 +73,14 @@ def _number(key: str, value: str) -> float | None:
         return None
 
 
+def _ms_to_s(text: str, ms: float) -> float:
+    """Milliseconds as printed -> seconds, exactly: the decimal's point moved (812.3 -> 0.8123), not ms / 1000."""
+    try:
+        return float(text.split("/", 1)[0].split()[0] + "e-3")
+    except ValueError:  # a printed exponent already: the division is as close as it gets
+        return ms / 1000.0
+
+
 def _wall(prefix: str) -> float:
     found = _STAMP.findall(prefix)
     if not found:
@@ -93,7 +101,7 @@ def _iteration(pts: Points, line: str, m: re.Match, n: int, restart: tuple[bool,
             pts.skip("non-numeric fields")
             continue
         if key == _MS:
-            got.append(("step_time_s", x / 1000.0))
+            got.append(("step_time_s", _ms_to_s(value, x)))
         else:
             got.append((_NAMES.get(key, key), x))
     if restart[0]:

@@ -3,6 +3,7 @@ recorded run's `evals` table; re-importing replaces, never duplicates."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from app.cli import main as cli
 from telemetry import Archive, Writer
 from telemetry.importers._common import ImportSourceError
-from telemetry.importers.evals import import_evals, parse_harness_json, step_from_name
+from telemetry.importers.evals import first_step, import_evals, parse_harness_json, step_from_name
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval"
 CKPT_100 = str(FIXTURES / "results_2024-05-14T10-22-31.482913.json")   # model_args revision=ckpt_100
@@ -106,13 +107,54 @@ def test_step_names():
     assert step_from_name("filter_3") is None
 
 
+def _with_model_args(tmp_path, name: str, model_args: str) -> str:
+    obj = json.loads(Path(PYTHIA).read_text())
+    obj["config"]["model_args"] = model_args
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_step_zero_is_a_checkpoint_from_the_file_name_and_from_the_revision(archive, tmp_path):
+    assert step_from_name("pythia-160m-step0.json") == 0 and first_step("step0.json", "revision=step1000") == 0
+    by_name = _with_model_args(tmp_path, "pythia-160m-step0.json", "pretrained=EleutherAI/pythia-160m")
+    by_revision = _with_model_args(tmp_path, "results.json", "pretrained=EleutherAI/pythia-160m,revision=step0")
+    assert import_evals([by_name], archive, RUN, quiet=True).steps == {0}
+    assert import_evals([by_revision], archive, RUN, quiet=True).steps == {0}
+    assert {r["step"] for r in _evals(archive)} == {0}
+
+
+def test_a_run_the_archive_lacks_is_created_and_the_summary_says_so(tmp_path, capsys):
+    empty = str(tmp_path / "empty")
+    assert cli(["import", "evals", CKPT_100, CKPT_200, "--run", "pythia-160m", "--archive", empty, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "into new run pythia-160m (created: the archive had no such run)" in out
+    rows = _evals(empty)
+    assert len(rows) == 22 and {r["run_id"] for r in rows} == {"pythia-160m"}
+    # the second time the run exists: found by its name, scores replaced, nothing created
+    again = import_evals([CKPT_100], empty, "pythia-160m", quiet=True)
+    assert not again.created and again.replaced == 11 and len(_evals(empty)) == 22
+    a = Archive(empty)
+    try:
+        assert a.sql("SELECT run_id, name FROM runs").to_pylist() == [{"run_id": "pythia-160m", "name": "pythia-160m"}]
+    finally:
+        a.close()
+
+
+def test_a_run_is_found_by_its_display_name(tmp_path):
+    root = str(tmp_path / "archive")
+    with Writer(root, "run-7f3a", name="Amber 7B") as w:
+        w.metric(1, "loss", 3.0)
+    summary = import_evals([CKPT_100], root, "Amber 7B", quiet=True)
+    assert summary.run_id == "run-7f3a" and not summary.created
+
+
 def test_not_a_harness_file_says_so():
     with pytest.raises(ImportSourceError, match="no \"results\" object"):
         parse_harness_json({"foo": 1}, "x.json")
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["import", "evals", CKPT_100, "--run", "nope"], "unknown run 'nope'"),
     (["import", "evals", "missing.json", "--run", RUN], "missing.json is not a file"),
     (["import", "evals", CKPT_100, CKPT_200, "--run", RUN, "--step", "5"], "--step/--tokens name one checkpoint"),
 ])
