@@ -22,7 +22,7 @@ TRAIN_EXTRA = "pip install 'flightlog[train]'"
 
 
 def _default_archive() -> str:
-    from telemetry.read.catalog import default_archive_url
+    from telemetry.store.fs import default_archive_url
 
     return default_archive_url()
 
@@ -204,7 +204,7 @@ def _describe(obj: Any) -> str:
 
 
 def _count_files(manifest: Any) -> int | None:
-    from telemetry.read.catalog import parse_manifest
+    from telemetry.store.manifest_file import parse_manifest
 
     if manifest is None:
         return None

@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 
 from data_schema import SchemaError, conform, schema
 from data_schema.layout import is_temp, parse_path
-from telemetry.read.catalog import Catalog, LiveFile, page_problem, schema_problems
+from telemetry.read.broken_files import page_problem
+from telemetry.read.catalog import Catalog
+from telemetry.read.footers import LiveFile, schema_problems
 
 NEWER_FORMAT = "written by a newer flightlog"  # how a skipped file of a newer format is described
 

@@ -1,18 +1,16 @@
-"""`Archive`: an archive's live files as DuckDB views, and the query helpers the app and CLI use.
+"""`Archive`: an archive's live files as DuckDB views (telemetry.read.views), and the query methods
+the app and CLI use: runs, metrics, events, incidents, a run's attempts, curves (curve_queries.py).
 
-Views live in an in-memory DuckDB database: one per table over an explicit list of complete
-files (never a glob, so an in-progress file can never break a query), `runs`/`attempts`
-keeping the latest state per key (raw logs as `runs_log`/`attempts_log`), `journey_metrics`
-(the run as its attempts stitched together), `incidents` and `chunk_incidents`.
+Opening scans the archive once (telemetry.read.catalog); `refresh()` scans again and rebuilds the
+views only when the live files changed. A query that fails on a file broken past its footer leaves
+that file out and runs again (telemetry.read.broken_files).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,195 +18,24 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from data_schema import TABLES, schema
 from telemetry.read import curves, series, tail_lod
-from telemetry.read.catalog import BrokenFileError, Catalog, LiveFile, Snapshot, may_be_a_broken_file
+from telemetry.read.broken_files import BrokenFileError, heals, may_be_a_broken_file
+from telemetry.read.catalog import Catalog, Snapshot
+from telemetry.read.curve_queries import CurveQueries
+from telemetry.read.footers import LiveFile
 from telemetry.read.runs import match_run
+from telemetry.read.views import (
+    CHUNK_INCIDENTS_SQL,
+    INCIDENT_KINDS,
+    create_views,
+    new_connection,
+    snapshot_spans,
+    table_source_sql,
+)
 from telemetry.store.errors import QueryError
 
-# Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
-INCIDENT_KINDS = (
-    "nan", "inf", "loss_spike", "grad_spike", "oom", "gpu_xid", "gpu_throttle", "straggler", "data_chunk_skipped",
-)
-_LOGGED_STATE = {"runs": ("run_id",), "attempts": ("run_id", "attempt")}
-_EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
-
-# -- views ---------------------------------------------------------------------------------
-def duck_type(t: pa.DataType) -> str:
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "VARCHAR"
-    if pa.types.is_int32(t):
-        return "INTEGER"
-    if pa.types.is_int64(t):
-        return "BIGINT"
-    if pa.types.is_floating(t):
-        return "DOUBLE"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    if pa.types.is_list(t):
-        return duck_type(t.value_type) + "[]"
-    raise TypeError(f"no DuckDB type for {t}")
-
-
-def qident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def table_source_sql(table: str, files: Sequence[LiveFile]) -> str:
-    """SELECT of a table's schema columns (plus any extra ones) over exactly these files."""
-    sch = schema(table)
-    if not files:
-        cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in sch)
-        return f"SELECT {cols} WHERE false"
-    column_sets = {f.columns for f in files}
-    present = set().union(*column_sets)
-    cols = [qident(f.name) if f.name in present else f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in sch]
-    cols += [qident(c) for c in sorted(present - set(sch.names))]
-    src = curves.read_parquet_sql([f.local for f in files], union_by_name=len(column_sets) > 1)
-    return f"SELECT {', '.join(cols)} FROM {src}"
-
-
-def _latest_state_sql(table: str) -> str:
-    keys = _LOGGED_STATE[table]
-    cols = [c for c in schema(table).names if c not in keys]
-    # per column the latest non-null value: a partial update row (e.g. "crashed") keeps the rest
-    aggs = ", ".join(f"arg_max({qident(c)}, _order) AS {qident(c)}" for c in cols)
-    key_cols = ", ".join(keys)
-    return (
-        f"SELECT {key_cols}, {aggs} FROM (SELECT *, coalesce(updated_at, {_EPOCH}) AS _order FROM {table}_log) "
-        f"GROUP BY {key_cols}"
-    )
-
-
-# An anti join on (run_id, attempt) with a range residual: a correlated NOT EXISTS over the
-# spans plans as a nested loop (14 s on 10 M rows; this form takes ~0.3 s).
-JOURNEY_SQL = """
-WITH spans AS (SELECT run_id, attempt, min(step) AS lo, max(step) AS hi FROM metrics GROUP BY run_id, attempt),
-later AS (
-    SELECT s.run_id, s.attempt, l.lo, l.hi FROM spans s JOIN spans l ON l.run_id = s.run_id AND l.attempt > s.attempt)
-SELECT m.* FROM metrics m
-ANTI JOIN later c ON c.run_id = m.run_id AND c.attempt = m.attempt AND m.step BETWEEN c.lo AND c.hi
-"""
-
-INCIDENTS_SQL = f"""
-SELECT e.run_id, r.name AS run_name, e.attempt, a.seed, e.rank, e.step, e.wall_time, e.kind, e.severity, e.message,
-       coalesce(e.data_chunk, (
-           SELECT min(d.chunk_id) FROM data_chunks d
-           WHERE d.run_id = e.run_id AND (d.attempt IS NULL OR d.attempt = e.attempt)
-             AND e.step BETWEEN d.first_step AND d.last_step)) AS data_chunk,
-       e.sample_ids, e.layer, e.details_json
-FROM events e
-LEFT JOIN attempts a ON a.run_id = e.run_id AND a.attempt = e.attempt
-LEFT JOIN runs r ON r.run_id = e.run_id
-WHERE e.kind IN ({", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)})
-"""
-
-CHUNK_INCIDENTS_SQL = """
-SELECT data_chunk, count(*) AS n_incidents, count(DISTINCT (run_id, attempt)) AS n_attempts,
-       count(DISTINCT run_id) AS n_runs, count(DISTINCT seed) AS n_seeds,
-       list(DISTINCT seed ORDER BY seed) FILTER (seed IS NOT NULL) AS seeds,
-       list(DISTINCT kind ORDER BY kind) AS kinds, list(DISTINCT run_id ORDER BY run_id) AS runs,
-       min(step) AS first_step, max(step) AS last_step
-FROM incidents WHERE data_chunk IS NOT NULL
-GROUP BY data_chunk
-"""
-
-
-def snapshot_spans(files: Sequence[LiveFile]) -> dict[str, dict[int, tuple[int, int]]] | None:
-    """{run_id: {attempt: (min step, max step)}} of metric files from their footers (segment and staged
-    file names carry the attempt; compact files record their spans); None when a file does not tell."""
-    spans: dict[str, dict[int, tuple[int, int]]] = {}
-    for f in files:
-        if f.rows == 0:
-            continue
-        if f.key.kind != "compact" and f.step_range is not None and f.key.attempt is not None:
-            found: Sequence[tuple[int, int, int]] = ((int(f.key.attempt), *f.step_range),)
-        elif f.key.kind == "compact" and f.attempt_spans is not None:
-            found = f.attempt_spans
-        else:
-            return None
-        run = spans.setdefault(f.key.run_id, {})
-        for a, lo, hi in found:
-            old = run.get(a)
-            run[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-    return spans
-
-
-def journey_sql(files: Sequence[LiveFile]) -> str:
-    """The journey_metrics view. From the footers' spans when they tell: no view scan for them, and
-    runs with a single attempt (most) pass straight through; else the anti join over scanned spans."""
-    spans = snapshot_spans(files)
-    if spans is None:
-        return JOURNEY_SQL
-    later = [(run, a, lo, hi) for run, by in sorted(spans.items()) for a in by
-             for b, (lo, hi) in by.items() if b > a]
-    if not later:
-        return "SELECT * FROM metrics"
-    runs = sorted({r for r, *_ in later})
-    values = ", ".join(f"({curves.quote_str(r)}, {int(a)}, {int(lo)}, {int(hi)})" for r, a, lo, hi in later)
-    in_runs = ", ".join(curves.quote_str(r) for r in runs)
-    return f"""
-WITH later(run_id, attempt, lo, hi) AS (VALUES {values})
-SELECT * FROM metrics WHERE run_id NOT IN ({in_runs})
-UNION ALL
-SELECT m.* FROM (SELECT * FROM metrics WHERE run_id IN ({in_runs})) m
-ANTI JOIN later c ON c.run_id = m.run_id AND c.attempt = m.attempt AND m.step BETWEEN c.lo AND c.hi
-"""
-
-
-def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
-    """(Re)create every view of the archive in `con` over the snapshot's files."""
-    for table in TABLES:
-        name = f"{table}_log" if table in _LOGGED_STATE else table
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {table_source_sql(table, snap.files.get(table, []))}")
-    for table in _LOGGED_STATE:
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS {_latest_state_sql(table)}")
-    con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {journey_sql(snap.files.get('metrics', []))}")
-    con.execute(f"CREATE OR REPLACE VIEW metrics_lod AS {lod_source_sql(list(getattr(snap, 'lod', {}).values()))}")
-    con.execute(f"CREATE OR REPLACE VIEW incidents AS {INCIDENTS_SQL}")
-    con.execute(f"CREATE OR REPLACE VIEW chunk_incidents AS {CHUNK_INCIDENTS_SQL}")
-
-
-def lod_source_sql(infos: Sequence[Any]) -> str:
-    """The level-of-detail rows of these LOD files (telemetry.read.lod), or an empty SELECT of their columns."""
-    from telemetry.read.lod import LOD_SCHEMA
-
-    paths = [i.local for i in infos if i.local]
-    if not paths:
-        cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}" for f in LOD_SCHEMA)
-        return f"SELECT {cols} WHERE false"
-    return f"SELECT * FROM {curves.read_parquet_sql(paths)}"
-
-
-def new_connection() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
-    con.execute("SET GLOBAL TimeZone = 'UTC'")
-    con.execute("SET GLOBAL parquet_metadata_cache = true")  # segments are immutable: footers parse once
-    # Parquet min/max leave NaN out: without this DuckDB 2.0 folds isnan(value) to false from them
-    con.execute("SET GLOBAL parquet_can_have_nan = true")  # GLOBAL: cursors are new sessions
-    return con
-
-
-# -- the archive ---------------------------------------------------------------------------
-def _heals(method):
-    """Run a query method again after a broken file it hit was left out (Archive._set_aside_broken):
-    each retry follows a newly found broken file, so the retries end."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except BrokenFileError as exc:
-                self.problems.extend(p for p in (f"skipped {rel}: {why}" for rel, why in exc.found.items())
-                                     if p not in self.problems)
-
-    return wrapper
-
-
-class Archive:
+class Archive(CurveQueries):
     """A flightlog archive opened for reading (local folder, s3://, memory://, http(s)://, ...)."""
 
     def __init__(
@@ -286,7 +113,7 @@ class Archive:
     def _set_aside_broken(self, exc: Exception) -> None:
         """A query failed reading data: find the file broken past its footer (a corrupt page fails
         every query over its table), leave it out of the views, and raise BrokenFileError naming it;
-        `_heals` runs the query method again. Returns when no broken file explains the error."""
+        `heals` runs the query method again. Returns when no broken file explains the error."""
         if not may_be_a_broken_file(exc):
             return
         found = self._catalog.find_broken(self._snap, str(exc))
@@ -299,7 +126,7 @@ class Archive:
         with self._lock:
             return self.con.cursor()
 
-    @_heals
+    @heals
     def sql(self, query: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
         """Run SQL over the archive's views (trusted callers: no sandbox). QueryError on failure."""
         cur = self._cursor()
@@ -323,7 +150,7 @@ class Archive:
             cur.close()
 
     # -- runs -------------------------------------------------------------------------------
-    @_heals
+    @heals
     def runs(self, run: str | None = None) -> pd.DataFrame:
         """One row per run: run_id, name, project, status, created_at, steps, tokens, attempts,
         ranks, last_loss, incidents (newest first). `run`: that run's row only, reading only its files."""
@@ -355,7 +182,8 @@ class Archive:
         return self._df(f"""
 WITH ids AS (
     SELECT run_id FROM runs{where} UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM attempts{where}),
-tok AS (SELECT run_id, max(value) AS tokens FROM {metrics} WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
+tok AS (
+    SELECT run_id, max(value) AS tokens FROM {metrics} WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
 m AS (
     SELECT s.run_id, s.steps, tok.tokens, mr.metric_ranks
     FROM ({steps}) s LEFT JOIN tok USING (run_id) LEFT JOIN ({metric_ranks}) mr USING (run_id)),
@@ -375,12 +203,12 @@ e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}){a
 SELECT ids.run_id, r.name, r.project, r.status, r.created_at, m.steps, m.tokens,
        coalesce(a.attempts, 0) AS attempts, coalesce(k.ranks, m.metric_ranks, 0) AS ranks,
        ll.last_loss, coalesce(e.incidents, 0) AS incidents
-FROM ids LEFT JOIN runs r USING (run_id) LEFT JOIN m USING (run_id) LEFT JOIN ll USING (run_id) LEFT JOIN a USING (run_id)
-LEFT JOIN k USING (run_id) LEFT JOIN e USING (run_id)
+FROM ids LEFT JOIN runs r USING (run_id) LEFT JOIN m USING (run_id) LEFT JOIN ll USING (run_id)
+LEFT JOIN a USING (run_id) LEFT JOIN k USING (run_id) LEFT JOIN e USING (run_id)
 ORDER BY r.created_at DESC NULLS LAST, ids.run_id
 """)
 
-    @_heals
+    @heals
     def resolve_run(self, run: str) -> str:
         """A run's name or id -> its run_id; UnknownRunError (listing known runs) otherwise."""
         run = str(run)
@@ -403,10 +231,10 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         """The table's rows of one run, reading only that run's files (filtered before anything)."""
         return f"({table_source_sql(table, self._run_files(table, run_id))})"
 
-    @_heals
+    @heals
     def metric_names(self, run: str) -> list[str]:
         run_id = self.resolve_run(run)
-        info = getattr(self._snap, "lod", {}).get(run_id)
+        info = self._snap.lod.get(run_id)
         files = self._run_files("metrics", run_id)
         covered = set(info.covers) if info is not None else set()
         # the LOD names every metric of the files it covers, unless the journey filter (several
@@ -423,7 +251,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         return list(df["name"])
 
     # -- journey ----------------------------------------------------------------------------
-    @_heals
+    @heals
     def attempt_spans(self, run: str) -> dict[int, tuple[int, int]]:
         """{attempt: (min step, max step)} over all metrics of the run (footer stats when possible)."""
         run_id = self.resolve_run(run)
@@ -443,9 +271,8 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
                     old = spans.get(a)
                     spans[a] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         else:
-            df = self._df(
-                f"SELECT attempt, min(step) AS lo, max(step) AS hi FROM {self._run_source('metrics', run_id)} GROUP BY attempt"
-            )
+            source = self._run_source("metrics", run_id)
+            df = self._df(f"SELECT attempt, min(step) AS lo, max(step) AS hi FROM {source} GROUP BY attempt")
             spans = {int(r.attempt): (int(r.lo), int(r.hi)) for r in df.itertuples()}
         self._spans[key] = spans
         return spans
@@ -462,7 +289,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
                 where.append(pred)
         return where
 
-    @_heals
+    @heals
     def metrics(
         self,
         run: str,
@@ -477,146 +304,11 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         """Raw metric rows of a run (long format), ordered by name, step, rank."""
         run_id = self.resolve_run(run)
         where = self._where(run_id, rank=rank, attempt=attempt, journey=journey)
-        params: list[Any] = []
-        if names is not None:
-            names = [names] if isinstance(names, str) else list(names)
-            where.append(f"name IN ({', '.join('?' for _ in names)})")
-            params += names
-        if lo is not None:
-            where.append(f"step >= {int(lo)}")
-        if hi is not None:
-            where.append(f"step <= {int(hi)}")
-        cond = " AND ".join(where) or "TRUE"
-        return self._df(
-            f"SELECT * FROM {self._run_source('metrics', run_id)} WHERE {cond} ORDER BY name, step, attempt, rank", params
-        )
-
-    @_heals
-    def curve(
-        self,
-        run: str,
-        name: str,
-        *,
-        x: str = "step",
-        buckets: int = 2000,
-        lo: float | None = None,
-        hi: float | None = None,
-        rank: int | None = None,
-        journey: bool = True,
-        align: bool = False,
-    ) -> pd.DataFrame:
-        """A metric downsampled to at most `buckets` buckets over [lo, hi] of x (step, tokens, time).
-
-        One row per non-empty bucket: bucket, x_lo, x_hi, min, max, mean (finite values only),
-        first, last (by x), count, nan_count, posinf_count, neginf_count.
-
-        `align=True` (x="step" with lo and hi given): the window is widened to whole blocks of the
-        run's level-of-detail table (less than one bucket more on each side, at most `buckets`
-        buckets), so every bucket is read from the LOD alone: about 20x faster on a 1 M-step run
-        than buckets whose edges cut blocks (those blocks' raw rows are read). For charts.
-        """
-        if x not in curves.X_KINDS:
-            raise QueryError(f"unknown x {x!r}: use one of {', '.join(curves.X_KINDS)}")
-        if not isinstance(buckets, int) or buckets < 1:
-            raise QueryError(f"buckets must be a positive integer, got {buckets!r}")
-        run_id = self.resolve_run(run)
-        if align and x == "step" and journey and lo is not None and hi is not None:
-            info = self._lod_info(run_id)
-            if info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo:
-                from telemetry.read.lod import aligned_window
-
-                lo, hi, buckets = aligned_window(int(math.floor(lo)), int(math.ceil(hi)), buckets, info.widths[0])
-        if x == "step" and journey:
-            fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
-            if fast is not None:
-                return fast
-        scan_started = time.perf_counter()
+        cond, params = _filter_sql(where, "name", names, lo, hi)
         source = self._run_source("metrics", run_id)
-        where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=journey)
-        points = curves.points_sql(source, x=x, where=where)
-        clip = lo is not None or hi is not None
-        if lo is None or hi is None:
-            key = (self.version, run_id, name, x, rank, journey)
-            if key not in self._ranges:
-                r = self._df(curves.range_sql(points, x=x))
-                vals = r.iloc[0]
-                self._ranges[key] = None if pd.isna(vals["lo"]) else (float(vals["lo"]), float(vals["hi"]))
-            data_range = self._ranges[key]
-            if data_range is None:
-                return _empty_curve(x)
-            lo = data_range[0] if lo is None else lo
-            hi = data_range[1] if hi is None else hi
-        if x == "time":
-            lo, hi = _time_bound(lo), _time_bound(hi)
-        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
-            return _empty_curve(x)
-        out = self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
-        slow = time.perf_counter() - scan_started > tail_lod.MIN_SCAN_S
-        if slow and x == "step" and journey and run_id not in self._snap.lod:
-            self._tail_lods.want(run_id, self._run_files("metrics", run_id))  # the next curves skip this scan
-        return out
+        return self._df(f"SELECT * FROM {source} WHERE {cond} ORDER BY name, step, attempt, rank", params)
 
-    def _lod_info(self, run_id: str) -> Any:
-        """The run's persisted LOD, else the one this reader built over its segments (tail_lod.py), else None."""
-        info = self._snap.lod.get(run_id)
-        if info is None:
-            info = self._tail_lods.get(run_id, self._run_files("metrics", run_id))
-        return info
-
-    def _lod_curve(self, run_id: str, name: str, *, buckets: int, lo: float | None, hi: float | None,
-                   rank: int | None) -> pd.DataFrame | None:
-        """curve(x="step") from the run's level-of-detail table plus raw rows where it falls short;
-        None when there is no usable LOD (the caller scans raw rows)."""
-        from telemetry.read import lod
-
-        info = self._lod_info(run_id)
-        lod_rank = None if info is None else lod.usable_rank(info, rank)
-        if info is None or lod_rank is None or not info.local:
-            return None
-        cut = lod.valid_below(info, self.attempt_spans(run_id))
-        files = self._run_files("metrics", run_id)
-        covered = [f for f in files if f.rel in set(info.covers)]
-        tail = [f for f in files if f.rel not in set(info.covers)]
-        covered_src = f"({table_source_sql('metrics', covered)})" if covered else None
-        tail_src = f"({table_source_sql('metrics', tail)})" if tail else None
-        if tail and info is not self._snap.lod.get(run_id) and tail_lod.worth_rebuilding(covered, tail):
-            self._tail_lods.want(run_id, files)  # a live run outgrew the LOD this reader built
-        lod_src = curves.read_parquet_sql([info.local])
-        where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=True)
-        if lo is None or hi is None:
-            key = (self.version, run_id, name, "lod", rank)
-            if key not in self._ranges:
-                r = self._df(lod.range_sql(lod_src=lod_src, tail_src=tail_src, covered_src=covered_src, where=where,
-                                           lod_rank=lod_rank, name=name, cut=cut, widths=info.widths)).iloc[0]
-                self._ranges[key] = None if pd.isna(r["lo"]) else (float(r["lo"]), float(r["hi"]))
-            data_range = self._ranges[key]
-            if data_range is None:
-                return _empty_curve("step")
-            lo = data_range[0] if lo is None else lo
-            hi = data_range[1] if hi is None else hi
-        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(hi) < float(lo):
-            return _empty_curve("step")
-        lo_i, hi_i = math.ceil(float(lo)), math.floor(float(hi))
-        if hi_i < lo_i or cut <= lo_i or lo_i != float(lo) or hi_i != float(hi):
-            return None  # fractional bounds or nothing the LOD covers: the raw scan handles it
-        plan = lod.plan_curve(lo=lo_i, hi=hi_i, buckets=buckets, cut=cut, widths=info.widths)
-        if plan is None:
-            return None
-        sql = lod.curve_sql(lod_src=lod_src, covered_src=covered_src, tail_src=tail_src, where=where,
-                            lod_rank=lod_rank, name=name, lo=lo_i, hi=hi_i, buckets=buckets, plan=plan,
-                            blocks="_lod_blocks", edges="_lod_edges")
-        cur = self._cursor()  # the plan's tables are registered on this cursor only
-        try:
-            cur.register("_lod_blocks", plan.blocks)
-            cur.register("_lod_edges", plan.edges)
-            return cur.execute(sql).df()
-        except duckdb.Error as exc:
-            self._set_aside_broken(exc)
-            raise QueryError(f"query failed: {exc}") from None
-        finally:
-            cur.close()
-
-    @_heals
+    @heals
     def events(
         self,
         run: str | None = None,
@@ -624,29 +316,20 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         lo: int | None = None,
         hi: int | None = None,
     ) -> pd.DataFrame:
-        where, params = [], []
-        source = "events"
-        if run is not None:
-            source = self._run_source("events", self.resolve_run(run))
-        if kinds is not None:
-            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-            where.append(f"kind IN ({', '.join('?' for _ in kinds)})")
-            params += kinds
-        if lo is not None:
-            where.append(f"step >= {int(lo)}")
-        if hi is not None:
-            where.append(f"step <= {int(hi)}")
-        cond = " AND ".join(where) or "TRUE"
+        """Events (of one run, of some kinds, in a step range), ordered by step, then wall time and rank."""
+        source = "events" if run is None else self._run_source("events", self.resolve_run(run))
+        cond, params = _filter_sql([], "kind", kinds, lo, hi)
         return self._df(f"SELECT * FROM {source} WHERE {cond} ORDER BY step NULLS LAST, wall_time, rank", params)
 
-    @_heals
+    @heals
     def incidents(self, run: str | None = None) -> pd.DataFrame:
         """Incident events with their data chunk and the attempt's seed."""
         if run is None:
             return self._df("SELECT * FROM incidents ORDER BY run_id, step NULLS LAST, attempt")
-        return self._df("SELECT * FROM incidents WHERE run_id = ? ORDER BY step NULLS LAST, attempt", [self.resolve_run(run)])
+        return self._df("SELECT * FROM incidents WHERE run_id = ? ORDER BY step NULLS LAST, attempt",
+                        [self.resolve_run(run)])
 
-    @_heals
+    @heals
     def chunk_incidents(self, run: str | None = None) -> pd.DataFrame:
         """Incidents per data chunk across attempts and seeds: a chunk failing in every order stands out."""
         if run is None:
@@ -654,7 +337,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         sql = CHUNK_INCIDENTS_SQL.replace("WHERE data_chunk IS NOT NULL", "WHERE data_chunk IS NOT NULL AND run_id = ?")
         return self._df(f"{sql} ORDER BY n_attempts DESC, n_incidents DESC, data_chunk", [self.resolve_run(run)])
 
-    @_heals
+    @heals
     def attempt_lineage(self, run: str) -> pd.DataFrame:
         """Per attempt: first/last step, where it resumed from, how it ended, and its abandoned steps."""
         run_id = self.resolve_run(run)
@@ -674,25 +357,17 @@ ORDER BY 1
 """, [run_id])
 
 
-def _time_bound(value: Any) -> int:
-    """A time bound (Timestamp, datetime, epoch seconds or epoch microseconds) -> epoch microseconds."""
-    if isinstance(value, (pd.Timestamp,)) or hasattr(value, "timestamp"):
-        ts = pd.Timestamp(value)
-        if ts.tzinfo is None:
-            ts = ts.tz_localize("UTC")
-        return int(ts.value // 1000)
-    v = float(value)
-    return int(v) if abs(v) > 1e14 else int(v * 1_000_000)  # seconds unless it already looks like µs
-
-
-def _empty_curve(x: str) -> pd.DataFrame:
-    x_dtype = "datetime64[us, UTC]" if x == "time" else ("int64" if x == "step" else "float64")
-    cols = {
-        "bucket": "int64", "x_lo": x_dtype, "x_hi": x_dtype, "min": "float64", "max": "float64", "mean": "float64",
-        "first": "float64", "last": "float64", "count": "int64", "nan_count": "int64",
-        "posinf_count": "int64", "neginf_count": "int64",
-    }
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
-
-
-__all__ = ["INCIDENT_KINDS", "Archive", "create_views", "new_connection"]
+def _filter_sql(where: list[str], column: str, values: Sequence[str] | str | None, lo: int | None, hi: int | None
+                ) -> tuple[str, list[Any]]:
+    """(WHERE condition, parameters): `where` and `column` IN `values` (one str is one value; None: any)
+    and step in [lo, hi] (None: open); the values are parameters, the steps whole numbers."""
+    where, params = list(where), []
+    if values is not None:
+        values = [values] if isinstance(values, str) else list(values)
+        where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+        params += values
+    if lo is not None:
+        where.append(f"step >= {int(lo)}")
+    if hi is not None:
+        where.append(f"step <= {int(hi)}")
+    return " AND ".join(where) or "TRUE", params

@@ -21,7 +21,8 @@ import uuid
 
 from data_schema.layout import FileKey, parse_path
 from telemetry.read.archive import Archive
-from telemetry.read.catalog import Catalog, LiveFile, Snapshot
+from telemetry.read.catalog import Catalog, Snapshot
+from telemetry.read.footers import LiveFile
 from telemetry.store import encodings, staging
 
 VIEW_DIR = "_live_view"
@@ -59,7 +60,9 @@ class LiveCatalog(Catalog):
         wanted = set()
         for rel in snap.staged:
             key = parse_path(rel)
-            if key is None or key.seq is None or key.seq <= covered.get((key.table, key.run_id, key.attempt, key.rank), -1):
+            if key is None or key.seq is None:
+                continue
+            if key.seq <= covered.get((key.table, key.run_id, key.attempt, key.rank), -1):
                 continue
             local = self._view_of(rel, key)
             if local is None:

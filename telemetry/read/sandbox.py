@@ -25,8 +25,9 @@ from multiprocessing.connection import Connection
 import duckdb
 import pyarrow as pa
 
-from telemetry.read.archive import Archive, create_views, new_connection
+from telemetry.read.archive import Archive
 from telemetry.read.curves import quote_str
+from telemetry.read.views import create_views, new_connection
 from telemetry.store.errors import QueryError, SandboxError
 
 # Statement types a reader may run (DESCRIBE, SHOW, SUMMARIZE, WITH, VALUES parse as SELECT).

@@ -7,7 +7,7 @@ import pandas as pd
 
 from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import compact
-from telemetry.read.archive import JOURNEY_SQL, journey_sql
+from telemetry.read.views import JOURNEY_SQL, journey_sql
 
 CFG = WriterConfig(flush_interval_s=0.05, segment_interval_s=3600, segment_rows=300, close_timeout_s=20,
                    compact_on_close=False)

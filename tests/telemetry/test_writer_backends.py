@@ -9,9 +9,10 @@ import uuid
 import pytest
 
 from telemetry import Writer, WriterConfig
-from telemetry.maintain.manifest import read_manifest, write_manifest
+from telemetry.maintain.manifest import write_manifest
 from telemetry.maintain.recovery import recover
 from telemetry.store.fs import open_fs
+from telemetry.store.manifest_file import read_manifest
 from tests.telemetry.conftest import read_fs
 
 CFG = WriterConfig(flush_interval_s=0.1, segment_interval_s=3600, close_timeout_s=20)
