@@ -13,6 +13,12 @@ import pandas as pd
 SCHEME = "tableau10"
 
 
+# How the scores chart spaces checkpoints: evenly in tokens/steps, on a log scale (log-spaced early checkpoints
+# such as Pythia's 1, 2, 4, ..., 512 then every 1,000 would otherwise sit on top of each other at x = 0), or
+# one slot per checkpoint in step order.
+X_SCALES = ("linear", "log", "index")
+
+
 def _eval_x(evals: pd.DataFrame) -> tuple[pd.Series, bool]:
     use_tokens = "tokens_seen" in evals and evals["tokens_seen"].notna().all() and len(evals) > 0
     return (evals["tokens_seen"] if use_tokens else evals["step"]).astype("float64"), bool(use_tokens)
@@ -22,20 +28,44 @@ def series_label(evals: pd.DataFrame) -> pd.Series:
     return evals["benchmark"].astype(str) + " / " + evals["metric"].astype(str)
 
 
-def scores_chart(evals: pd.DataFrame, *, height: int = 300) -> alt.LayerChart:
-    """Score against tokens (step when a checkpoint's tokens are unknown): a line per benchmark/metric,
-    a band of ± stderr around it."""
+def scores_frame(evals: pd.DataFrame, *, x_scale: str = "linear") -> tuple[pd.DataFrame, str]:
+    """The rows the scores chart draws: `x` (tokens, else step; for "index" the checkpoint's position in step
+    order, 0 = the first), `series`, the stderr band `lo`/`hi`; and the x axis title."""
+    if x_scale not in X_SCALES:
+        raise ValueError(f"x_scale must be one of {', '.join(X_SCALES)}, not {x_scale!r}")
     data = evals.copy()
     data["x"], use_tokens = _eval_x(data)
     data["series"] = series_label(data)
     err = data["stderr"].fillna(0.0) if "stderr" in data else 0.0
     data["lo"], data["hi"] = data["value"] - err, data["value"] + err
-    data = data.dropna(subset=["x"]).sort_values(["series", "x"])
-    x = alt.X("x:Q", title="tokens seen" if use_tokens else "step", axis=alt.Axis(format="~s" if use_tokens else ",d"))
+    data = data.dropna(subset=["x"])
+    if x_scale == "index":
+        data["x"] = data["step"].rank(method="dense").astype("float64") - 1.0
+        return data.sort_values(["series", "x"]), "checkpoint (index, in step order)"
+    title = "tokens seen" if use_tokens else "step"
+    return data.sort_values(["series", "x"]), (f"{title} (log scale)" if x_scale == "log" else title)
+
+
+def _x_encoding(data: pd.DataFrame, x_scale: str, title: str, use_tokens: bool) -> alt.X:
+    if x_scale == "index":
+        return alt.X("x:Q", title=title, axis=alt.Axis(format="d", tickMinStep=1))
+    fmt = "~s" if use_tokens else ",d"
+    if x_scale == "log":
+        # symlog draws a checkpoint at step 0 too (a log scale cannot); log proper when every x is positive
+        kind = "log" if len(data) and (data["x"] > 0).all() else "symlog"
+        return alt.X("x:Q", title=title, scale=alt.Scale(type=kind), axis=alt.Axis(format=fmt))
+    return alt.X("x:Q", title=title, axis=alt.Axis(format=fmt))
+
+
+def scores_chart(evals: pd.DataFrame, *, height: int = 300, x_scale: str = "linear") -> alt.LayerChart:
+    """Score against tokens (step when a checkpoint's tokens are unknown): a line per benchmark/metric,
+    a band of ± stderr around it. `x_scale`: "linear", "log" or "index" (one slot per checkpoint)."""
+    data, title = scores_frame(evals, x_scale=x_scale)
+    x = _x_encoding(data, x_scale, title, _eval_x(evals)[1])
     color = alt.Color("series:N", scale=alt.Scale(scheme=SCHEME), legend=alt.Legend(title="benchmark / metric",
                                                                                     orient="bottom"))
-    band = alt.Chart(data).mark_area(opacity=0.2).encode(x=x, y=alt.Y("lo:Q", title="score", scale=alt.Scale(zero=False)),
-                                                         y2="hi:Q", color=color)
+    band = alt.Chart(data).mark_area(opacity=0.2).encode(
+        x=x, y=alt.Y("lo:Q", title="score", scale=alt.Scale(zero=False)), y2="hi:Q", color=color)
     line = alt.Chart(data).mark_line(point=True).encode(
         x=x, y="value:Q", color=color,
         tooltip=[alt.Tooltip("series:N"), alt.Tooltip("step:Q", format=","), alt.Tooltip("value:Q", format=".4f"),
@@ -128,8 +158,8 @@ def memorization_by_recency(mem: pd.DataFrame, chunks: pd.DataFrame, *, measure:
             y=f"{measure}:Q", color=color, tooltip=[alt.Tooltip("checkpoint:N"),
                                                     alt.Tooltip(f"{measure}:Q", format=".4f",
                                                                 title="not yet read (baseline)")]))
-    return alt.layer(*layers).properties(height=height,
-                                         title="Memorization against how recently the chunk was read (dashed: not read yet)")
+    return alt.layer(*layers).properties(
+        height=height, title="Memorization against how recently the chunk was read (dashed: not read yet)")
 
 
 def correlation_frame(mem: pd.DataFrame, *, measure: str = "token_match") -> pd.DataFrame:

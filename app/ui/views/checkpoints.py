@@ -87,8 +87,12 @@ else:
     picked_series = st.multiselect("benchmarks", series, default=series[:8], key="evals_series",
                                    help="benchmark / metric pairs drawn against tokens") if len(series) > 1 else series
     shown = evals[eval_charts.series_label(evals).isin(picked_series)]
+    x_labels = {"linear": "linear", "log": "log scale", "index": "checkpoint index"}
+    x_scale = st.radio("x axis", eval_charts.X_SCALES, format_func=x_labels.get, horizontal=True, key="evals_x",
+                       help="log scale or one slot per checkpoint spread out log-spaced early checkpoints "
+                            "(1, 2, 4, ..., 512, then every 1,000) that a linear axis piles up at 0")
     if not shown.empty:
-        st.altair_chart(eval_charts.scores_chart(shown), width="stretch", key="evals_chart")
+        st.altair_chart(eval_charts.scores_chart(shown, x_scale=x_scale), width="stretch", key="evals_chart")
     if evals["step"].nunique() > 1:
         st.altair_chart(eval_charts.eval_heatmap(evals), width="stretch", key="evals_heatmap")
     with st.expander(f"{len(evals)} scores (table)"):
