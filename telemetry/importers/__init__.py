@@ -1,4 +1,5 @@
-"""Importers: W&B `.wandb` files, TensorBoard event files, MLflow stores, CSV/JSONL logs -> the archive.
+"""Importers: W&B `.wandb` files, TensorBoard event files, MLflow stores, CSV/JSONL logs, Hugging Face Trainer
+states, Megatron-LM stdout logs and any text log read with a regular expression -> the archive.
 
 Each `import_*` function returns an ImportSummary (runs, points, what was skipped and why)
 and raises ImportSourceError (an ArchiveError) with a message naming the file for a wrong or
@@ -16,6 +17,10 @@ _LAZY = {
     "import_mlflow": "telemetry.importers.mlflow",
     "import_csv": "telemetry.importers.tabular",
     "import_jsonl": "telemetry.importers.tabular",
+    "import_hf_trainer": "telemetry.importers.hf_trainer",
+    "import_megatron": "telemetry.importers.megatron_log",
+    "import_text_log": "telemetry.importers.text_log",
+    "import_evals": "telemetry.importers.evals",
 }
 
 
@@ -26,5 +31,6 @@ def __getattr__(name: str):
     return getattr(import_module(module), name)
 
 
-__all__ = ["ImportSourceError", "ImportSummary", "ImportedRun", "import_csv", "import_jsonl", "import_mlflow",
-           "import_tensorboard", "import_wandb", "read_wandb_file", "write_run"]
+__all__ = ["ImportSourceError", "ImportSummary", "ImportedRun", "import_csv", "import_evals", "import_hf_trainer",
+           "import_jsonl", "import_megatron", "import_mlflow", "import_tensorboard", "import_text_log", "import_wandb",
+           "read_wandb_file", "write_run"]
