@@ -275,7 +275,7 @@ def _vl_type(s: pd.Series) -> str:
     return "nominal"
 
 
-def around_chart(rows: pd.DataFrame, *, center: int, name: str | None = None, height: int = 150) -> alt.LayerChart:
+def around_chart(rows: pd.DataFrame, *, center: int, name: str | None = None, height: int = 170) -> alt.LayerChart:
     """One metric of a run around a step (one line per rank, NaN/Inf as red rules, the step marked).
 
     A chart per metric, each as wide as its container (`width="stretch"`): a facet of fixed-width
@@ -288,15 +288,16 @@ def around_chart(rows: pd.DataFrame, *, center: int, name: str | None = None, he
     data["nonfinite"] = ~np.isfinite(data["value"])
     data["rank"] = data["rank"].astype(str)
     base = alt.Chart(data)
-    several_ranks = data["rank"].nunique() > 1
+    # no legend: a stretched chart fits title, legend and plot into `height`, and a legend per small
+    # chart squeezed the plot flat; the page says "one line per rank", the tooltip names it
     line = base.mark_line(point=True).encode(
-        x=alt.X("step:Q", title="step", axis=alt.Axis(format=",d"), scale=alt.Scale(zero=False, nice=False)),
+        x=alt.X("step:Q", title=None, axis=alt.Axis(format=",d"), scale=alt.Scale(zero=False, nice=False)),
         y=alt.Y("finite_value:Q", title=None, scale=alt.Scale(zero=False)),
-        color=alt.Color("rank:N", legend=alt.Legend(title="rank", orient="top") if several_ranks else None),
+        color=alt.Color("rank:N", scale=alt.Scale(scheme="tableau10"), legend=None),
         tooltip=["name:N", alt.Tooltip("step:Q", format=","), "rank:N", "attempt:Q",
                  alt.Tooltip("value:Q", format=".5g")])
     bad = base.transform_filter("datum.nonfinite").mark_rule(color=NONFINITE_COLOR).encode(x="step:Q")
-    center_rule = base.mark_rule(color="#ff7f0e", strokeDash=[4, 2]).encode(x=alt.datum(center))
+    center_rule = base.mark_rule(color="#333333", strokeDash=[4, 2]).encode(x=alt.datum(center))  # not a rank colour
     title = metric_title(name if name is not None else str(data["name"].iloc[0]) if len(data) else "")
     return alt.layer(line, bad, center_rule).properties(
         height=height, title=alt.TitleParams(title, anchor="start", fontSize=12))

@@ -304,7 +304,12 @@ def test_incident_drilldown_charts_stay_inside_their_column(app, browser, width)
             else:  # and its drawing stays within its own column
                 o_left, _, o_right, _ = b["own"]
                 assert left >= o_left - 1 and right <= o_right + 1, f"at {width} px a chart spills out: {b}"
-        if width == 1440:
+        if width == 1440:  # the drill-down, scrolled into view, beside its Data column
+            from selenium.webdriver.common.by import By
+
+            heading = next(h for h in browser.find_elements(By.CSS_SELECTOR, "h3") if h.text.startswith("Drill-down"))
+            browser.execute_script("arguments[0].scrollIntoView()", heading)
+            time.sleep(0.5)
             browser.save_screenshot(str(SHOTS / "incidents-1440.png"))
     finally:
         browser.set_window_size(1440, 900)

@@ -94,6 +94,8 @@ with left:
             around = chart_frames.downsample_minmax(around, "step", "value", by="name")
             names = series.order_series(around["name"].unique())
             shown_names = names[:AROUND_CHARTS]
+            st.caption("Each metric around the event: one line per rank (hover for its rank and value), "
+                       "red rules at NaN/Inf, the event's step dashed.")
             grid = st.columns(2)  # each chart stretches to its half of this column, never past it
             for i, name in enumerate(shown_names):
                 with grid[i % 2]:
