@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 
 @dataclass(slots=True)
@@ -108,8 +109,6 @@ def memorization_score(model: torch.nn.Module, sequences: torch.Tensor, *, k: in
     model.eval()
     scores = []
     try:
-        from tqdm import tqdm
-
         starts = range(0, sequences.size(0), batch_size)
         for s in tqdm(starts, desc="memorization", unit="batch", disable=not progress, leave=False):
             batch = sequences[s:s + batch_size, :k + l].to(device)

@@ -25,7 +25,7 @@ class WandbMirror:
         if mode not in ("offline", "online", "disabled", None):
             raise ValueError(f"WandbMirror mode must be 'offline', 'online', 'disabled' or None, got {mode!r}")
         try:
-            import wandb
+            import wandb  # lazy: optional, and seconds to import; only a mirror needs it
         except ImportError:
             raise ImportError("mirror='wandb' needs the wandb package: pip install wandb") from None
         self.failed: str | None = None

@@ -80,7 +80,8 @@ class NvmlSampler:
 
                 psutil.cpu_percent(None)  # the first call only primes the counter
                 self._psutil = psutil
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - no psutil (or a broken one): host metrics off, said once
+                _log.info("flightlog: host metrics off (psutil: %s)", exc if str(exc) else type(exc).__name__)
                 self._psutil = None
         if self.gpu_enabled or self._psutil is not None:
             self._thread = threading.Thread(target=self._run, name="flightlog-nvml", daemon=True)
@@ -123,7 +124,7 @@ class NvmlSampler:
                                                 self._events)
                 except Exception:  # noqa: BLE001 - not supported on this GPU (or without root)
                     self._unsupported.add((i, "xid"))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no event sets on this driver: Xid events stay off, sampling goes on
             self._events = None
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -139,7 +140,7 @@ class NvmlSampler:
                         self._nvml.nvmlShutdown()
                     elif arg is not None:
                         getattr(self._nvml, fn)(arg)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - releasing at stop: a failure leaks nothing the process keeps
                     pass
 
     # ---- sampling thread -----------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+import telemetry  # its public names load on first use: `telemetry.Writer` below, not at import (duckdb)
+
 _log = logging.getLogger("flightlog.hooks")
 
 _MESH_ALIASES = {
@@ -149,8 +151,6 @@ def open_rank_writer(archive: str | None, run: str, topo: Topology, *, attempt: 
                      **writer_kwargs: Any) -> Any:
     """This rank's telemetry.Writer. With `attempt=None` rank 0 finds the next attempt of the run
     in the archive and every rank uses rank 0's number (all ranks must call this)."""
-    from telemetry import Writer  # noqa: PLC0415 - keeps `import trainer_hooks` light
-
     if is_dataclass(config) and not isinstance(config, type):
         config = asdict(config)
     elif config is not None and not isinstance(config, dict):
@@ -160,8 +160,8 @@ def open_rank_writer(archive: str | None, run: str, topo: Topology, *, attempt: 
     common = dict(rank=topo.rank, world_size=topo.world_size, config=config, host=topo.host, dp_size=topo.dp_size,
                   tp_size=topo.tp_size, pp_size=topo.pp_size, **writer_kwargs)
     if attempt is None:
-        first = Writer(archive, run, attempt=None, **common) if topo.rank == 0 else None
+        first = telemetry.Writer(archive, run, attempt=None, **common) if topo.rank == 0 else None
         attempt = agree_attempt(first.attempt if first is not None else None)
         if first is not None:
             return first
-    return Writer(archive, run, attempt=attempt, **common)
+    return telemetry.Writer(archive, run, attempt=attempt, **common)

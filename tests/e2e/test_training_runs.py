@@ -157,7 +157,7 @@ def test_checkpoint_without_optimizer_state_is_flagged(crashed_and_resumed):
 
 
 @pytest.mark.timeout(240)
-def test_flightlog_demo_quick_no_ui_runs_end_to_end_and_prints_the_summary(tmp_path):
+def test_flightlog_demo_quick_no_ui_runs_end_to_end_and_prints_the_summary_of_two_seeds(tmp_path):
     archive = tmp_path / "demo-archive"
     env = {**os.environ, "FLIGHTLOG_ARCHIVE": str(archive)}
     out = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--quick", "--no-ui"], capture_output=True,
@@ -169,7 +169,23 @@ def test_flightlog_demo_quick_no_ui_runs_end_to_end_and_prints_the_summary(tmp_p
     assert "nan x" in text and ": found" in text
     assert "without optimizer state at step(s) [4]" in text
     assert f"archive: {archive}" in text
+    assert "it fails whatever the order" in text
     with Archive(str(archive)) as a:
-        runs = a.runs()
-        assert len(runs) == 1 and runs.iloc[0]["name"].startswith("demo-") and runs.iloc[0]["status"] == "finished"
+        runs = a.runs().sort_values("name")
+        assert len(runs) == 2 and all(n.startswith("demo-") for n in runs["name"])
+        assert set(runs["status"]) == {"finished"}
+        first, second = runs["run_id"]
+        name, other_name = runs["name"]
+        assert other_name.startswith(f"{name}-seed")  # the second seed's run is named after the first
+        seeds = {r["run_id"]: r["seeds"] for r in _rows(a, "SELECT run_id, list(DISTINCT seed) AS seeds "
+                                                           "FROM attempts GROUP BY run_id")}
+        assert seeds[first] == [0] and len(seeds[second]) == 1 and seeds[second] != [0]
+        # the corrupted chunk failed under both seeds: chunk_incidents across runs, and each run's own view
+        chunks = a.chunk_incidents()
+        row = chunks.sort_values("n_incidents", ascending=False).iloc[0]
+        assert row["n_runs"] == 2 and sorted(row["seeds"]) == sorted(seeds[first] + seeds[second])
+        for run_id in (first, second):
+            assert list(a.chunk_incidents(run_id)["data_chunk"]) == [row["data_chunk"]]
+        # Compare has two loss curves to overlay
+        assert all(len(a.metrics(r, ["loss"], rank=0)) > 0 for r in (first, second))
     assert (tmp_path / "flightlog-checkpoints").is_dir()  # next to the archive, not inside it

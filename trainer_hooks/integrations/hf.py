@@ -98,7 +98,7 @@ def _run_config(args: Any, model: Any) -> dict[str, Any]:
     if mc is not None and hasattr(mc, "to_dict"):
         try:
             cfg["model_config"] = mc.to_dict()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - as above: a courtesy
             pass
     return cfg
 

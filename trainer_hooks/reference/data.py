@@ -13,6 +13,8 @@ So chunk C produces a non-finite loss whatever the seed or order, and nothing el
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import random
 from dataclasses import dataclass
@@ -142,6 +144,12 @@ class TokenStream:
         if cfg.poison_chunk is not None and not 0 <= cfg.poison_chunk < self.num_chunks:
             raise ValueError(f"poison_chunk={cfg.poison_chunk} is not a chunk id in [0, {self.num_chunks})")
         self.steps_per_chunk = cfg.chunk_sequences // cfg.global_batch
+
+    def reseeded(self, seed: int) -> TokenStream:
+        """The same chunks in another seed's order (shares the corpus: cheap to try many seeds)."""
+        other = copy.copy(self)
+        other.cfg = dataclasses.replace(self.cfg, seed=seed)
+        return other
 
     def chunk_order(self, epoch: int) -> list[int]:
         if not self.cfg.shuffle:

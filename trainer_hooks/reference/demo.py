@@ -6,7 +6,11 @@ flightlog attached, and meets the troubles LLM360's Amber met:
 1. one data chunk is corrupted: each of its batches gives a NaN loss (the step is skipped);
 2. a checkpoint is saved without optimizer state;
 3. the job crashes (every rank SIGKILLed) after a checkpoint; a second launch resumes from the
-   last checkpoint as attempt 1, and hits the corrupted chunk again.
+   last checkpoint as attempt 1, and hits the corrupted chunk again;
+4. a second, shorter run trains the same model on the same data with another seed (another chunk
+   order) and meets the corrupted chunk at another step: the chunk fails whatever the order, which
+   `flightlog incidents`, the `chunk_incidents` view and the Incidents page show across seeds, and
+   the Compare page has two runs to overlay.
 
 After training, every checkpoint gets a held-out perplexity (`evals`, benchmark `heldout_ppl`)
 and memorization scores over a few data chunks (`memorization`), as LLM360 publishes them.
@@ -22,11 +26,18 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+import torch
+
+from telemetry import Archive, recover
+from telemetry.maintain.manifest import write_manifest
 from trainer_hooks.reference.data import TokenStream
+from trainer_hooks.reference.science import measure_run, spread_chunks
 from trainer_hooks.reference.train import TrainConfig, launch
 
 
@@ -62,12 +73,25 @@ def plan(steps: int, *, quick: bool, run: str, archive: str, checkpoint_dir: str
     return dataclasses.replace(cfg, poison_chunk=poisoned)
 
 
+def plan_other_seed(cfg: TrainConfig) -> TrainConfig:
+    """The demo's second run: the first run's model and data, a quarter of its steps, no checkpoints or
+    crash, and the first seed after its seed whose chunk order reads the corrupted chunk in the middle
+    of the run (past warm-up, with steps left after it), at another step than the first run reads it."""
+    steps = max(20, cfg.steps // 4)
+    data = TokenStream(cfg.data_config())
+    first_run_reads_it_at = data.first_step_of_chunk(cfg.poison_chunk)
+    for seed in range(cfg.seed + 1, cfg.seed + 100_000):
+        at = data.reseeded(seed).first_step_of_chunk(cfg.poison_chunk)  # 0-based: read by step at + 1
+        if steps // 4 <= at <= steps // 2 and at != first_run_reads_it_at:
+            return dataclasses.replace(cfg, run=f"{cfg.run}-seed{seed}", seed=seed, steps=steps,
+                                       warmup_steps=max(2, steps // 20), checkpoint_every=0,
+                                       save_without_optimizer_at=None, crash_at_step=None, resume_from=None,
+                                       log_every=max(1, steps // 5))
+    raise ValueError(f"no seed after {cfg.seed} reads data chunk {cfg.poison_chunk} within {steps} steps")
+
+
 def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[str, bool]:
     """The summary text, and whether flightlog pointed at the corrupted chunk."""
-    import pandas as pd
-
-    from telemetry import Archive
-
     archive = Archive(archive_url)
     try:
         run_id = archive.resolve_run(run)
@@ -91,7 +115,7 @@ def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[s
         lines.append(f"  attempt {a.attempt}: steps {a.first_step}-{a.last_step}, {a.end_status}{resumed}")
     kinds = incidents["kind"].value_counts().to_dict()
     lines.append("incidents: " + (", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())) or "none"))
-    lines.append("events: " + ", ".join(f"{k} x{v}" for k, v in sorted(events["kind"].value_counts().to_dict().items())))
+    lines.append("events: " + ", ".join(f"{k} x{v}" for k, v in sorted(events["kind"].value_counts().items())))
     found = expected_chunk is not None and chunks == [expected_chunk]
     if chunks:
         layers = sorted({str(v) for v in nonfinite["layer"].dropna()})
@@ -106,25 +130,33 @@ def summarize(archive_url: str, run: str, expected_chunk: int | None) -> tuple[s
     return "\n".join(lines), found
 
 
-def _index(archive_url: str) -> None:
-    from telemetry import recover
+def across_seeds(archive_url: str, chunk: int | None, seeds: list[int]) -> tuple[str, bool]:
+    """The summary line of the corrupted chunk across runs and seeds, and whether it failed under every seed."""
+    archive = Archive(archive_url)
+    try:
+        chunks = archive.chunk_incidents()
+    finally:
+        archive.close()
+    row = chunks[chunks["data_chunk"] == chunk]
+    if row.empty:
+        return f"data chunk {chunk}: no incidents in any run", False
+    r = row.iloc[0]
+    failed_under = sorted(int(s) for s in r["seeds"] if s is not None and s == s)
+    ok = failed_under == sorted(seeds)
+    return (f"data chunk {chunk} failed in {int(r['n_runs'])} run(s) and {int(r['n_attempts'])} attempt(s) under "
+            f"seeds {failed_under} (steps {int(r['first_step'])}-{int(r['last_step'])}): "
+            + ("it fails whatever the order" if ok else f"expected seeds {sorted(seeds)}")), ok
 
+
+def _index(archive_url: str) -> None:
     # The crashed launch's processes are gone, so recovery takes their writers for dead at once.
     recover(archive_url)  # the crashed attempt's staged (write-ahead) data becomes Parquet
-    try:
-        from telemetry.maintain.manifest import write_manifest
-    except ImportError:  # older telemetry: readers list folders instead
-        return
     write_manifest(archive_url)
 
 
 def _checkpoint_science(archive_url: str, run: str, cfg: TrainConfig) -> str:
     """Held-out perplexity and memorization of every checkpoint, so the Checkpoints page has data."""
-    from trainer_hooks.reference.science import measure_run, spread_chunks
-
     half = min(32, (cfg.seq_len + 1) // 2)  # k = l = 32 on the full demo (Biderman et al.), 16 on --quick
-    import torch
-
     # The demo's models are tiny: one thread does the work, and more only spin against each other on a busy CPU.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -147,13 +179,16 @@ def _checkpoint_science(archive_url: str, run: str, cfg: TrainConfig) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flightlog demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--archive", default=None, help="archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 300; 40 with --quick)")
+    p.add_argument("--archive", default=None,
+                   help="archive URL or folder (default: $FLIGHTLOG_ARCHIVE or ./flightlog-archive)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of the first run (default 300; 40 with --quick); the second seed's run "
+                        "trains a quarter of them")
     p.add_argument("--quick", action="store_true", help="a tiny model and few steps (~15 s), for tests")
     p.add_argument("--run", default=None, help="run name (default: demo-<timestamp>)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints go (default: flightlog-checkpoints/<run> next to a local archive)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first run (the second run takes a later one)")
     p.add_argument("--no-ui", action="store_true", help="do not start the journey app at the end")
     p.add_argument("--port", type=int, default=8501, help="port of the journey app")
     return p
@@ -173,12 +208,11 @@ def main(argv: list[str] | None = None, serve: Callable[..., object] | None = No
     elif _is_local(archive):
         ckpt_dir = str(Path(archive.removeprefix("file://")).resolve().parent / "flightlog-checkpoints" / run)
     else:
-        import tempfile
-
         ckpt_dir = str(Path(tempfile.gettempdir()) / "flightlog-checkpoints" / run)
     try:
         cfg = plan(args.steps or (40 if args.quick else 300), quick=args.quick, run=run, archive=archive,
                    checkpoint_dir=ckpt_dir, seed=args.seed)
+        other = plan_other_seed(cfg)
     except ValueError as err:
         print(f"flightlog demo: {err}", file=sys.stderr)
         return 2
@@ -199,18 +233,28 @@ def main(argv: list[str] | None = None, serve: Callable[..., object] | None = No
     if code:
         print(f"flightlog demo: the resumed launch failed (exit code {code})", file=sys.stderr)
         return 1
+    print(f"\n-- a second run, {other.run!r}: seed {other.seed}, {other.steps} steps over the same data, "
+          f"in another chunk order --\n", flush=True)
+    code = launch(other)
+    if code:
+        print(f"flightlog demo: the second seed's run failed (exit code {code})", file=sys.stderr)
+        return 1
     train_s = time.perf_counter() - t0
 
     _index(archive)
     science = _checkpoint_science(archive, run, cfg)
     text, found = summarize(archive, run, cfg.poison_chunk)
-    text += "\n" + science
+    seeds_line, every_seed = across_seeds(archive, cfg.poison_chunk, [cfg.seed, other.seed])
+    text += f"\nsecond run {other.run}: seed {other.seed}, {other.steps} steps\n{seeds_line}\n{science}"
     print(f"\n== flightlog demo summary ({train_s:.0f} s of training) ==\n{text}")
     print(f"\nexplore: flightlog incidents {run} --archive {archive}\n"
+          f"         flightlog incidents {other.run} --archive {archive}\n"
+          f"         flightlog sql \"SELECT * FROM chunk_incidents\" --archive {archive}\n"
           f"         flightlog sql \"SELECT kind, step, data_chunk, layer FROM events WHERE run_id = '{run}'\" "
           f"--archive {archive}", flush=True)
-    if not found:
-        print("flightlog demo: flightlog did not point at the corrupted chunk (see the summary above)", file=sys.stderr)
+    if not (found and every_seed):
+        print("flightlog demo: flightlog did not point at the corrupted chunk under every seed (see the summary "
+              "above)", file=sys.stderr)
         return 1
     if args.no_ui or serve is None:
         print(f"open the journey app: flightlog ui {archive}")

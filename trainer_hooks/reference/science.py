@@ -13,9 +13,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import fsspec
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from telemetry import Archive
+from telemetry.importers.evals import KEY as EVAL_KEY
+from telemetry.importers.rows import replace_rows
 from trainer_hooks.memorization import memorization_score, sample_ids
 from trainer_hooks.reference.data import TokenStream, corpus_text
 from trainer_hooks.reference.model import GPT
@@ -46,8 +52,6 @@ class ScienceReport:
 def _load(uri: str) -> dict:
     try:
         if "://" in uri and not uri.startswith("file://"):
-            import fsspec
-
             with fsspec.open(uri, "rb") as fh:
                 return torch.load(fh, map_location="cpu", weights_only=True)
         return torch.load(uri.removeprefix("file://"), map_location="cpu", weights_only=True)
@@ -137,8 +141,6 @@ def spread_chunks(cfg: TrainConfig, *, seen: int = 5, unseen: int = 2) -> list[i
 
 def recorded_checkpoints(archive_url: str, run: str, storage_options: dict | None = None) -> tuple[str, list[dict]]:
     """(run_id, [{step, tokens_seen, uri}]) of the run's checkpoints; the latest attempt's row per step."""
-    from telemetry import Archive
-
     archive = Archive(archive_url, storage_options=storage_options)
     try:
         run_id = archive.resolve_run(run)
@@ -156,11 +158,6 @@ def measure_run(archive_url: str, run: str, *, chunks: list[int] | None = None, 
                 batch_size: int = 256, progress: bool = True, storage_options: dict | None = None) -> ScienceReport:
     """Memorization (and held-out perplexity) of the run's checkpoints at `steps` (default: all),
     written to the archive. `chunks` default: spread_chunks() of the run's config."""
-    from tqdm import tqdm
-
-    from telemetry.importers.evals import KEY as EVAL_KEY
-    from telemetry.importers.rows import replace_rows
-
     report = ScienceReport()
     report.run_id, ckpts = recorded_checkpoints(archive_url, run, storage_options)
     if not ckpts:
@@ -193,8 +190,6 @@ def measure_run(archive_url: str, run: str, *, chunks: list[int] | None = None, 
                               "value": ppl, "stderr": err, "n_shot": 0, "harness": "flightlog-reference",
                               "source": "held-out synthetic text (seed 4321)", "tokens_seen": c["tokens_seen"]})
         report.checkpoints.append(c["step"])
-    import pyarrow as pa
-
     if mem_rows:
         replace_rows(archive_url, "memorization", report.run_id, pa.Table.from_pylist(mem_rows),
                      ["step", "data_chunk", "k", "l"], storage_options=storage_options)
