@@ -71,7 +71,7 @@ def micros_bytes_per_point(cfile: str, points: int) -> float:
     """B/point of the first compact file had the writer kept µs (metrics_wall_time_resolution_us=1):
     the same rows (one name, sorted by step 0..n-1) with the series' µs wall times put back."""
     from telemetry.maintain.compaction import CompactionConfig, compact_bytes
-    from telemetry.write.writer import _timestamps
+    from telemetry.write.record_batches import timestamps as _timestamps
 
     data = pq.read_table(cfile)
     n = data.num_rows
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     before = None if args.skip_raw else time_curves(root, args.repeat, n)
 
     from telemetry.maintain.compaction import CompactionConfig, compact
-    from telemetry.read.lod import rebuild_lod
+    from telemetry.maintain.lod_build import rebuild_lod
     from telemetry.store.fs import open_fs
 
     report = compact(root, RUN, grace_s=3600, config=CompactionConfig(lod=False), tables=["metrics"])

@@ -93,10 +93,6 @@ def join(*parts: str) -> str:
     return out
 
 
-def table_dir(table: str) -> str:
-    return _check_table(table)
-
-
 def partition_dir(table: str, run_id: str) -> str:
     return f"{_check_table(table)}/run_id={validate_run_id(run_id)}"
 

@@ -24,7 +24,8 @@ def _schema(table: str, *fields: tuple[str, pa.DataType] | tuple[str, pa.DataTyp
         name, dtype = spec[0], spec[1]
         nullable = spec[2] if len(spec) > 2 else True
         built.append(pa.field(name, dtype, nullable=nullable))
-    return pa.schema(built, metadata={b"flightlog.table": table.encode(), b"flightlog.format_version": str(FORMAT_VERSION).encode()})
+    return pa.schema(built, metadata={b"flightlog.table": table.encode(),
+                                      b"flightlog.format_version": str(FORMAT_VERSION).encode()})
 
 
 RUNS = _schema(
@@ -183,18 +184,14 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 
-# Values the contract names; writers may add others (validation only checks the closed sets).
-RUN_STATUSES = ("running", "finished", "crashed", "killed")
+# The event kinds flightlog itself emits (the trainer hooks, the writer, the importers). The set is
+# open: `Writer.event(kind)` takes any name, so nothing refuses a kind outside it; it documents what
+# the app and queries can expect (tests/data_schema/test_event_kinds.py keeps it complete).
 EVENT_KINDS = (
     "nan", "inf", "loss_spike", "grad_spike", "checkpoint_saved", "checkpoint_loaded", "restart",
     "data_chunk_start", "data_chunk_skipped", "straggler", "gpu_xid", "gpu_throttle", "oom",
-    "dropped_records", "note", "storage_error", "hook_error",
-)
-SEVERITIES = ("debug", "info", "warning", "error", "critical")
-STANDARD_METRICS = (
-    "loss", "grad_norm", "lr", "loss_scale", "tokens_seen", "tokens_per_s", "step_time_s",
-    "data_wait_s", "mfu", "param_norm", "mem_allocated_bytes", "mem_reserved_bytes",
-    "mem_max_allocated_bytes",
+    "dropped_records", "note", "storage_error", "storage_recovered", "hook_error", "skipped_update",
+    "skipped_iterations",
 )
 
 

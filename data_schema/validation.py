@@ -119,27 +119,40 @@ def rows_to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(checked, schema=schema(table))
 
 
-def conform(table: str, data: pa.Table) -> pa.Table:
-    """Cast an Arrow table to the table's schema (missing nullable columns become null).
+def conform(table: str, data: pa.Table, *, strict: bool = True, keep_extra: bool = False) -> pa.Table:
+    """`data` with the table's columns in schema order and types; a missing column becomes nulls.
 
-    Used for files of an older writer or of another tool; raises SchemaError when a
-    required column is missing or a column cannot be cast.
+    The one rule for laying Arrow columns out as a table of the archive (rows as dicts go through
+    `validate_rows` instead). Two uses differ in what they may assume:
+    - strict (default): columns from outside, a file of an older writer or another tool, checked
+      before anyone reads them: a required column that is missing or holds nulls raises SchemaError.
+    - `strict=False`: rows the archive already holds, or staged columns that get their writer
+      constants afterwards (compaction, rows replaced by key): nothing is judged, a missing column
+      (required or not) becomes nulls.
+    `keep_extra` keeps columns the schema does not name (a newer writer's) after the schema's
+    instead of dropping them. A column that cannot be cast raises SchemaError either way.
     """
     sch = schema(table)
-    cols = []
+    cols, fields = [], list(sch)
     for f in sch:
-        if f.name in data.column_names:
-            col = data.column(f.name)
-            if col.type != f.type:
-                try:
-                    col = col.cast(f.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise SchemaError(f"{table}: column {f.name!r} has type {col.type}, expected {f.type}: {exc}") from None
-            if not f.nullable and col.null_count:
-                raise SchemaError(f"{table}: column {f.name!r} is required but has {col.null_count} missing value(s)")
-            cols.append(col)
-        elif f.nullable:
+        if f.name not in data.column_names:
+            if strict and not f.nullable:
+                raise SchemaError(f"{table}: required column {f.name!r} is missing "
+                                  f"(columns present: {data.column_names})")
             cols.append(pa.nulls(data.num_rows, f.type))
-        else:
-            raise SchemaError(f"{table}: required column {f.name!r} is missing (columns present: {data.column_names})")
-    return pa.Table.from_arrays(cols, schema=sch)
+            continue
+        col = data.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(f"{table}: column {f.name!r} has type {col.type}, expected {f.type}: {exc}") from None
+        if strict and not f.nullable and col.null_count:
+            raise SchemaError(f"{table}: column {f.name!r} is required but has {col.null_count} missing value(s)")
+        cols.append(col)
+    if keep_extra:
+        for name in data.column_names:
+            if name not in sch.names:
+                cols.append(data.column(name))
+                fields.append(data.schema.field(name))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=sch.metadata))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable
@@ -23,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from data_schema.layout import join, partition_dir, segment_path, validate_run_id
+from data_schema.layout import join, lod_dir, partition_dir, run_id_from_name, segment_path, validate_run_id
 from data_schema.tables import TABLES, TS, schema
 from telemetry.store import encodings, staging
 from telemetry.store.errors import ArchiveError
@@ -32,8 +32,6 @@ from telemetry.store.fs import atomic_write_bytes, ensure_root_file, list_files,
 from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, check_resolution, round_wall_time_column
 
 SEGMENT_ROWS = 2_000_000  # rows per imported segment (row groups stay at encodings.ROW_GROUP_ROWS)
-_LOD_DIR = "metrics_lod"  # derived from metrics by compaction; stale once the run is re-imported
-_MAX_DOUBLE = 1.7976931348623157e308
 
 
 class ImportSourceError(ArchiveError):
@@ -140,13 +138,6 @@ def system_table(wall_times: pa.Array, names: list[str], values: list[float], gp
     })
 
 
-def restore_mlflow_infinities(values: np.ndarray) -> np.ndarray:
-    """MLflow stores ±Inf as ±DBL_MAX: turn them back (in place) into ±Inf."""
-    values[values >= _MAX_DOUBLE] = math.inf
-    values[values <= -_MAX_DOUBLE] = -math.inf
-    return values
-
-
 def flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
     """Nested dicts -> ("a/b/c", leaf) pairs (W&B and JSONL nest metric names)."""
     if isinstance(obj, dict):
@@ -167,8 +158,6 @@ def as_number(value: Any) -> float | None:
 
 def source_id(prefix: str, ident: str) -> str:
     """A deterministic, valid run id for a source run (same source -> same id)."""
-    from data_schema.layout import run_id_from_name
-
     return run_id_from_name(f"{prefix}-{ident}")
 
 
@@ -300,7 +289,8 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
             written.add(rel)
             total += buf.size
     # Only now that the new files are in place: drop what an earlier import left behind.
-    for folder in [partition_dir(t, run.run_id) for t in TABLES] + [f"{_LOD_DIR}/run_id={run.run_id}"]:
+    # (the LOD, derived from metrics by compaction, is stale once the run is re-imported)
+    for folder in [partition_dir(t, run.run_id) for t in TABLES] + [lod_dir(run.run_id)]:
         for rel in list_files(fs, root, folder):
             if rel not in written:
                 remove(fs, join(root, rel))
@@ -311,14 +301,5 @@ def write_run(archive_url: str | os.PathLike | None, run: ImportedRun, *,
 
 def progress(total: int | None, desc: str, *, unit: str = "B", quiet: bool = False):
     """A tqdm bar on stderr (bytes of the source, by default)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, disable=quiet,
                 leave=False, mininterval=0.5)
-
-
-def file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

@@ -27,7 +27,6 @@ from telemetry.importers._common import (
     metrics_table,
     millis_to_ts,
     progress,
-    restore_mlflow_infinities,
     source_id,
     write_run,
 )
@@ -35,6 +34,14 @@ from telemetry.importers._common import (
 # MLflow run statuses (names in SQLite, RunStatus numbers in file-store meta.yaml)
 _STATUS = {"FINISHED": "finished", "FAILED": "crashed", "KILLED": "killed", "RUNNING": "running",
            "SCHEDULED": "running", "3": "finished", "4": "crashed", "5": "killed", "1": "running", "2": "running"}
+_MAX_DOUBLE = 1.7976931348623157e308
+
+
+def restore_infinities(values: np.ndarray) -> np.ndarray:
+    """MLflow stores ±Inf as ±DBL_MAX: turn them back (in place) into ±Inf."""
+    values[values >= _MAX_DOUBLE] = math.inf
+    values[values <= -_MAX_DOUBLE] = -math.inf
+    return values
 
 
 def _ts(ms: int | None) -> dt.datetime | None:
@@ -81,7 +88,7 @@ def _sqlite_runs(db_path: str, bar) -> list[ImportedRun]:
                                "ORDER BY key, step", (run_uuid,)).fetchall()
             if rows:
                 keys, values, stamps, steps, is_nan = zip(*rows, strict=True)
-                vals = restore_mlflow_infinities(np.array(values, dtype=np.float64))
+                vals = restore_infinities(np.array(values, dtype=np.float64))
                 vals[np.array(is_nan, dtype=bool)] = math.nan
                 metrics = metrics_table(pa.array(np.array(steps, np.int64)), list(keys), pa.array(vals),
                                         millis_to_ts(np.array(stamps, np.int64)))

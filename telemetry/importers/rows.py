@@ -11,23 +11,26 @@ Files of a live writer (fresh heartbeat or staged data) are left alone, as compa
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import uuid
+import logging
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_schema.layout import compact_name, join, parse_path, partition_dir, staging_dir
+from data_schema.layout import join, parse_path, partition_dir
 from data_schema.tables import TABLES, schema
-from telemetry.maintain.compaction import CompactionConfig, compact_bytes
+from data_schema.validation import conform
+from telemetry.maintain.compaction import swap_in
+from telemetry.maintain.manifest import refresh_manifest
 from telemetry.read.runs import resolve_run
 from telemetry.store import encodings, staging
 from telemetry.store.errors import ArchiveError
-from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
-from telemetry.store.liveness import META_KEY, live_filter, live_writers, read_records, record_path
+from telemetry.store.fs import list_files, open_fs
+from telemetry.store.liveness import busy_groups, live_filter, read_records
 from telemetry.store.wall_time import METRICS_WALL_TIME_RESOLUTION_US, round_wall_time_column
+
+_log = logging.getLogger("flightlog.importers")
 
 
 @dataclass(slots=True)
@@ -38,19 +41,6 @@ class ReplaceReport:
     rows_replaced: int      # earlier rows with a key of the new rows (dropped)
     rows_kept: int          # earlier rows kept as they were
     file: str | None        # the compact file written (relative to the archive root)
-
-
-def resolve_run_id(fs, root: str, run: str) -> str:
-    """A run's id, display name or name -> the id of a run that has files in the archive; UnknownRunError
-    otherwise (telemetry.read.runs: the rule every command shares)."""
-    return resolve_run(fs, root, run)
-
-
-def _live_groups(fs, root: str, run_id: str, table: str) -> set[tuple[int, int]]:
-    live = {(a, r) for (rid, a, r) in live_writers(fs, root) if rid == run_id}
-    staged = {(k.attempt, k.rank) for k in map(parse_path, list_files(fs, root, staging_dir(table, run_id)))
-              if k is not None}
-    return live | staged
 
 
 def _key_strings(data: pa.Table, key: list[str]) -> list[str]:
@@ -65,16 +55,16 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
     if table not in TABLES:
         raise ArchiveError(f"unknown table {table!r}")
     fs, root = open_fs(archive_url, storage_options)
-    run_id = resolve_run_id(fs, root, run)
+    run_id = resolve_run(fs, root, run)
     sch = schema(table)
-    new = staging.full_table(table, _conform(table, rows), run_id=run_id, attempt=0, rank=0)
+    new = _rows_of_run(table, rows, run_id)
     if table == "metrics":  # the Writer's rule for metric wall times (milliseconds)
         new = round_wall_time_column(new, METRICS_WALL_TIME_RESOLUTION_US)
 
     files = list_files(fs, root, partition_dir(table, run_id))
     records = read_records(fs, root, run_id=run_id)
     keep, _ = live_filter(files, records)
-    busy = _live_groups(fs, root, run_id, table)
+    busy = busy_groups(fs, root, table, run_id)
     replaced_files, old_parts = [], []
     for rel in sorted(keep):
         k = parse_path(rel)
@@ -82,8 +72,7 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
             continue
         old_parts.append(encodings.read_segment(fs.cat_file(join(root, rel))))
         replaced_files.append(rel)
-    old = (pa.concat_tables([staging.full_table(table, _conform(table, p), run_id=run_id, attempt=0, rank=0)
-                             for p in old_parts]) if old_parts else sch.empty_table())
+    old = pa.concat_tables([_rows_of_run(table, p, run_id) for p in old_parts]) if old_parts else sch.empty_table()
     new_keys = set(_key_strings(new, key))
     drop = pa.array([s in new_keys for s in _key_strings(old, key)], pa.bool_())
     kept = old.filter(pc.invert(drop)) if old.num_rows else old
@@ -98,39 +87,19 @@ def replace_rows(archive_url, table: str, run: str, rows: pa.Table, key: list[st
     watermarks = [r for r in replaced_files
                   if (k := parse_path(r)).kind == "segment" and top[(k.attempt, k.rank)] == k.seq]
 
-    uid = uuid.uuid4().hex[:16]
-    steps = pc.min_max(data.column("step")) if "step" in data.column_names and data.num_rows else None
-    lo = int(steps["min"].as_py() or 0) if steps else 0
-    hi = int(steps["max"].as_py() or 0) if steps else 0
-    rel = f"{partition_dir(table, run_id)}/{compact_name(lo, hi, uid)}"
-    now = dt.datetime.now(dt.UTC).isoformat()
-    meta = {"uid": uid, "table": table, "run_id": run_id, "replaces": replaced_files, "segment_seqs": {},
-            "attempt_spans": {}, "created_at": now, "reason": "rows replaced by key " + ",".join(key)}
-    body = compact_bytes(data.replace_schema_metadata({**(sch.metadata or {}), META_KEY: json.dumps(meta).encode()}),
-                         CompactionConfig())
-    atomic_write_bytes(fs, join(root, rel), memoryview(body))
-    record = {"format": 1, "file": rel, "rows": data.num_rows, "watermarks": watermarks, "gc_done": False, **meta}
-    atomic_write_bytes(fs, join(root, record_path(run_id, table, uid)), json.dumps(record, indent=1).encode())
-    _refresh_manifest(archive_url, fs, root, storage_options)
+    rel, _ = swap_in(fs, root, table, run_id, data, replaces=replaced_files, watermarks=watermarks,
+                     reason="rows replaced by key " + ",".join(key))
+    try:
+        refresh_manifest(archive_url, fs, root, storage_options)
+    except Exception as exc:  # noqa: BLE001 - the rows are in; only readers that cannot list miss them
+        _log.warning("flightlog: the manifest was not rewritten after replacing %s rows of run %r (%r); "
+                     "run `flightlog index`", table, run_id, exc)
     return ReplaceReport(run_id, table, new.num_rows, int(pc.sum(drop).as_py() or 0) if old.num_rows else 0,
                          kept.num_rows, rel)
 
 
-def _conform(table: str, rows: pa.Table) -> pa.Table:
-    """The table's columns (minus the writer constants) in schema types; missing ones as nulls."""
-    out = {}
-    for f in staging.staged_schema(table):
-        out[f.name] = (rows.column(f.name).cast(f.type) if f.name in rows.column_names
-                       else pa.nulls(rows.num_rows, f.type))
-    return pa.table(out)
-
-
-def _refresh_manifest(url, fs, root: str, storage_options: dict | None) -> None:
-    """Stores that cannot list read the manifest: rewrite it when the archive has one."""
-    from telemetry.maintain.manifest import read_manifest, write_manifest
-
-    try:
-        if read_manifest(fs, root) is not None:
-            write_manifest(url, storage_options)
-    except Exception:  # noqa: BLE001 - the rows are in; only stores that cannot list miss them until `flightlog index`
-        pass
+def _rows_of_run(table: str, data: pa.Table, run_id: str) -> pa.Table:
+    """`data` as rows of run `run_id`, attempt 0, rank 0 (rows replaced by key belong to no writer):
+    laid out by data_schema's one conform rule (lenient), the writer constants set by staging."""
+    staged = conform(table, data, strict=False).drop_columns(list(staging.constant_columns(table)))
+    return staging.full_table(table, staged, run_id=run_id, attempt=0, rank=0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from data_schema.layout import run_id_from_name
 from data_schema.tables import TS
@@ -51,8 +52,6 @@ class ColumnMap:
 
 
 def _read_csv(path: str) -> pa.Table:
-    import pyarrow.csv as pcsv
-
     try:
         return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(null_values=_NULLS,
                                                                        strings_can_be_null=True))

@@ -74,7 +74,8 @@ def _records(raw: bytes) -> tuple[list[bytes], int]:
 
 
 def read_event_folder(folder: str, files: list[str], *, run_id: str, name: str) -> ImportedRun:
-    from tensorboard.compat.proto import event_pb2  # protobuf only; no TensorFlow, no torch
+    # lazy: an optional package, needed only by this importer (its protobuf classes; no TensorFlow, no torch)
+    from tensorboard.compat.proto import event_pb2
 
     steps: list[int] = []
     tags: list[str] = []
@@ -146,7 +147,7 @@ def _looks_like_event_file(first: bytes, event_pb2) -> bool:
     ev = event_pb2.Event()
     try:
         ev.ParseFromString(first)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError: not an event record, so not an event file
         return False
     return ev.HasField("file_version") or ev.HasField("summary") or ev.wall_time > 0
 

@@ -5,8 +5,9 @@ The swap, so that a reader never sees a missing or a doubled row:
 1. the compact file is written (atomically); without a record every reader ignores it;
 2. the record `_manifest/compactions/<run_id>/<table>-<uid>.json` is written (atomically): from
    then on readers ignore the parts it lists and read the compact file instead;
-3. after `grace_s` a later compaction deletes the replaced parts (readers that still hold an
-   older file list keep working meanwhile).
+3. once `grace_s` has passed, compaction deletes the replaced parts (telemetry.maintain.compaction_gc;
+   readers that still hold an older file list keep working meanwhile; a grace of 0 deletes them
+   in the same pass).
 Records are accepted in (created_at, uid) order; a record that lists a part an earlier accepted
 record already replaced (two compactions raced) is rejected, and its compact file is ignored.
 
@@ -36,20 +37,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_schema.layout import (
-    compact_name,
-    join,
-    lod_dir,
-    parse_lod_path,
-    parse_path,
-    partition_dir,
-    staging_dir,
-    validate_run_id,
-)
-from data_schema.tables import TABLES, schema
+from data_schema.layout import compact_name, join, parse_path, partition_dir, validate_run_id
+from data_schema.tables import TABLES
+from data_schema.validation import conform
+from telemetry.maintain.compaction_gc import collect_garbage
+from telemetry.maintain.lod_build import rebuild_lod
+from telemetry.maintain.manifest import refresh_manifest
+from telemetry.maintain.recovery import recover
 from telemetry.store import encodings
-from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
-from telemetry.store.liveness import META_KEY, live_filter, live_writers, read_records, record_path, resolve
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
+from telemetry.store.liveness import META_KEY, busy_groups, live_filter, live_writers, read_records, record_path
 from telemetry.store.wall_time import round_wall_time_column
 
 _log = logging.getLogger("flightlog.compaction")
@@ -132,20 +129,13 @@ def compact(url: str | os.PathLike | None = None, run: str | None = None, *, gra
     `progress(done, total, run_id)` is called after each run. An existing manifest is rewritten, so
     that readers of stores that cannot list see the compact files and stop reading replaced parts."""
     fs, root = open_fs(url, storage_options)
-    problems: list[str] = []
-    if recover_first:
-        from telemetry.maintain.recovery import recover
-
-        problems = recover(url, storage_options=storage_options).problems
+    problems = recover(url, storage_options=storage_options).problems if recover_first else []
     report = compact_fs(fs, root, run, grace_s=grace_s, config=config, tables=tables, progress=progress)
     report.problems[:0] = problems
     if report.files_written or report.removed or report.lod_files:
-        from telemetry.maintain.manifest import read_manifest, write_manifest
-
         try:
-            if read_manifest(fs, root) is not None:
-                write_manifest(url, storage_options)
-        except Exception as exc:  # noqa: BLE001 - the data is compacted; only the manifest is stale
+            refresh_manifest(url, fs, root, storage_options)
+        except Exception as exc:  # noqa: BLE001 - the data is compacted; only the manifest is stale (reported)
             report.problems.append(f"manifest not rewritten: {exc!r} (run `flightlog index`)")
     return report
 
@@ -167,21 +157,22 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
     wanted = tuple(t for t in _TABLE_ORDER if tables is None or t in set(tables))
     for done, run_id in enumerate(runs, start=1):
         report.runs += 1
-        _collect_garbage(fs, root, run_id, grace_s, report)
         for table in wanted:
             try:
                 _compact_table(fs, root, table, run_id, live, cfg, report)
-            except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others
+            except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others (reported)
                 report.problems.append(f"{table} of run {run_id}: compaction failed: {exc!r}")
         if cfg.lod and (tables is None or "metrics" in wanted):
             try:
-                from telemetry.read.lod import rebuild_lod
-
                 n = rebuild_lod(fs, root, run_id, widths=cfg.lod_widths)
                 report.lod_files += n > 0
                 report.lod_rows += n
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - curves read raw rows without a LOD (reported)
                 report.problems.append(f"metrics_lod of run {run_id}: build failed: {exc!r}")
+        # after this pass's swaps, so that a grace of 0 removes what they replaced now, not next time
+        garbage = collect_garbage(fs, root, run_id, grace_s)
+        report.removed += garbage.removed
+        report.problems += garbage.problems
         if progress is not None:
             progress(done, len(runs), run_id)
     report.seconds = time.perf_counter() - t0
@@ -229,14 +220,13 @@ def _compact_table(fs, root: str, table: str, run_id: str, live: set, cfg: Compa
     files = list_files(fs, root, partition_dir(table, run_id), detail=True)
     records = read_records(fs, root, run_id=run_id)
     keep, _ = live_filter(files, records)
-    staged_groups = {(k.attempt, k.rank) for k in map(parse_path, list_files(fs, root, staging_dir(table, run_id)))
-                     if k is not None}
+    busy = busy_groups(fs, root, table, run_id, live)
     parts = []
     for rel in sorted(keep):
         key = parse_path(rel)
         if key is None or key.kind != "segment":
             continue
-        if (run_id, key.attempt, key.rank) in live or (key.attempt, key.rank) in staged_groups:
+        if (key.attempt, key.rank) in busy:
             report.skipped_live += 1
             continue
         parts.append((key, rel, int(files[rel].get("size") or 0)))
@@ -268,8 +258,8 @@ def _compact_table(fs, root: str, table: str, run_id: str, live: set, cfg: Compa
 
 def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq: dict, cfg: CompactionConfig,
                    report: CompactionReport) -> None:
-    data = pa.concat_tables([b[3] for b in batch], promote_options="permissive")
-    data = _conform(table, data)
+    data = conform(table, pa.concat_tables([b[3] for b in batch], promote_options="permissive"),
+                   strict=False, keep_extra=True)
     keys = [k for k in _SORT_KEYS.get(table, ()) if k in data.column_names]
     if keys and data.num_rows:
         order = pc.sort_indices(data, [(k, "ascending", "at_end") for k in keys])
@@ -278,53 +268,49 @@ def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq:
             data = data.take(order)
     if cfg.wall_time_resolution_us > 1:
         data = round_wall_time_column(data, cfg.wall_time_resolution_us)
-    uid = uuid.uuid4().hex[:16]
-    lo = hi = 0
     spans: dict[str, list[int]] = {}
-    if "step" in data.column_names and data.num_rows:
-        mm = pc.min_max(data.column("step"))
-        lo, hi = int(mm["min"].as_py() or 0), int(mm["max"].as_py() or 0)
-        if table == "metrics":
-            g = data.select(["attempt", "step"]).group_by("attempt").aggregate([("step", "min"), ("step", "max")])
-            spans = {str(a): [int(x), int(y)] for a, x, y in zip(
-                g["attempt"].to_pylist(), g["step_min"].to_pylist(), g["step_max"].to_pylist(), strict=True)}
-    rel = f"{partition_dir(table, run_id)}/{compact_name(lo, hi, uid)}"
-    replaces = [b[1] for b in batch]
+    if table == "metrics" and data.num_rows:
+        g = data.select(["attempt", "step"]).group_by("attempt").aggregate([("step", "min"), ("step", "max")])
+        spans = {str(a): [int(x), int(y)] for a, x, y in zip(
+            g["attempt"].to_pylist(), g["step_min"].to_pylist(), g["step_max"].to_pylist(), strict=True)}
     # the highest-seq part of each group is kept as an empty watermark (see module docstring)
     watermarks = [b[1] for b in batch if top_seq.get((b[0].attempt, b[0].rank)) == b[0].seq]
     seqs = {f"a{b[0].attempt}-r{b[0].rank}": b[0].seq for b in sorted(batch, key=lambda b: b[0].seq)}
-    now = dt.datetime.now(dt.UTC).isoformat()
-    meta = {"uid": uid, "table": table, "run_id": run_id, "replaces": replaces, "segment_seqs": seqs,
-            "attempt_spans": spans, "created_at": now}
-    body = compact_bytes(data.replace_schema_metadata({**(data.schema.metadata or {}),
-                                                       META_KEY: json.dumps(meta).encode()}), cfg)
-    atomic_write_bytes(fs, join(root, rel), memoryview(body))
-    record = {"format": 1, "file": rel, "rows": data.num_rows, "watermarks": watermarks, "gc_done": False, **meta}
-    atomic_write_bytes(fs, join(root, record_path(run_id, table, uid)), json.dumps(record, indent=1).encode())
+    _, size = swap_in(fs, root, table, run_id, data, replaces=[b[1] for b in batch], watermarks=watermarks,
+                      segment_seqs=seqs, attempt_spans=spans, cfg=cfg)
     report.files_written += 1
     report.segments_replaced += len(batch)
     report.rows += data.num_rows
     report.by_table[table] = report.by_table.get(table, 0) + data.num_rows
     report.bytes_before += sum(b[2] for b in batch)
-    report.bytes_after += body.size
+    report.bytes_after += size
 
 
-def _conform(table: str, data: pa.Table) -> pa.Table:
-    """Columns in the table's schema order and types (extra columns kept after them)."""
-    sch = schema(table)
-    cols, fields = [], []
-    for f in sch:
-        if f.name in data.column_names:
-            col = data.column(f.name)
-            cols.append(col if col.type == f.type else col.cast(f.type))
-        else:
-            cols.append(pa.nulls(data.num_rows, f.type))
-        fields.append(f)
-    for name in data.column_names:
-        if name not in sch.names:
-            cols.append(data.column(name))
-            fields.append(data.schema.field(name))
-    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=sch.metadata))
+def swap_in(fs: fsspec.AbstractFileSystem, root: str, table: str, run_id: str, data: pa.Table, *,
+            replaces: list[str], watermarks: list[str], segment_seqs: dict[str, int] | None = None,
+            attempt_spans: dict[str, list[int]] | None = None, cfg: CompactionConfig | None = None,
+            reason: str | None = None) -> tuple[str, int]:
+    """Steps 1 and 2 of the swap (module docstring): `data` (the table's columns, sorted) becomes a
+    compact file, then its record makes readers read it instead of the files in `replaces`.
+    `watermarks`: the replaced parts to empty rather than delete later. (path, bytes) of the file."""
+    uid = uuid.uuid4().hex[:16]
+    lo = hi = 0
+    if "step" in data.column_names and data.num_rows:
+        mm = pc.min_max(data.column("step"))
+        lo, hi = int(mm["min"].as_py() or 0), int(mm["max"].as_py() or 0)
+    rel = f"{partition_dir(table, run_id)}/{compact_name(lo, hi, uid)}"
+    meta = {"uid": uid, "table": table, "run_id": run_id, "replaces": list(replaces),
+            "segment_seqs": segment_seqs or {}, "attempt_spans": attempt_spans or {},
+            "created_at": dt.datetime.now(dt.UTC).isoformat()}
+    if reason is not None:
+        meta["reason"] = reason
+    body = compact_bytes(data.replace_schema_metadata({**(data.schema.metadata or {}),
+                                                       META_KEY: json.dumps(meta).encode()}), cfg or CompactionConfig())
+    atomic_write_bytes(fs, join(root, rel), memoryview(body))
+    record = {"format": 1, "file": rel, "rows": data.num_rows, "watermarks": list(watermarks), "gc_done": False,
+              **meta}
+    atomic_write_bytes(fs, join(root, record_path(run_id, table, uid)), json.dumps(record, indent=1).encode())
+    return rel, body.size
 
 
 def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:
@@ -344,73 +330,5 @@ def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:
     return sink.getvalue()
 
 
-# ---- garbage: replaced parts, rejected and orphaned compact files, old LOD files ---------------
-
-def _collect_garbage(fs, root: str, run_id: str, grace_s: float, report: CompactionReport) -> None:
-    now = dt.datetime.now(dt.UTC)
-    records = read_records(fs, root, run_id=run_id)
-    present: dict[str, dict] = {}
-    for table in TABLES:
-        present.update(list_files(fs, root, partition_dir(table, run_id), detail=True))
-    res = resolve(records, set(present))
-
-    def old(rec: dict) -> bool:
-        try:
-            return (now - dt.datetime.fromisoformat(rec["created_at"])).total_seconds() >= grace_s
-        except (KeyError, TypeError, ValueError):
-            return False
-
-    for rec in res.accepted:
-        if rec.get("gc_done") or not old(rec):
-            continue
-        marks = set(rec.get("watermarks") or ())
-        for rel in rec["replaces"]:
-            if rel not in present:
-                continue
-            if rel in marks:
-                key = parse_path(rel)
-                empty = encodings.segment_bytes(schema(key.table).empty_table())
-                atomic_write_bytes(fs, join(root, rel), memoryview(empty))
-            else:
-                remove(fs, join(root, rel))
-            report.removed += 1
-        done = {k: v for k, v in rec.items() if k != "_rel"} | {"gc_done": True}
-        atomic_write_bytes(fs, join(root, rec["_rel"]), json.dumps(done, indent=1).encode())
-    for rec in res.rejected:
-        if old(rec):
-            if rec["file"] in present and rec["file"] not in res.compacts:
-                remove(fs, join(root, rec["file"]))
-                report.removed += 1
-            remove(fs, join(root, rec["_rel"]))
-    known = {r["file"] for r in records}
-    for rel, info in present.items():
-        key = parse_path(rel)
-        if key is not None and key.kind == "compact" and rel not in known and _age(info) >= grace_s:
-            remove(fs, join(root, rel))  # a compaction died between its file and its record
-            report.removed += 1
-    try:
-        from telemetry.read.lod import choose_lod, lod_infos
-
-        lods = list_files(fs, root, lod_dir(run_id), detail=True)
-        infos = lod_infos(fs, root, [r for r in lods if parse_lod_path(r)])
-        live, _ = live_filter([r for r in present if (k := parse_path(r)) and k.table == "metrics"], records)
-        chosen = choose_lod(infos, live)
-        for rel in infos:
-            if (chosen is None or rel != chosen.rel) and _age(lods[rel]) >= grace_s:
-                remove(fs, join(root, rel))
-                report.removed += 1
-    except Exception as exc:  # noqa: BLE001 - leftover LOD files cost only disk space
-        report.problems.append(f"metrics_lod of run {run_id}: cleanup failed: {exc!r}")
-
-
-def _age(info: dict[str, Any]) -> float:
-    for k in ("mtime", "LastModified", "last_modified", "created"):
-        v = info.get(k)
-        if isinstance(v, (int, float)):
-            return time.time() - float(v)
-        if isinstance(v, dt.datetime):
-            return time.time() - v.timestamp()
-    return 0.0  # unknown age: never old enough to delete
-
-
-__all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_closed_run", "compact_fs"]
+__all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_bytes", "compact_closed_run",
+           "compact_fs", "swap_in"]

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from data_schema import SchemaError, conform, schema
 from data_schema.layout import is_temp, parse_path
+from telemetry.maintain.publication_check import publication_problems
 from telemetry.read.broken_files import page_problem
 from telemetry.read.catalog import Catalog
 from telemetry.read.footers import LiveFile, schema_problems
@@ -125,15 +126,9 @@ def verify(url: str | None = None, *, storage_options: dict | None = None, cache
                 report.warnings.append(
                     f"{len(unlisted)} file(s) are not in the manifest yet (run `flightlog index`), e.g. {unlisted[0]}"
                 )
-    report.problems += _publication_problems(catalog)
+    report.problems += publication_problems(catalog.fs, catalog.root, listable=catalog.listable)
     report.pending = list(snap.staged)
     report.warnings += [f"{rel}: leftover in-progress file, ignored by readers" for rel in snap.temp]
     report.warnings += [f"{rel}: not a file of the archive layout, ignored by readers" for rel in snap.ignored]
     return report
 
-
-def _publication_problems(catalog: Catalog) -> list[str]:
-    """Checksums and manifest completeness of an archive written by `flightlog publish` ([] otherwise)."""
-    from telemetry.maintain.publish import publication_problems
-
-    return publication_problems(catalog.fs, catalog.root, listable=catalog.listable)

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 from data_schema.layout import MANIFEST_FILE, SEGMENT_SUFFIX, is_temp, join, parse_path
 from data_schema.tables import FORMAT_VERSION
 from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
+from telemetry.store.liveness import live_filter, read_records
+from telemetry.store.manifest_file import read_manifest
 
 
 def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collection[str] = (),
@@ -24,8 +26,6 @@ def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collecti
     A file whose footer does not open is left out (readers skip it too) and, when `problems`
     is given, named there with the reason; `exclude` leaves out files already found broken.
     """
-    from telemetry.store.liveness import live_filter, read_records
-
     found = list_files(fs, root, "", detail=True)
     # parts a compaction replaced (on disk until the grace period ends) and compact files without an
     # accepted record are not live: a reader sent to them would see doubled rows
@@ -41,7 +41,7 @@ def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collecti
         try:
             with fs.open(join(root, rel), "rb") as f:
                 rows = pq.ParquetFile(f).metadata.num_rows
-        except Exception as exc:  # noqa: BLE001 - one broken file must not stop indexing the rest
+        except Exception as exc:  # noqa: BLE001 - one broken file must not stop indexing the rest (readers skip it too)
             if problems is not None:
                 problems[rel] = f"not a readable Parquet file ({' '.join(str(exc).split())})"
             continue
@@ -67,9 +67,11 @@ def write_manifest(url: str | os.PathLike | None, storage_options: dict | None =
     return manifest
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    """The manifest of the archive at `root`, or None when it has none."""
-    try:
-        return json.loads(fs.cat_file(join(root, MANIFEST_FILE)))
-    except FileNotFoundError:
-        return None
+def refresh_manifest(url: str | os.PathLike | None, fs: fsspec.AbstractFileSystem, root: str,
+                     storage_options: dict | None = None) -> bool:
+    """Rewrite the manifest after the archive's files changed (compaction, rows replaced), when the
+    archive has one: readers of stores that cannot list learn the files from it. False when it has none."""
+    if read_manifest(fs, root) is None:
+        return False
+    write_manifest(url, storage_options)
+    return True

@@ -19,7 +19,6 @@ How, so that a reader never sees a half-published archive:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -33,14 +32,21 @@ from typing import Any
 
 import fsspec
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from tqdm import tqdm
 
-from data_schema.layout import MANIFEST_FILE, ROOT_FILE, join
+from data_schema.layout import MANIFEST_FILE, ROOT_FILE, join, parse_lod_path, parse_path
 from data_schema.tables import FORMAT_VERSION, TABLES
+from telemetry.maintain.compaction import CompactionConfig, compact_bytes, compact_fs
+from telemetry.maintain.publication_check import existing_files, sha256_of
+from telemetry.maintain.wired import open_archive
+from telemetry.read.catalog import Catalog
 from telemetry.store.errors import ArchiveError
+from telemetry.store.fs import atomic_write_bytes, is_local, open_fs, remove
+from telemetry.store.liveness import record_path_of
 
 # Filesystems that only read: publishing there is a user mistake with a clear answer.
 _READ_ONLY = {"http", "https"}
-_CHUNK = 1 << 20
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,8 +84,6 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
             config: PublishConfig | None = None, storage_options: dict | None = None,
             dest_storage_options: dict | None = None) -> PublishReport:
     """Publish `runs` (names or ids; None = every run) of the archive at `source` to `destination`."""
-    from telemetry.maintain.wired import open_archive
-
     cfg = config or PublishConfig()
     t0 = time.perf_counter()
     fs, root = open_destination(destination, dest_storage_options)
@@ -109,7 +113,7 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
             shutil.rmtree(stage, ignore_errors=True)
         published = {e["path"] for e in manifest["files"]} | {MANIFEST_FILE}
         for rel in sorted(old - published):
-            _remove(fs, join(root, rel))
+            remove(fs, join(root, rel))
             report.removed += 1
         report.files = len(manifest["files"]) + 1
         report.bytes = sum(e["size"] for e in manifest["files"])
@@ -125,8 +129,6 @@ def publish(runs: Iterable[str] | None, destination: str, *, source: str | None 
 # -- destination -----------------------------------------------------------------------------
 def open_destination(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root) of a publish destination; ArchiveError for read-only or unavailable ones."""
-    from telemetry.store.fs import open_fs
-
     text = str(url)
     scheme = text.split("://", 1)[0].lower() if "://" in text else "file"
     if scheme in _READ_ONLY:
@@ -134,7 +136,7 @@ def open_destination(url: str, storage_options: dict | None = None) -> tuple[fss
                            "server serves (then open https://host/path), or to s3://bucket/path")
     if scheme == "hf":
         try:
-            import huggingface_hub  # noqa: F401
+            import huggingface_hub  # noqa: F401 - lazy: optional, needed only for hf:// destinations
         except ImportError:
             raise ArchiveError("publishing to hf:// needs huggingface_hub: pip install huggingface_hub, then "
                                "`huggingface-cli login` (or set HF_TOKEN)") from None
@@ -147,23 +149,12 @@ def open_destination(url: str, storage_options: dict | None = None) -> tuple[fss
 
 
 def _same_place(archive: Any, fs: fsspec.AbstractFileSystem, root: str) -> bool:
-    from telemetry.store.fs import is_local
-
     return is_local(fs) and os.path.abspath(root) == os.path.abspath(archive.local_root)
-
-
-def _existing_files(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
-    from telemetry.store.fs import list_files
-
-    try:
-        return set(list_files(fs, root, ""))
-    except (OSError, ValueError):
-        return set()
 
 
 def _check_destination(fs: fsspec.AbstractFileSystem, root: str, url: str, overwrite: bool) -> set[str]:
     """The files already at the destination (to replace); errors unless it is empty or may be overwritten."""
-    old = _existing_files(fs, root)
+    old = existing_files(fs, root)
     if old and not overwrite:
         raise ArchiveError(f"destination {url} is not empty ({len(old)} file(s)): pass --overwrite to replace "
                            "an earlier publication there, or choose an empty folder")
@@ -173,7 +164,7 @@ def _check_destination(fs: fsspec.AbstractFileSystem, root: str, url: str, overw
     probe = join(root, f".flightlog-publish-probe-{uuid.uuid4().hex[:8]}")
     try:
         _put_bytes(fs, probe, b"probe")
-        _remove(fs, probe)
+        remove(fs, probe)
     except (OSError, ValueError, PermissionError, NotImplementedError) as exc:
         raise ArchiveError(f"destination {url} is not writable: {exc}") from None
     return old
@@ -199,8 +190,6 @@ def _resolve_runs(archive: Any, runs: Iterable[str] | None) -> list[str]:
 
 def _live_warnings(archive: Any, run_ids: list[str]) -> list[str]:
     staged: dict[str, int] = {}
-    from data_schema.layout import parse_path
-
     for rel in archive.snapshot.staged:
         key = parse_path(rel)
         if key is not None and key.run_id in run_ids:
@@ -211,8 +200,6 @@ def _live_warnings(archive: Any, run_ids: list[str]) -> list[str]:
 
 def _copy_runs(archive: Any, run_ids: list[str], stage: str) -> None:
     """The runs' live files (as the archive reads them) and the records of their compact files."""
-    from telemetry.store.liveness import record_path_of
-
     snap = archive.snapshot
     wanted = set(run_ids)
     catalog = archive._catalog  # noqa: SLF001 - the records live next to the files it reads
@@ -249,10 +236,6 @@ def _write_local(stage: str, rel: str, body: bytes) -> None:
 
 
 def _compact_staged(stage: str, run_id: str, cfg: PublishConfig) -> None:
-    from fsspec.implementations.local import LocalFileSystem
-
-    from telemetry.maintain.compaction import CompactionConfig, compact_fs
-
     ccfg = CompactionConfig(value_encoding="PLAIN" if cfg.spark_compatible else "BYTE_STREAM_SPLIT")
     report = compact_fs(LocalFileSystem(), stage, run_id, grace_s=0.0, config=ccfg)
     if report.problems:
@@ -261,9 +244,6 @@ def _compact_staged(stage: str, run_id: str, cfg: PublishConfig) -> None:
 
 def _published_files(stage: str) -> list[str]:
     """What a reader of the staged copy reads: live data files, the chosen LODs, their records."""
-    from telemetry.read.catalog import Catalog
-    from telemetry.store.liveness import record_path_of
-
     snap = Catalog(stage).scan()
     if snap.problems:
         raise ArchiveError(f"cannot publish: the compacted copy has problems: {'; '.join(snap.problems)}")
@@ -287,8 +267,6 @@ def _plain_floats(path: str) -> None:
                    for g in range(md.num_row_groups) for i in range(md.num_columns))
     if not uses_bss:
         return
-    from telemetry.maintain.compaction import CompactionConfig, compact_bytes
-
     rows = max((md.row_group(g).num_rows for g in range(md.num_row_groups)), default=1)
     body = compact_bytes(pq.read_table(path), CompactionConfig(value_encoding="PLAIN", row_group_rows=max(rows, 1)))
     with open(path, "wb") as fh:
@@ -296,19 +274,8 @@ def _plain_floats(path: str) -> None:
 
 
 # -- manifest and upload ------------------------------------------------------------------------
-def sha256_of(fh: Any) -> tuple[str, int]:
-    """(hex sha256, bytes read) of an open binary file, read in chunks."""
-    digest, size = hashlib.sha256(), 0
-    while chunk := fh.read(_CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def build_manifest(stage: str, files: list[str], run_ids: list[str]) -> dict[str, Any]:
     """`_manifest/manifest.json` of a publication: every file with size and sha256 (rows for Parquet)."""
-    from data_schema.layout import parse_lod_path, parse_path
-
     entries = []
     for rel in files:
         local = os.path.join(stage, *rel.split("/"))
@@ -350,8 +317,6 @@ def _upload(fs: fsspec.AbstractFileSystem, root: str, stage: str, manifest: dict
 
 
 def _put_file(fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
-    from telemetry.store.fs import is_local
-
     if is_local(fs):
         with open(local, "rb") as fh:
             _put_bytes(fs, path, fh.read())
@@ -360,8 +325,6 @@ def _put_file(fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
 
 
 def _put_bytes(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
-    from telemetry.store.fs import atomic_write_bytes, is_local
-
     if not is_local(fs):
         parent = path.rsplit("/", 1)[0]
         try:
@@ -371,67 +334,8 @@ def _put_bytes(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
     atomic_write_bytes(fs, path, body)
 
 
-def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    from telemetry.store.fs import remove
-
-    remove(fs, path)
-
-
 def _bar(cfg: PublishConfig, **kwargs: Any) -> Any:
-    from tqdm import tqdm
-
     return tqdm(file=sys.stderr, disable=not cfg.progress, leave=False, **kwargs)
 
 
-# -- checking a publication (called by telemetry.maintain.file_integrity.verify) ----------------------------------
-def publication_problems(fs: fsspec.AbstractFileSystem, root: str, *, listable: bool) -> list[str]:
-    """Problems of a published archive: missing files, wrong sizes or checksums, and an incomplete
-    manifest (files a reader needs but a static host would not serve). [] for other archives."""
-    from data_schema.layout import parse_lod_path, parse_path
-    from telemetry.maintain.manifest import read_manifest
-    from telemetry.store.liveness import record_path_of
-
-    try:
-        manifest = read_manifest(fs, root)
-    except (OSError, ValueError) as exc:
-        return [f"{MANIFEST_FILE}: cannot be read ({exc})"]
-    if not isinstance(manifest, dict) or "published" not in manifest:
-        return []
-    problems: list[str] = []
-    entries = {e.get("path"): e for e in manifest.get("files", []) if isinstance(e, dict)}
-    # a static host need not serve byte ranges: stream each file once, start to end
-    open_opts = {} if listable else {"block_size": 0}
-    for rel, e in sorted(entries.items(), key=lambda kv: str(kv[0])):
-        if not isinstance(rel, str) or not isinstance(e.get("sha256"), str):
-            problems.append(f"{MANIFEST_FILE}: entry {rel!r} has no sha256")
-            continue
-        try:
-            with fs.open(join(root, rel), "rb", **open_opts) as fh:
-                got, size = sha256_of(fh)
-        except FileNotFoundError:
-            problems.append(f"{rel}: listed in the manifest but missing from the archive")
-            continue
-        except (OSError, ValueError) as exc:
-            problems.append(f"{rel}: cannot be read ({exc})")
-            continue
-        if e.get("size") is not None and int(e["size"]) != size:
-            problems.append(f"{rel}: the manifest says {e['size']} bytes, the file has {size}")
-        elif got != e["sha256"]:
-            problems.append(f"{rel}: sha256 mismatch (the file changed after publishing, or is corrupt)")
-    if ROOT_FILE not in entries:
-        problems.append(f"{MANIFEST_FILE}: does not list {ROOT_FILE}")
-    for rel in entries:
-        key = parse_path(rel) if isinstance(rel, str) else None
-        if key is not None and key.kind == "compact" and record_path_of(rel) not in entries:
-            problems.append(f"{rel}: its compaction record {record_path_of(rel)} is not in the manifest "
-                            "(a reader over http would ignore the file)")
-    if listable:
-        for rel in sorted(_existing_files(fs, root)):
-            if rel in entries or rel == MANIFEST_FILE:
-                continue
-            if parse_path(rel) is not None or parse_lod_path(rel) is not None or rel.startswith("_manifest/"):
-                problems.append(f"{rel}: in the archive but not in the manifest (a static host would not serve it)")
-    return problems
-
-
-__all__ = ["PublishConfig", "PublishReport", "build_manifest", "open_destination", "publication_problems", "publish"]
+__all__ = ["PublishConfig", "PublishReport", "build_manifest", "open_destination", "publish"]

@@ -31,7 +31,7 @@ import pyarrow as pa
 from data_schema.layout import STAGING_DIR, FileKey, is_temp, join, parse_path, partition_dir, segment_path
 from data_schema.tables import TABLES, schema
 from telemetry.store import encodings, liveness, staging
-from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.store.fs import atomic_write_bytes, list_files, modified_at, open_fs, remove
 from telemetry.write.spool import upload_orphans
 
 _TEMP_AGE_S = 300.0
@@ -207,17 +207,8 @@ def _remove_old_temps(fs, root: str, age_s: float, report: RecoveryReport) -> No
         for rel, info in list_files(fs, root, top, detail=True).items():
             if not is_temp(rel):
                 continue
-            mtime = _mtime(info)
+            mtime = modified_at(info)
             if mtime is not None and now - mtime >= age_s:
                 remove(fs, join(root, rel))
                 report.temps_removed += 1
 
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    for k in ("mtime", "LastModified", "last_modified", "created"):
-        v = info.get(k)
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, dt.datetime):
-            return v.timestamp()
-    return None

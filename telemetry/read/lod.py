@@ -5,9 +5,10 @@ rank (rank -1: all ranks together; single ranks only when the run has several) a
 of `width` steps (bucket k covers steps [k*width, (k+1)*width - 1]): min, max and sum of the
 finite values, count, finite_count, first and last value (by step), and NaN / +Inf / -Inf
 counts, at a few widths (64, 512, 4096 and 32768 by default). It is built from the run's compact files
-(its "covers", in its footer) over journey-filtered rows, and records the attempt spans the
-filter used: when the spans change (a new attempt), buckets from the first changed span on are
-not used. Any metric file the LOD does not cover (segments written since) is read raw.
+(its "covers", in its footer; telemetry.maintain.lod_build writes it) over journey-filtered rows,
+and records the attempt spans the filter used: when the spans change (a new attempt), buckets
+from the first changed span on are not used. Any metric file the LOD does not cover (segments
+written since) is read raw.
 
 `curve_sql` keeps the bucketing of a full scan (curves.bucket_expression) and is exact: an LOD
 bucket is used only when it lies entirely inside one curve bucket (and its parent bucket does
@@ -18,12 +19,7 @@ differs only by floating-point summation order.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema.layout import join, lod_path, parse_lod_path, parse_path, partition_dir
+from data_schema.layout import join, parse_lod_path
 from telemetry.read import curves
-from telemetry.store.fs import atomic_write_bytes, is_local, list_files
 
 META_KEY = b"flightlog.lod"
 ALL_RANKS = -1
@@ -99,49 +94,6 @@ def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rel
     items = infos.values() if isinstance(infos, Mapping) else infos
     valid = [i for i in items if i.covers and set(i.covers) <= live]
     return max(valid, key=lambda i: (i.created_at, i.rel), default=None)
-
-
-# ---- build --------------------------------------------------------------------------------------
-
-def rebuild_lod(fs, root: str, run_id: str, *, widths: tuple[int, ...] = DEFAULT_WIDTHS) -> int:
-    """Build the run's LOD over its live compact metric files; rows written (0: nothing to do)."""
-    from telemetry.store.liveness import live_filter, read_records
-
-    records = read_records(fs, root, run_id=run_id)
-    files = list_files(fs, root, partition_dir("metrics", run_id))
-    live, _ = live_filter(files, records)
-    covers = sorted(r for r in live if (k := parse_path(r)) is not None and k.kind == "compact")
-    if not covers:
-        return 0
-    tmp = None
-    try:
-        if is_local(fs):
-            local = {r: join(root, r) for r in live}
-        else:  # DuckDB reads local files only: fetch the run's metric files once
-            tmp = tempfile.mkdtemp(prefix="flightlog-lod-")
-            local = {r: os.path.join(tmp, r.replace("/", "__")) for r in live}
-            fs.get([join(root, r) for r in local], list(local.values()))
-        spans = spans_of([local[r] for r in sorted(live)])
-        existing = lod_infos(fs, root, [r for r in list_files(fs, root, f"metrics_lod/run_id={run_id}")
-                                        if parse_lod_path(r)])
-        current = choose_lod(existing, live)
-        if current is not None and set(current.covers) == set(covers) and current.spans == spans \
-                and current.widths == tuple(widths):
-            return 0
-        table, ranks = build_lod_table(run_id, [local[r] for r in covers], spans, widths)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"covers": covers, "spans": {str(a): list(s) for a, s in spans.items()}, "widths": list(widths),
-            "ranks": ranks, "per_rank": len(ranks) > 1, "created_at": dt.datetime.now(dt.UTC).isoformat()}
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, compression="zstd",
-                   use_dictionary=["run_id", "name"], column_encoding={
-                       "width": "DELTA_BINARY_PACKED", "rank": "DELTA_BINARY_PACKED", "bucket": "DELTA_BINARY_PACKED",
-                       "step_lo": "DELTA_BINARY_PACKED", "step_hi": "DELTA_BINARY_PACKED"})
-    atomic_write_bytes(fs, join(root, lod_path(run_id, uuid.uuid4().hex[:16])), memoryview(sink.getvalue()))
-    return table.num_rows
 
 
 def connect():
@@ -354,4 +306,4 @@ def range_sql(*, lod_src: str, tail_src: str | None, covered_src: str | None, wh
 
 
 __all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "aligned_window", "plan_curve", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
-           "rebuild_lod", "usable_rank", "valid_below"]
+           "usable_rank", "valid_below"]

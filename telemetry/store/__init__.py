@@ -1,1 +1,2 @@
-"""What every path shares: file system access, the staged and Parquet encodings, liveness, errors. Imports data_schema only."""
+"""What every path shares: file system access, the staged and Parquet encodings, liveness, errors.
+Imports data_schema only."""

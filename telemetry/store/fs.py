@@ -49,7 +49,8 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes | memoryview, *, fsync: bool = True) -> None:
+def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes | memoryview, *,
+                       fsync: bool = True) -> None:
     """Write `data` at `path` so that no reader ever sees a partial file."""
     if is_local(fs):
         folder = os.path.dirname(path)
@@ -66,14 +67,10 @@ def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes | m
             try:
                 os.unlink(tmp)
             except OSError:
-                pass
+                pass  # the temp file never got created; the original error is what matters
             raise
         return
     fs.pipe_file(path, bytes(data))
-
-
-def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-    return fs.cat_file(path)
 
 
 def remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
@@ -81,7 +78,7 @@ def remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
     try:
         fs.rm_file(path)
     except FileNotFoundError:
-        pass
+        pass  # someone (another compaction, recovery) removed it first: the outcome we wanted
 
 
 def list_files(fs: fsspec.AbstractFileSystem, root: str, folder: str, *, detail: bool = False
@@ -108,6 +105,18 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str, folder: str, *, detail:
         rel = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
         out[rel] = info if detail else {}
     return out
+
+
+def modified_at(info: Mapping[str, Any]) -> float | None:
+    """Unix time a listed file (`list_files(..., detail=True)`) was last written, by whichever key its
+    filesystem reports (local: mtime, S3: LastModified, memory: created); None when it reports none."""
+    for k in ("mtime", "LastModified", "last_modified", "created"):
+        v = info.get(k)
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, dt.datetime):
+            return v.timestamp()
+    return None
 
 
 def ensure_root_file(fs: fsspec.AbstractFileSystem, root: str) -> None:

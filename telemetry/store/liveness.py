@@ -7,8 +7,9 @@ Records are accepted in (created_at, uid) order; a record that lists a part an e
 record already replaced (two compactions raced) is rejected. Every reader, the compactor, the
 manifest, publishing and the importers decide liveness here, so they never disagree.
 
-A writer is alive while its heartbeat says so (`heartbeat.writer_is_alive`): its staged files and
-its segments belong to it (or to recovery) and are left alone.
+A writer is alive while its heartbeat says so (`heartbeat.writer_is_alive`, read by `scan_heartbeats`
+only): its staged files and its segments belong to it (or to recovery) and are left alone; so are
+the segments of a writer group that still has staged files (`busy_groups`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from data_schema.layout import MANIFEST_DIR, SEGMENT_SUFFIX, join, parse_path, validate_run_id
+from data_schema.layout import MANIFEST_DIR, SEGMENT_SUFFIX, join, parse_path, staging_dir, validate_run_id
 from telemetry.store import heartbeat
 from telemetry.store.fs import list_files
 
@@ -101,7 +102,6 @@ def live_filter(rels: Iterable[str], records: list[dict]) -> tuple[set[str], set
     return rels - skip, skip
 
 
-
 # ---- writers ----------------------------------------------------------------------------------
 
 def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[tuple[str, int, int]], list[str]]:
@@ -131,3 +131,16 @@ def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[tuple
 def live_writers(fs: fsspec.AbstractFileSystem, root: str) -> set[tuple[str, int, int]]:
     """(run_id, attempt, rank) of the writers that are alive (see `scan_heartbeats`)."""
     return scan_heartbeats(fs, root)[0]
+
+
+def busy_groups(fs: fsspec.AbstractFileSystem, root: str, table: str, run_id: str,
+                live: set[tuple[str, int, int]] | None = None) -> set[tuple[int, int]]:
+    """(attempt, rank) of the writer groups of `run_id` whose `table` segments must be left alone
+    (compaction, rows replaced by key): the writer is alive, or staged files of the group wait for
+    it or for recovery, which will name a segment with a higher seq. `live`: `live_writers()`, when
+    the caller has read it already."""
+    live = live_writers(fs, root) if live is None else live
+    alive = {(a, r) for (rid, a, r) in live if rid == run_id}
+    staged = {(k.attempt, k.rank) for k in map(parse_path, list_files(fs, root, staging_dir(table, run_id)))
+              if k is not None}
+    return alive | staged

@@ -15,6 +15,7 @@ from telemetry import Archive, Writer, WriterConfig
 from telemetry.maintain.compaction import CompactionConfig, compact
 from telemetry.maintain.recovery import recover
 from telemetry.store import staging
+from telemetry.store.fs import open_fs
 from telemetry.store.liveness import read_records
 
 
@@ -121,9 +122,9 @@ def test_replaced_parts_go_after_the_grace_period_and_recovery_never_converts_a_
     os.makedirs(os.path.dirname(leftover), exist_ok=True)
     import pyarrow as pa
 
+    staged = staging.staged_schema("metrics")
     batch = pa.table({"step": pa.array([5], pa.int64()), "name": ["loss"], "value": [1.0],
-                      "wall_time": pa.array([0], pa.int64()).cast(staging.staged_schema("metrics").field("wall_time").type)},
-                     schema=staging.staged_schema("metrics"))
+                      "wall_time": pa.array([0], pa.int64()).cast(staged.field("wall_time").type)}, schema=staged)
     with open(leftover, "wb") as fh:
         fh.write(staging.encode_staged(batch, run_id="r", attempt=0, rank=0).to_pybytes())
     rec = recover(archive)
@@ -170,6 +171,23 @@ def test_plain_values_and_millisecond_wall_time_are_options(archive):
     assert (wall % 1000 == 0).all()
 
 
+def test_compact_with_grace_zero_removes_replaced_files_in_the_same_pass(archive):
+    write_run(archive)
+    want = rows(archive)
+    parts = files(archive, "metrics", "part-*")
+    report = compact(archive, "r", grace_s=0)
+    assert report.files_written and report.removed >= len(parts) - 1, report
+    # one pass: only the empty watermark of the highest seq is left of the parts, in every table
+    left = files(archive, "metrics", "part-*")
+    assert left == [max(parts)] and pq.read_metadata(left[0]).num_rows == 0
+    assert all(pq.read_metadata(p).num_rows == 0 for t in ("events", "system") for p in files(archive, t, "part-*"))
+    assert all(rec["gc_done"] for rec in read_records(*open_fs(archive), run_id="r"))
+    assert len(glob.glob(os.path.join(archive, "metrics_lod", "run_id=r", "*.parquet"))) == 1
+    assert rows(archive) == want
+    again = compact(archive, "r", grace_s=0)  # nothing was left for a second pass
+    assert again.removed == 0 and again.files_written == 0
+
+
 def test_verify_stays_clean_with_a_manifest_before_and_after_the_grace_period(archive):
     from telemetry.maintain.file_integrity import verify
     from telemetry.maintain.manifest import write_manifest
@@ -206,8 +224,7 @@ def test_compacted_files_keep_engine_compatible_settings_microsecond_times_and_s
     import pyarrow.dataset as ds
 
     write_run(archive, steps=300)
-    compact(archive, "r", grace_s=0)
-    compact(archive, "r", grace_s=0)  # the replaced parts go: the folder holds compact files and a watermark
+    compact(archive, "r", grace_s=0)  # the replaced parts go at once: the folder holds compact files and a watermark
     (f,) = files(archive, "metrics", "compact-*")
     md = pq.ParquetFile(f)
     wall = md.schema_arrow.field("wall_time").type
