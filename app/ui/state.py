@@ -207,12 +207,9 @@ def attempt_curves(archive: Any, run_id: str, name: str, *, buckets: int = 600) 
 
 
 def step_spans(archive: Any, run_id: str) -> dict[int, tuple[int, int]]:
-    """{attempt: (first step, last step)} of a run's metrics: footer statistics when the archive has
-    them (Archive.attempt_spans, no scan), else the lineage query."""
-    if hasattr(archive, "attempt_spans"):
-        return {int(a): (int(lo), int(hi)) for a, (lo, hi) in query(archive, "attempt_spans", run_id).items()}
-    lineage = query(archive, "attempt_lineage", run_id).dropna(subset=["first_step", "last_step"])
-    return {int(r.attempt): (int(r.first_step), int(r.last_step)) for r in lineage.itertuples()}
+    """{attempt: (first step, last step)} of a run's metrics (Archive.attempt_spans: footer statistics
+    when the files have them, no scan)."""
+    return {int(a): (int(lo), int(hi)) for a, (lo, hi) in query(archive, "attempt_spans", run_id).items()}
 
 
 def step_time_heatmap(archive: Any, run_id: str, *, buckets: int = 120) -> pd.DataFrame:

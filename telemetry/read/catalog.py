@@ -157,8 +157,7 @@ class Catalog:
     # -- discovery --------------------------------------------------------------------------
     def _list(self) -> dict[str, int | None]:
         """Every file under the root as {relative path: size}."""
-        if hasattr(self.fs, "invalidate_cache"):
-            self.fs.invalidate_cache(self.root)  # object stores cache listings; we want the present
+        self.fs.invalidate_cache(self.root)  # object stores cache listings; we want the present
         prefix = self.root.rstrip("/") + "/"
         try:
             found = self.fs.find(self.root, detail=True)

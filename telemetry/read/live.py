@@ -107,7 +107,7 @@ class LiveCatalog(Catalog):
             try:
                 os.rmdir(os.path.dirname(self.view_dir))  # the shared parent, once empty
             except OSError:
-                pass
+                pass  # another reader's copies are still in it: the last one out removes it
 
 
 class LiveArchive(Archive):
@@ -134,4 +134,4 @@ def _unlink(path: str) -> None:
     try:
         os.remove(path)
     except OSError:
-        pass
+        pass  # already gone: a copy is only a cache of a staged file

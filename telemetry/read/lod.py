@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,12 +97,11 @@ def choose_lod(infos: Mapping[str, LodInfo] | Iterable[LodInfo], live_metric_rel
     return max(valid, key=lambda i: (i.created_at, i.rel), default=None)
 
 
-def connect():
-    import duckdb
-
+def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET GLOBAL TimeZone = 'UTC'")
-    con.execute("SET GLOBAL parquet_can_have_nan = true")  # GLOBAL: cursors are new sessions; else NaN counts read 0 from min/max stats
+    # GLOBAL: cursors are new sessions; else NaN counts read 0 from min/max stats
+    con.execute("SET GLOBAL parquet_can_have_nan = true")
     return con
 
 
@@ -273,7 +273,8 @@ def curve_sql(*, lod_src: str, covered_src: str | None, tail_src: str | None, wh
         # three narrow reads: sorted files let the two ranges skip row groups; the edges are a semi join
         for rng in ((lo, plan.full_lo - 1), (plan.full_hi + 1, hi)):
             if rng[1] >= rng[0]:
-                parts.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} AND step BETWEEN {rng[0]} AND {rng[1]}")
+                parts.append(f"SELECT {raw_cols} FROM {covered_src} "
+                             f"WHERE {cond} AND step BETWEEN {rng[0]} AND {rng[1]}")
         if plan.edges.num_rows:
             parts.append(f"SELECT {raw_cols} FROM {covered_src} WHERE {cond} AND step IN (SELECT step FROM {edges})")
     if tail_src is not None:
@@ -305,5 +306,5 @@ def range_sql(*, lod_src: str, tail_src: str | None, covered_src: str | None, wh
     return f"SELECT min(lo) AS lo, max(hi) AS hi FROM ({' UNION ALL '.join(parts)})"
 
 
-__all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "aligned_window", "plan_curve", "build_lod_table", "choose_lod", "curve_sql", "lod_infos",
-           "usable_rank", "valid_below"]
+__all__ = ["ALL_RANKS", "LOD_SCHEMA", "CurvePlan", "LodInfo", "aligned_window", "plan_curve", "build_lod_table",
+           "choose_lod", "curve_sql", "lod_infos", "usable_rank", "valid_below"]

@@ -233,12 +233,12 @@ class _Worker:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            pass
+            pass  # killed but not reaped yet: nothing more to do than closing its pipes
         for conn in (self.outbox, self.inbox):
             try:
                 conn.close()
             except OSError:
-                pass
+                pass  # already closed by the worker's end
 
 
 def _explain_text(text: str, *, permission: bool = False) -> QueryError:
