@@ -1,10 +1,15 @@
-"""Integrity check of an archive: every live file opens, fits its table, reads to its last page,
-and matches the manifest.
+"""`verify`: the integrity of an archive's files, as a reader will meet them.
+
+Checked for every live file: its Parquet footer opens, its schema fits its table, required columns
+hold no nulls (footer statistics), every data page decodes (`deep=True`), and its row count matches
+the manifest's; for an archive `flightlog publish` wrote, every file's size and sha256 too
+(telemetry.maintain.publication_check). Staged files awaiting recovery and leftover temp files are
+reported, not counted as problems.
 
 Readers skip a broken file by its footer alone (cheap, at every open); `verify` also decodes
-every page (`deep=True`), which finds what a footer cannot show: a flipped bit in a data page
-makes DuckDB fail every query over the table, so such a file must be found and set aside
-(`flightlog index --quarantine`, telemetry.maintain.quarantine).
+every page, which finds what a footer cannot show: a flipped bit in a data page makes DuckDB fail
+every query over the table, so such a file must be found and set aside (`flightlog index
+--quarantine`, telemetry.maintain.quarantine).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Moving broken files out of the archive's live layout, into `_quarantine/` (kept, never deleted).
+"""Moving broken files (those `verify` found, telemetry.maintain.file_integrity) out of the archive's
+live layout, into `_quarantine/` (kept, never deleted). The checking is verify's: `check_and_set_aside`
+asks it, then moves what it found broken.
 
 Readers already skip a broken file at every open; quarantine is the explicit, opt-in step
 (`flightlog index --quarantine`) that stops every reader, engine and copy from meeting it again:
@@ -53,8 +55,6 @@ def quarantine(url: str, rels: Iterable[str], *, storage_options: dict | None = 
             continue
         report.moved[rel] = target
     return report
-
-
 
 
 def check_and_set_aside(url: str, *, move: bool, storage_options: dict | None = None,
