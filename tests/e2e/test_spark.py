@@ -67,9 +67,8 @@ def archives(tmp_path_factory):
     base = tmp_path_factory.mktemp("engines")
     root = str(base / "archive")
     write_runs(root)
-    # grace 0 twice: the second pass deletes the parts the first replaced, so a plain
-    # directory read (which knows nothing of compaction records) sees each row once
-    compact(root, grace_s=0)
+    # grace 0: the pass deletes the parts it replaced, so a plain directory read (which knows
+    # nothing of compaction records) sees each row once
     compact(root, grace_s=0)
     site = str(base / "site")
     publish(None, site, source=root, config=PublishConfig(progress=False))
