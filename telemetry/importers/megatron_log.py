@@ -106,10 +106,10 @@ def _iteration(pts: Points, line: str, m: re.Match, n: int, restart: tuple[bool,
             got.append((_NAMES.get(key, key), x))
     if restart[0]:
         pts.new_attempt(n, resumed_from=restart[1])
-    pts.step(step, wall, n, restart_on_equal=True)
+    i = pts.line(step, wall, n, restart_on_equal=True)
     attempt = len(pts.attempts) - 1
     for name, x in got:
-        pts.add(step, name, x, wall)
+        pts.add(i, name, x)
         if name in ("skipped_iterations", "nan_iterations") and x > 0:
             nan = name == "nan_iterations"
             pts.events.append({
@@ -148,7 +148,7 @@ def read_megatron_log(path: str, *, run_name: str | None = None, bar=None) -> Im
         loaded = _LOADED.search(line)
         if loaded is not None and pts.attempts:  # a checkpoint loaded after training began: the job restarted
             restart = (True, int(loaded.group(1)))
-    if not pts.steps:
+    if not pts.points:
         raise ImportSourceError(f"{path} holds no Megatron-LM training log line (' iteration N/ M | ... |')")
     last = pts.attempts[-1]["last_step"]
     finished = bool(total_iters) and last is not None and last >= total_iters
@@ -169,8 +169,7 @@ def _validation(pts: Points, v: re.Match, line: str, n: int) -> None:
     split = "test" if v.group(1) == "test" or "test set" in v.group(3) else "val"
     step = int(v.group(2))
     wall = _wall(line[:v.start()])
-    if not pts.attempts:
-        pts.new_attempt(n)
+    i = pts.at(step, wall)  # the validation of the attempt's iteration: not a new step, so never a restart
     for key, value in _fields(v.group(4)):
         x = _number("validation " + key, value)
         if x is None:
@@ -181,7 +180,7 @@ def _validation(pts: Points, v: re.Match, line: str, n: int) -> None:
             name = "ppl" if name == "loss" else f"{name} ppl"
         else:
             name = _NAMES.get(key.removesuffix(" value"), key.removesuffix(" value"))
-        pts.add(step, f"{split}/{name}", x, wall)
+        pts.add(i, f"{split}/{name}", x)
 
 
 def is_megatron_log(path: str, *, lines: int = 5000) -> bool:

@@ -73,13 +73,15 @@ def parse_time(text: str) -> float:
 
 @dataclass(slots=True)
 class Points:
-    """Points gathered line by line, with the attempts that a step going back starts."""
+    """Points gathered line by line, with the attempts that a step going back starts.
 
-    steps: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)
-    walls: list[float] = field(default_factory=list)
-    attempt_of: list[int] = field(default_factory=list)
+    Column-wise (a line's step, wall time and attempt once; per metric the lines it is on and its values):
+    one or two list appends per point instead of a row object, for a million-line log."""
+
+    steps: list[int] = field(default_factory=list)        # per line
+    walls: list[float] = field(default_factory=list)      # per line
+    attempt_of: list[int] = field(default_factory=list)   # per line
+    columns: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)  # name -> (lines, values)
     attempts: list[dict] = field(default_factory=list)  # per attempt: first/last step and wall time, start line
     events: list[dict] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
@@ -104,20 +106,50 @@ class Points:
             cur["first_wall"] = wall if cur["first_wall"] is None else cur["first_wall"]
             cur["last_wall"] = wall
 
-    def add(self, step: int, name: str, value: float, wall: float) -> None:
+    def line(self, step: int, wall: float, line: int, *, restart_on_equal: bool) -> int:
+        """A logged line at `step` (see `step`); its index for `column(...)` appends."""
+        self.step(step, wall, line, restart_on_equal=restart_on_equal)
+        return self.at(step, wall)
+
+    def at(self, step: int, wall: float) -> int:
+        """A line of the current attempt that is not a new step (a validation line at its iteration)."""
+        if not self.attempts:
+            self.new_attempt(0)
         self.steps.append(step)
-        self.names.append(name)
-        self.values.append(value)
         self.walls.append(wall)
         self.attempt_of.append(len(self.attempts) - 1)
+        return len(self.steps) - 1
+
+    def column(self, name: str) -> tuple[list[int], list[float]]:
+        """(line indexes, values) of metric `name`: append a point's line index and value to them."""
+        col = self.columns.get(name)
+        if col is None:
+            col = self.columns[name] = ([], [])
+        return col
+
+    def add(self, index: int, name: str, value: float) -> None:
+        lines, values = self.column(name)
+        lines.append(index)
+        values.append(value)
+
+    @property
+    def points(self) -> int:
+        return sum(len(v) for _, v in self.columns.values())
 
     def skip(self, why: str, n: int = 1) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + n
 
     def table(self) -> pa.Table:
-        t = metrics_table(pa.array(np.asarray(self.steps, np.int64)), self.names,
-                          pa.array(np.asarray(self.values, np.float64)), seconds_to_ts(np.asarray(self.walls)))
-        return t.append_column("attempt", pa.array(np.asarray(self.attempt_of, np.int32)))
+        steps = np.asarray(self.steps, np.int64)
+        walls = np.asarray(self.walls, np.float64)
+        attempts = np.asarray(self.attempt_of, np.int32)
+        parts = []
+        for name, (lines, values) in self.columns.items():
+            idx = np.asarray(lines, np.int64)
+            t = metrics_table(pa.array(steps[idx]), pa.repeat(pa.scalar(name), len(idx)),
+                              pa.array(np.asarray(values, np.float64)), seconds_to_ts(walls[idx]))
+            parts.append(t.append_column("attempt", pa.array(attempts[idx])))
+        return pa.concat_tables(parts)
 
     def attempt_rows(self, source: str, *, finished: bool) -> list[dict]:
         rows = []
@@ -158,6 +190,7 @@ def read_text_log(path: str, pattern: str, *, run_name: str | None = None, bar=N
     metrics = [g for g in rx.groupindex if g not in _RESERVED]
     has_time = "wall_time" in rx.groupindex
     pts = Points()
+    targets = [(name, *pts.column(name)) for name in metrics]
     nan = float("nan")
     for n, line, torn in iter_lines(str(p), bar):
         if torn:
@@ -174,13 +207,15 @@ def read_text_log(path: str, pattern: str, *, run_name: str | None = None, bar=N
                 continue
             step = int(groups["step"])
             wall = parse_time(groups["wall_time"]) if has_time and groups["wall_time"] else nan
-            got = [(name, float(groups[name])) for name in metrics if groups[name] is not None]
+            got = [float(v) if (v := groups[name]) is not None else None for name in metrics]
         except ValueError as exc:
             raise ImportSourceError(f"{path} line {n}: {_what(exc, groups)} ({line.strip()[:120]!r})") from None
-        pts.step(step, wall, n, restart_on_equal=False)
-        for name, value in got:
-            pts.add(step, name, value, wall)
-    if not pts.steps:
+        i = pts.line(step, wall, n, restart_on_equal=False)
+        for (_, lines, values), x in zip(targets, got, strict=True):
+            if x is not None:
+                lines.append(i)
+                values.append(x)
+    if not pts.points:
         raise ImportSourceError(f"no line of {path} matches --pattern {pattern!r}")
     label = run_name or p.stem
     ident = run_id_from_name(run_name) if run_name else source_id("log", p.stem)
