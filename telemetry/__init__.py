@@ -15,7 +15,7 @@ from telemetry.store.errors import (
 # import for a trainer that only writes).
 _LAZY = {
     "Writer": "telemetry.maintain.wired",
-    "WriterConfig": "telemetry.write.writer",
+    "WriterConfig": "telemetry.write.config",
     "Archive": "telemetry.maintain.wired",
     "LiveArchive": "telemetry.maintain.wired",
     "open_archive": "telemetry.maintain.wired",

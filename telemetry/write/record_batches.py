@@ -158,6 +158,11 @@ class SafeJson:
         return json.dumps(self.obj, default=str, sort_keys=True)
 
 
+def json_text(obj: Any) -> str | None:
+    """A JSON column's text (keys sorted, odd values as str), None for None."""
+    return None if obj is None else SafeJson(obj).dumps()
+
+
 def micros(wts: pa.Array, res_us: int) -> np.ndarray:
     """Unix seconds (float64, no nulls) -> int64 µs, rounded to `res_us` (telemetry.store.wall_time's rule)."""
     return round_micros(pc.round(pc.multiply(wts, 1e6)).cast(pa.int64()).to_numpy(), res_us)

@@ -83,7 +83,7 @@ def test_object_store_outage_spools_on_local_disk_and_loses_nothing_when_it_retu
         assert w.flush(timeout=0.5) is False  # cannot reach the store, says so, raises nothing
         spooled = _spooled_files(spool)
         assert spooled, "batches the store refused wait on local disk"
-        assert w._backlog_bytes == 0, "spooled batches are not also kept in memory"
+        assert w._flusher.storage.backlog_bytes == 0, "spooled batches are not also kept in memory"
     finally:
         server.start()
     outage_s = time.monotonic() - outage_start
@@ -117,12 +117,12 @@ def test_outage_longer_than_the_spool_bound_drops_and_counts_the_rest(moto_serve
     try:
         # The writer must have seen the outage before the data comes, and have held or dropped every
         # batch before storage returns: else a slow cycle could carry it all across the outage.
-        _wait_for(lambda: w._storage_failures > 0, "the writer to notice the outage")
+        _wait_for(lambda: w._flusher.storage.failures > 0, "the writer to notice the outage")
         for chunk in range(12):
             _log_steps(w, range(chunk * 300, (chunk + 1) * 300))
             time.sleep(0.2)
         _wait_for(lambda: not w._multi and all(b.staged or b.spooled or b.held
-                                               for b in w._pending.get("metrics", [])),
+                                               for b in w._flusher.pending.get("metrics", [])),
                   "the writer to hold or drop every batch")
     finally:
         server.start()
@@ -227,7 +227,7 @@ def test_full_local_disk_holds_batches_in_memory_and_writes_them_once_space_retu
             slowest = max(slowest, _log_steps(w, range(100 + chunk * 500, 100 + (chunk + 1) * 500), event_every=100))
             time.sleep(0.25)
         assert w.flush(timeout=0.5) is False
-        assert w._backlog_bytes > 0, "a local archive without spool keeps the batches in memory"
+        assert w._flusher.storage.backlog_bytes > 0, "a local archive without spool keeps the batches in memory"
     finally:
         os.remove(filler)
     full_s = time.monotonic() - full_start
