@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm import tqdm
+
+from app.cli.common import EXIT_FAILED, EXIT_OK, archive_url, one_line
+from telemetry.maintain.compaction import all_runs, compact
+from telemetry.read.catalog import Catalog
 from telemetry.read.runs import resolve_run
+from telemetry.store.errors import ArchiveError
 from telemetry.store.fs import open_fs
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
+DEFAULT_GRACE_S = 600.0  # readers that listed the archive before compaction may still read replaced files
 
 
 def _mib(n: int) -> str:
@@ -44,16 +49,10 @@ def _resolve_run(url: str, run: str) -> str:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from telemetry.maintain.compaction import all_runs, compact
-    from telemetry.read.catalog import Catalog
-    from telemetry.store.errors import ArchiveError
-    from telemetry.store.fs import default_archive_url
-
-    url = args.url or default_archive_url()
-    if args.grace is not None and args.grace < 0:
-        raise ArchiveError(f"--grace must be 0 or more seconds, got {args.grace:g}")
+    url = archive_url(args.url)
+    grace_s = DEFAULT_GRACE_S if args.grace is None else args.grace
+    if grace_s < 0:
+        raise ArchiveError(f"--grace must be 0 or more seconds, got {grace_s:g}")
     Catalog(url).check_exists_and_version()  # a clear message for a wrong URL, before any work
     run = _resolve_run(url, args.run) if args.run else None
     total = 1 if run else len(all_runs(url))
@@ -62,27 +61,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
             bar.set_postfix_str(run_id, refresh=False)
             bar.update(1)
 
-        report = compact(url, run, grace_s=args.grace if args.grace is not None else 600.0, progress=progress)
+        report = compact(url, run, grace_s=grace_s, progress=progress)
     print(summary_line(report))
     for p in report.problems:
-        print(f"flightlog: problem: {' '.join(str(p).split())}", file=sys.stderr)
-    return EXIT_PROBLEMS if report.problems else EXIT_OK
-
-
-def add_compact_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `compact` on the CLI's subparsers; returns its parser."""
-    p = subparsers.add_parser(
-        "compact", help="merge segments into large sorted files, rebuild LOD tables, remove replaced files",
-        description="Merge each run's segments into large files sorted by (name, step), rebuild its "
-                    "level-of-detail table, and delete files replaced more than --grace seconds ago. "
-                    "Segments of writers that are still running are left alone. Exit 1 when a problem "
-                    "was found (listed on stderr).")
-    p.add_argument("url", nargs="?", metavar="URL", help="archive folder or URL (default $FLIGHTLOG_ARCHIVE or "
-                                                         "./flightlog-archive)")
-    p.add_argument("--run", metavar="RUN", help="only this run (name or id); default every run")
-    p.add_argument("--grace", type=float, default=None, metavar="SECONDS",
-                   help="delete replaced files only after this long (default 600: readers that opened the "
-                        "archive before may still read them)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_compact)
-    return p
+        print(f"flightlog: problem: {one_line(p)}", file=sys.stderr)
+    return EXIT_FAILED if report.problems else EXIT_OK

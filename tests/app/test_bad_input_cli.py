@@ -156,4 +156,4 @@ def test_attacks_through_flightlog_sql_fail_with_one_line(world):
     assert tree(d) == before
     good = subprocess.run([sys.executable, "-m", "app.cli", "sql", GOOD_QUERY, "--archive", url, "--format", "csv"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert good.returncode == 0 and good.stdout.split() == ['"n"', "50"]
+    assert good.returncode == 0 and good.stdout.split() == ["n", "50"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -39,21 +41,54 @@ def test_runs_lists_the_runs(archive, capsys):
 def test_archive_defaults_to_the_environment_variable(archive, capsys, monkeypatch):
     monkeypatch.setenv("FLIGHTLOG_ARCHIVE", archive)
     assert main(["runs", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["run_id"] == CLI_ID
+    assert json.loads(capsys.readouterr().out)[0]["run_id"] == CLI_ID
 
 
-@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "table"])
 def test_sql_prints_results_in_each_format(archive, capsys, fmt):
     assert main(["sql", "SELECT step, value FROM journey_metrics WHERE name = 'loss' ORDER BY step",
                  "--archive", archive, "--format", fmt]) == 0
     out = capsys.readouterr().out
     if fmt == "csv":
-        assert out.splitlines()[0] == '"step","value"' and len(out.splitlines()) == 13
+        assert out.splitlines()[0] == "step,value" and len(out.splitlines()) == 13
     elif fmt == "json":
-        rows = [json.loads(line) for line in out.splitlines()]
-        assert [r["step"] for r in rows] == list(range(12))
+        assert [r["step"] for r in json.loads(out)] == list(range(12))
+    elif fmt == "jsonl":
+        assert [json.loads(line)["step"] for line in out.splitlines()] == list(range(12))
     else:
         assert "step" in out and "11" in out
+
+
+def test_sql_csv_quotes_only_where_csv_needs_it(archive, capsys):
+    """`flightlog sql ... --format csv | tail -1` hands the shell the value, not the value in quotes."""
+    query = ("SELECT run_id, 'a,b' AS comma, 'say \"hi\"' AS quote, 'two' || chr(10) || 'lines' AS newline, "
+             "'' AS empty, NULL::VARCHAR AS missing, 1.5 AS number FROM runs")
+    assert main(["sql", query, "--archive", archive, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "run_id,comma,quote,newline,empty,missing,number"
+    assert out == ("run_id,comma,quote,newline,empty,missing,number\n"
+                   f'{CLI_ID},"a,b","say ""hi""","two\nlines","",,1.5\n')
+    rows = list(csv.reader(io.StringIO(out)))  # and any CSV reader reads the values back
+    assert rows[1] == [CLI_ID, "a,b", 'say "hi"', "two\nlines", "", "", "1.5"]
+
+
+def test_sql_json_is_one_array_and_jsonl_one_object_per_line(archive, capsys):
+    query = "SELECT step, value FROM journey_metrics WHERE name = 'loss' AND step < 3 ORDER BY step"
+    assert main(["sql", query, "--archive", archive, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == [{"step": 0, "value": 0.0}, {"step": 1, "value": 1.0}, {"step": 2, "value": 2.0}]
+    assert main(["sql", query, "--archive", archive, "--format", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": s, "value": float(s)} for s in range(3)]
+    assert main(["sql", query.replace("step < 3", "step < 0"), "--archive", archive, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # no rows is still one array
+
+
+def test_runs_and_incidents_take_json_and_jsonl_too(archive, capsys):
+    assert main(["runs", "--archive", archive, "--format", "jsonl"]) == 0
+    assert [json.loads(line)["run_id"] for line in capsys.readouterr().out.splitlines()] == [CLI_ID]
+    assert main(["incidents", "cli run", "--archive", archive, "--format", "json"]) == 0
+    assert [(e["attempt"], e["rank"], e["step"]) for e in json.loads(capsys.readouterr().out)] == [(0, 0, 2), (1, 0, 6)]
 
 
 def test_sql_writes_parquet_to_a_file(archive, tmp_path):
@@ -142,3 +177,17 @@ def test_incidents_of_a_run_without_seeds_list_no_seeds(tmp_path, capsys):
     assert main(["incidents", "no seed", "--archive", url]) == 0
     out = capsys.readouterr().out
     assert "chunk 3: 1 incident(s) in 1 attempt(s), seeds []" in out
+
+
+def test_incidents_show_the_rank(tmp_path, capsys):
+    """Every rank reports the NaN of a step: the rows differ by their rank, which the table shows."""
+    url = str(tmp_path / "ranks")
+    for rank in (1, 0):
+        with Writer(url, run="two ranks", rank=rank, world_size=2) as w:
+            w.metric(3, "loss", float("nan"))
+            w.event("nan", step=3, data_chunk=7)
+    assert main(["incidents", "two ranks", "--archive", url]) == 0
+    out = capsys.readouterr().out
+    header, *rows = out.split("2 incident(s):\n")[1].splitlines()
+    assert header.split()[:4] == ["attempt", "seed", "rank", "step"]
+    assert [row.split()[2] for row in rows] == ["0", "1"]  # one row per rank, in rank order
