@@ -1,6 +1,6 @@
 """`flightlog import wandb|tensorboard|mlflow|csv|jsonl|hf-trainer|megatron|log|auto|evals ...`: runs logged elsewhere.
 
-The lead's app/cli.py calls `add_import_commands(subparsers)`; every handler returns an exit
+app/cli/parser.py calls `add_import_commands(subparsers)`; every handler returns an exit
 code, prints one summary line on stdout and lets ArchiveError (ImportSourceError) reach the
 CLI, which prints it as one line.
 """
@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from app.cli.common import EXIT_OK, add_archive_option, archive_url
 from telemetry.importers._common import ImportSourceError
 from telemetry.importers.evals import import_evals
 from telemetry.importers.hf_trainer import import_hf_trainer, is_hf_trainer
@@ -20,13 +21,10 @@ from telemetry.importers.tabular import ColumnMap, import_csv, import_jsonl
 from telemetry.importers.tensorboard import import_tensorboard
 from telemetry.importers.text_log import import_text_log
 from telemetry.importers.wandb_file import import_wandb
-from telemetry.store.fs import default_archive_url
-
-EXIT_OK = 0
 
 
 def _archive(args: argparse.Namespace) -> str:
-    return args.archive or default_archive_url()
+    return archive_url(args.archive)
 
 
 def _report(summary) -> int:
@@ -122,8 +120,7 @@ def add_import_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     sources.required = True
 
     def common(p: argparse.ArgumentParser, *, run_help: str | None) -> None:
-        p.add_argument("--archive", metavar="URL", help="archive folder or URL (default $FLIGHTLOG_ARCHIVE or "
-                                                         "./flightlog-archive)")
+        add_archive_option(p)
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if run_help:
             p.add_argument("--run", metavar="NAME", help=run_help)
