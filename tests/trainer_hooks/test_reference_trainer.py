@@ -252,3 +252,17 @@ def test_demo_plan_puts_the_corrupted_chunk_between_the_resume_checkpoint_and_th
         assert (cfg.dp, cfg.tp) == (2, 1)
     with pytest.raises(ValueError, match="at least 20"):
         plan(10, quick=True, run="d", archive=str(tmp_path), checkpoint_dir=str(tmp_path))
+
+
+def test_demo_second_run_reads_the_corrupted_chunk_under_another_seed_at_another_step(tmp_path):
+    from trainer_hooks.reference.demo import plan, plan_other_seed
+
+    for quick, steps in ((True, 40), (False, 300)):
+        cfg = plan(steps, quick=quick, run="d", archive=str(tmp_path), checkpoint_dir=str(tmp_path / "c"))
+        other = plan_other_seed(cfg)
+        assert other.seed != cfg.seed and other.run == f"d-seed{other.seed}" and other.steps < cfg.steps
+        assert (other.poison_chunk, other.model_config(), other.dp) == (cfg.poison_chunk, cfg.model_config(), cfg.dp)
+        assert not other.checkpoint_every and other.crash_at_step is None and other.save_without_optimizer_at is None
+        first = TokenStream(cfg.data_config()).first_step_of_chunk(cfg.poison_chunk)
+        at = TokenStream(other.data_config()).first_step_of_chunk(cfg.poison_chunk)
+        assert at != first and other.steps // 4 <= at <= other.steps // 2  # mid-run, after warm-up, steps left
