@@ -146,8 +146,11 @@ def read_megatron_log(path: str, *, run_name: str | None = None, bar=None) -> Im
         except _Damaged as exc:
             raise ImportSourceError(f"{path} line {n}: {exc}") from None
         loaded = _LOADED.search(line)
-        if loaded is not None and pts.attempts:  # a checkpoint loaded after training began: the job restarted
-            restart = (True, int(loaded.group(1)))
+        if loaded is not None:
+            if pts.attempts:  # a checkpoint loaded after training began: the job restarted
+                restart = (True, int(loaded.group(1)))
+            else:  # the log's first job resumed a run: attempt 0 starts from that checkpoint
+                pts.new_attempt(n, resumed_from=int(loaded.group(1)))
     if not pts.points:
         raise ImportSourceError(f"{path} holds no Megatron-LM training log line (' iteration N/ M | ... |')")
     last = pts.attempts[-1]["last_step"]

@@ -45,7 +45,7 @@ _RESERVED = ("step", "wall_time")
 def iter_lines(path: str, bar=None) -> Iterator[tuple[int, str, bool]]:
     """(line number, text without the newline, whether it is a last line with no newline) for each line."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; binary so that odd bytes never stop an import
+        fh = open(path, "rb")  # closed by the `with` below; binary, so that odd bytes never stop an import
     except OSError as exc:
         raise ImportSourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:

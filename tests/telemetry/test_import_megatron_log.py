@@ -126,3 +126,14 @@ def test_older_logs_without_timestamps_or_grad_norm_import(tmp_path):
     got = dict(zip(run.metrics.column("name").to_pylist(), run.metrics.column("value").to_pylist(), strict=True))
     assert got["loss"] == 7.923456 and got["lr"] == 1.5e-4 and got["step_time_s"] == 0.8123
     assert run.status == "crashed" and run.metrics.column("wall_time").null_count == run.points
+
+
+def test_a_log_whose_first_job_resumed_a_checkpoint_says_so_in_attempt_zero(tmp_path):
+    log = tmp_path / "resumed.log"
+    log.write_text(" successfully loaded checkpoint from /ckpt [ t 1/1, p 1/1 ] at iteration 5000\n"
+                   " iteration     5010/   10000 | consumed samples: 160320 | elapsed time per iteration (ms): 900.0 |"
+                   " learning rate: 1.000000E-04 | global batch size:    32 | lm loss: 2.000000E+00 |"
+                   " loss scale: 1.0 | number of skipped iterations:   0 | number of nan iterations:   0 |\n")
+    run = read_megatron_log(str(log))
+    assert [(a["attempt"], a["resumed_from_step"]) for a in run.attempts] == [(0, 5000)]
+    assert not [e for e in run.events if e["kind"] == "restart"]
