@@ -93,7 +93,8 @@ def test_runs_and_incidents_take_json_and_jsonl_too(archive, capsys):
 
 def test_sql_writes_parquet_to_a_file(archive, tmp_path):
     out = tmp_path / "out.parquet"
-    assert main(["sql", "SELECT * FROM metrics", "--archive", archive, "--format", "parquet", "--output", str(out)]) == 0
+    assert main(["sql", "SELECT * FROM metrics", "--archive", archive, "--format", "parquet",
+                 "--output", str(out)]) == 0
     assert pq.read_table(out).num_rows == 32
 
 
