@@ -6,10 +6,12 @@ values to a plain list and returns: no lock, no validation, no I/O. A list beyon
 the record and counts it (`dropped`). The rest lives in modules of its own:
 - flusher.py: the flush thread: it swaps the lists out (`_take_queued`, here beside the appends it
   pairs with), stages Arrow batches (write-ahead) and rolls them into Parquet segments;
-- outage.py: storage failures: retries with backoff, the spool / in-memory backlog, their events;
+- record_batches.py: queued Python records -> Arrow tables, in the flush thread;
+- outage.py: storage failures: retries with backoff, the spool (spool.py) or in-memory backlog, and
+  the storage_error / storage_recovered events;
 - run_state.py: the attempt and first seq found in the archive, the `runs`/`attempts` rows;
 - process_hooks.py: atexit, sys.excepthook and fork, process-wide;
-- config.py: WriterConfig.
+- config.py: WriterConfig; once_log.py: the logger and its once-a-minute warnings.
 """
 
 from __future__ import annotations
