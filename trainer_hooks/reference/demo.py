@@ -1,6 +1,6 @@
-"""`flightlog demo`: record a small but eventful training run, index it, summarise it, open the app.
+"""`flightlog demo`: record a small but eventful training run (and a second seed), summarise it, open the app.
 
-About a minute on a laptop CPU: the reference GPT trains on 2 data-parallel ranks (gloo) with
+About a minute and a half on 2 CPU cores: the reference GPT trains on 2 data-parallel ranks (gloo) with
 flightlog attached, and meets the troubles LLM360's Amber met:
 
 1. one data chunk is corrupted: each of its batches gives a NaN loss (the step is skipped);
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of the first run (default 300; 40 with --quick); the second seed's run "
                         "trains a quarter of them")
-    p.add_argument("--quick", action="store_true", help="a tiny model and few steps (~15 s), for tests")
+    p.add_argument("--quick", action="store_true", help="a tiny model and few steps (~20 s), for tests")
     p.add_argument("--run", default=None, help="run name (default: demo-<timestamp>)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="where checkpoints go (default: flightlog-checkpoints/<run> next to a local archive)")

@@ -1,7 +1,8 @@
 """The reference Megatron-style trainer: data and tensor parallel, checkpoints, resume, injected faults.
 
-Reads top to bottom, nanoGPT-like. flightlog's capture is the handful of `obs.` lines, the
-same few lines a user adds to their own loop. Run it with `flightlog train --help`, or:
+Reads top to bottom, nanoGPT-like (its configuration, every field a --flag, is train_config.py).
+flightlog's capture is the handful of `obs.` lines, the same few lines a user adds to their own
+loop. Run it with `flightlog train --help`, or:
 
     python -m trainer_hooks.reference.train --dp 2 --steps 200 --poison-chunk 3
 
@@ -32,7 +33,7 @@ from trainer_hooks.reference.data import TokenStream
 from trainer_hooks.reference.model import GPT, TPGroup
 from trainer_hooks.reference.train_config import TrainConfig, build_parser
 
-__all__ = ["TrainConfig", "build_parser", "launch", "main", "train"]
+__all__ = ["TrainConfig", "build_parser", "launch", "main", "train"]  # the config's names are importable from here too
 
 # -----------------------------------------------------------------------------
 # Learning rate, gradients
