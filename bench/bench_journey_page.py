@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| first visit (new server process and browser profile; median of {len(colds)}: "
           f"{', '.join(f'{c:.2f}' for c in colds)}) | {cold:.2f} s | ≤ 3 s |")
     print(f"| first visit of a new browser profile, server warm | {fresh_browser:.2f} s | — |")
-    print(f"| revisit (new session, query caches warm; median of {len(warm)}) | {statistics.median(warm):.2f} s | ≤ 3 s |")
+    print(f"| revisit (new session, query caches warm; median of {len(warm)}) | "
+          f"{statistics.median(warm):.2f} s | ≤ 3 s |")
     print(f"| zoom deep link, 50k-step window at full resolution (median of {len(zoom)}) | "
           f"{statistics.median(zoom):.2f} s | ≤ 3 s |")
 

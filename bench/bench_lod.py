@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     us_bpp = micros_bytes_per_point(cfile, n)
     lod_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(root, "metrics_lod", "*", "*.parquet")))
     after = time_curves(root, args.repeat, n)
-    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
     ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
     rows_first = pq.read_metadata(cfile).num_rows
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{us_bpp:.2f} B | — |")
     print(f"| compaction (metrics, {report.files_written} file(s)) | {report.seconds:.1f} s "
           f"({report.rows / report.seconds / 1e6:.2f} M rows/s) | — |")
-    print(f"| LOD build | {lod_s:.1f} s, {lod_rows:,} rows, {lod_bytes / 1e6:.1f} MB ({lod_bytes / n:.2f} B/point) | — |")
+    print(f"| LOD build | {lod_s:.1f} s, {lod_rows:,} rows, {lod_bytes / 1e6:.1f} MB "
+          f"({lod_bytes / n:.2f} B/point) | — |")
     if before:
         print(f"| curve 2,000 buckets, raw segments: cold new process / warm / window | {ms(before['cold'])} / "
               f"{ms(before['warm'])} / {ms(before['window'])} | ≤ 1 s / ≤ 100 ms |")

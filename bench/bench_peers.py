@@ -538,7 +538,8 @@ def section_log(tmp: Path, quick: bool, timeout: float) -> tuple[str, dict]:
         for tool in TOOLS[1:]:
             r = res[(tool, n)]
             if r.ok:
-                peers.append(f"{LABEL[tool].split()[0]} {fmt_rate(r.data['points'] / (r.data['log_s'] + r.data['close_s']))}/s")
+                rate = r.data['points'] / (r.data['log_s'] + r.data['close_s'])
+                peers.append(f"{LABEL[tool].split()[0]} {fmt_rate(rate)}/s")
                 bpp.append(f"{LABEL[tool].split()[0]} {r.data['data_bytes'] / r.data['points']:.1f}")
         summary("writer", f"throughput, {n} scalars/step, incl. close", f"{fmt_rate(fl_rate)}/s",
                 ", ".join(peers), None, fl.peak_rss)

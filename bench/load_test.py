@@ -194,7 +194,8 @@ def table(result: LoadResult) -> str:
                      f"{result.dropped_events_by_rank.get(r, 0):,} | {w['seconds']:.1f} | | "
                      f"{1 if w.get('error') else 0} | {w['peak_rss'] / MIB:.0f} |")
     for rd in sorted(result.readers, key=lambda r: r["reader"]):
-        lines.append(f"| reader {rd['reader']} | | | | | {rd['loops']} | {len(rd['errors'])} | {rd['peak_rss'] / MIB:.0f} |")
+        lines.append(f"| reader {rd['reader']} | | | | | {rd['loops']} | {len(rd['errors'])} "
+                     f"| {rd['peak_rss'] / MIB:.0f} |")
     lines.append(f"| **total** | {result.offered:,} | {result.written:,} | {result.dropped:,} | "
                  f"{result.seconds:.1f} | | {len(result.reader_errors)} | |")
     return "\n".join(lines)

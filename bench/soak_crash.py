@@ -245,12 +245,14 @@ def soak(archive: str, *, kills: int = 50, ranks: int = 2, seed: int = 0, flush_
             if index.returncode == 0:
                 report.recovered += 1
             else:
-                report.failures.append(f"round {attempt}: flightlog index exit {index.returncode}: {index.stderr[-300:]}")
+                report.failures.append(
+                    f"round {attempt}: flightlog index exit {index.returncode}: {index.stderr[-300:]}")
             check = _cli("verify", archive)
             if check.returncode == 0:
                 report.verify_passed += 1
             else:
-                report.failures.append(f"round {attempt}: flightlog verify exit {check.returncode}: {check.stderr[-500:]}")
+                report.failures.append(
+                    f"round {attempt}: flightlog verify exit {check.returncode}: {check.stderr[-500:]}")
             _check_files(archive, report)
             if _end_status(archive, attempt) != "crashed":
                 report.not_crashed += 1

@@ -40,7 +40,8 @@ def science_archive(tmp_path_factory) -> str:
         for step in STEPS:
             w.checkpoint(step=step, tokens_seen=step * 1024, uri=f"/ckpt/{step}.pt", bytes=1000,
                          has_optimizer_state=True, weights_dtypes=["float32"], optimizer_dtypes=["float32"])
-            for bench, metric, value in (("arc_easy", "acc", 0.3 + step / 1000), ("hellaswag", "acc_norm", 0.25 + step / 2000),
+            for bench, metric, value in (("arc_easy", "acc", 0.3 + step / 1000),
+                                         ("hellaswag", "acc_norm", 0.25 + step / 2000),
                                          ("heldout_ppl", "perplexity", 40.0 - step / 10)):
                 w.row("evals", step=step, benchmark=bench, metric=metric, value=value, stderr=0.01, n_shot=0,
                       harness="lm-eval", source="test", tokens_seen=step * 1024)
@@ -93,7 +94,8 @@ def test_switching_to_full_match_redraws_the_memorization_charts(science_archive
 
 
 def test_recency_frame_measures_steps_since_each_chunk_was_read():
-    mem = pd.DataFrame({"step": [300, 300, 100, 100], "data_chunk": [4, 0, 2, 9], "token_match": [0.6, 0.3, 0.05, 0.05]})
+    mem = pd.DataFrame({"step": [300, 300, 100, 100], "data_chunk": [4, 0, 2, 9],
+                        "token_match": [0.6, 0.3, 0.05, 0.05]})
     chunks = pd.DataFrame({"chunk_id": list(CHUNKS), "first_step": [v[0] for v in CHUNKS.values()],
                            "last_step": [v[1] for v in CHUNKS.values()]})
     f = eval_charts.recency_frame(mem, chunks)

@@ -116,7 +116,8 @@ def test_live_archive_adds_staged_steps_and_decodes_each_staged_file_once(tmp_pa
     finally:
         writing.stop()
     archive.refresh()
-    assert archive.sql("SELECT count(DISTINCT step) AS n, count(*) AS m FROM metrics WHERE name = 'loss'").to_pylist() == [
+    counts = "SELECT count(DISTINCT step) AS n, count(*) AS m FROM metrics WHERE name = 'loss'"
+    assert archive.sql(counts).to_pylist() == [
         {"n": 300, "m": 300}]
     assert footer_reads  # the counter saw the catalog read footers
     repeated = {path: n for path, n in footer_reads.items() if n > 1}

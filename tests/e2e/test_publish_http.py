@@ -22,7 +22,8 @@ MAIN = REPO / "app" / "ui" / "main.py"
 
 
 def _helpers():
-    spec = importlib.util.spec_from_file_location("publish_helpers", REPO / "tests" / "telemetry" / "publish_helpers.py")
+    spec = importlib.util.spec_from_file_location("publish_helpers",
+                                                  REPO / "tests" / "telemetry" / "publish_helpers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module

@@ -58,7 +58,8 @@ def test_every_table_round_trips_through_writer_and_sql(archive_url):
     a = Archive(archive_url)
     assert a.problems == []
     counts = {t: a.sql(f"SELECT count(*) AS n FROM {t}").column("n")[0].as_py() for t in (
-        "runs", "attempts", "ranks", "metrics", "system", "events", "checkpoints", "data_chunks", "evals", "memorization")}
+        "runs", "attempts", "ranks", "metrics", "system", "events", "checkpoints", "data_chunks", "evals",
+        "memorization")}
     assert counts == {"runs": 1, "attempts": 1, "ranks": 1, "metrics": 9, "system": 1, "events": 1,
                       "checkpoints": 1, "data_chunks": 1, "evals": 1, "memorization": 1}
     run = a.sql("SELECT * FROM runs").to_pylist()[0]
@@ -255,7 +256,8 @@ def test_unreadable_and_in_progress_files_are_skipped_never_fatal(archive_url):
 
 def test_files_written_directly_with_pyarrow_are_read_too(tmp_path):
     root = tmp_path / "a"
-    rows = [{"run_id": "ext", "attempt": 0, "rank": 0, "step": s, "name": "loss", "value": 1.0 / (s + 1)} for s in range(5)]
+    rows = [{"run_id": "ext", "attempt": 0, "rank": 0, "step": s, "name": "loss", "value": 1.0 / (s + 1)}
+            for s in range(5)]
     path = root / segment_path("metrics", "ext", 0, 0, 1)
     path.parent.mkdir(parents=True)
     pq.write_table(rows_to_table("metrics", rows).drop_columns(["wall_time"]), path)  # an older file, fewer columns

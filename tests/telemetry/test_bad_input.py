@@ -99,7 +99,8 @@ def test_bad_rows_are_skipped_with_one_line_each_and_good_rows_kept(tmp_path, ca
         {"chunk_id": -1, "first_step": 5, "last_step": 1}]
     assert not (tmp_path / "etc").exists()
     # one line per kind of problem and table (the writer does not flood the log)
-    for says in ("column 'kind' must be a string", "column 'value' must be a number, got str 'abc'", "unknown table 'no_such_table'",
+    for says in ("column 'kind' must be a string", "column 'value' must be a number, got str 'abc'",
+                 "unknown table 'no_such_table'",
                  "unknown column(s) ['bogus']", "outside the int64 range"):
         assert says in err, says
     assert "Traceback" not in err

@@ -223,7 +223,8 @@ def test_verify_and_index_name_every_bad_file_and_quarantine_moves_the_broken_on
 
     proc = cli("verify", url)  # only the newer-format file is left: not broken, still unreadable here
     assert proc.returncode == 1
-    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("  - ")] == [f"  - {newer}: {proc_reason(url, newer)}"]
+    listed = [ln for ln in proc.stderr.splitlines() if ln.startswith("  - ")]
+    assert listed == [f"  - {newer}: {proc_reason(url, newer)}"]
     with Archive(url) as a:
         _assert_good_data_intact(a)
 

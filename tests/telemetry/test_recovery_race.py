@@ -191,7 +191,8 @@ def test_live_view_does_not_count_a_leftover_staged_batch_of_a_compacted_part(ar
     keep = leftover[0] + ".keep"
     shutil.copy(leftover[0], keep)
     w.close()  # segments, removes the staged file, compacts the run (rank 0)
-    assert not _staged(archive) and any("compact-" in f for f in os.listdir(os.path.join(archive, "metrics", "run_id=left")))
+    assert not _staged(archive)
+    assert any("compact-" in f for f in os.listdir(os.path.join(archive, "metrics", "run_id=left")))
     os.replace(keep, leftover[0])  # the staged file its writer failed to delete
     with LiveArchive(archive, recover=False) as a:  # the live rule itself, not recovery
         n = a.sql("SELECT count(*) FROM metrics").column(0)[0].as_py()

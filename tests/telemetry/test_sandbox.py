@@ -78,14 +78,16 @@ def test_parquet_outside_the_archive_cannot_be_read(archive, outside, tmp_path):
 
 def test_files_inside_the_archive_can_be_read(archive):
     inside = archive.snapshot.files["metrics"][0].local
-    assert SandboxedQuery(archive).run(f"SELECT count(*) AS n FROM read_parquet('{inside}')").column("n")[0].as_py() == 50
+    inside_count = SandboxedQuery(archive).run(f"SELECT count(*) AS n FROM read_parquet('{inside}')")
+    assert inside_count.column("n")[0].as_py() == 50
 
 
 def test_the_lock_holds_even_below_the_statement_check(archive, tmp_path):
     """Defence in depth: the locked configuration refuses what the statement check would catch."""
     sb = SandboxedQuery(archive)
     con = sb._con.cursor()
-    for sql in ("SET enable_external_access = true", "SET lock_configuration = false", f"COPY (SELECT 1) TO '{tmp_path}/y.csv'"):
+    for sql in ("SET enable_external_access = true", "SET lock_configuration = false",
+                f"COPY (SELECT 1) TO '{tmp_path}/y.csv'"):
         with pytest.raises(Exception):  # noqa: B017 - DuckDB's own error types vary by statement
             con.execute(sql)
     assert not os.path.exists(tmp_path / "y.csv")
