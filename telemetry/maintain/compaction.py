@@ -45,8 +45,16 @@ from telemetry.maintain.lod_build import rebuild_lod
 from telemetry.maintain.manifest import refresh_manifest
 from telemetry.maintain.recovery import recover
 from telemetry.store import encodings
-from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
-from telemetry.store.liveness import META_KEY, busy_groups, live_filter, live_writers, read_records, record_path
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
+from telemetry.store.liveness import (
+    META_KEY,
+    busy_groups,
+    live_filter,
+    live_writers,
+    read_records,
+    record_path,
+    resolve,
+)
 from telemetry.store.wall_time import round_wall_time_column
 
 _log = logging.getLogger("flightlog.compaction")
@@ -142,7 +150,7 @@ def compact(url: str | os.PathLike | None = None, run: str | None = None, *, gra
 
 def all_runs(url: str | os.PathLike | None = None, storage_options: dict | None = None) -> list[str]:
     """The run ids that have files in any table of the archive."""
-    return _all_runs(*open_fs(url, storage_options))
+    return runs_in(*open_fs(url, storage_options))
 
 
 def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None, *, grace_s: float = 600.0,
@@ -152,7 +160,7 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
     cfg = config or CompactionConfig()
     t0 = time.perf_counter()
     report = CompactionReport()
-    runs = [validate_run_id(run)] if run is not None else _all_runs(fs, root)
+    runs = [validate_run_id(run)] if run is not None else runs_in(fs, root)
     live = live_writers(fs, root)
     wanted = tuple(t for t in _TABLE_ORDER if tables is None or t in set(tables))
     for done, run_id in enumerate(runs, start=1):
@@ -205,7 +213,8 @@ def compact_closed_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *,
         return None
 
 
-def _all_runs(fs, root: str) -> list[str]:
+def runs_in(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """The run ids that have files in any table under `root` of an open filesystem."""
     runs = set()
     for table in TABLES:
         for rel in list_files(fs, root, table):
@@ -258,8 +267,30 @@ def _compact_table(fs, root: str, table: str, run_id: str, live: set, cfg: Compa
 
 def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq: dict, cfg: CompactionConfig,
                    report: CompactionReport) -> None:
-    data = conform(table, pa.concat_tables([b[3] for b in batch], promote_options="permissive"),
-                   strict=False, keep_extra=True)
+    # the highest-seq part of each group is kept as an empty watermark (see module docstring)
+    watermarks = [b[1] for b in batch if top_seq.get((b[0].attempt, b[0].rank)) == b[0].seq]
+    seqs = {f"a{b[0].attempt}-r{b[0].rank}": b[0].seq for b in sorted(batch, key=lambda b: b[0].seq)}
+    done = merge_and_swap(fs, root, table, run_id, [b[3] for b in batch], replaces=[b[1] for b in batch],
+                          watermarks=watermarks, segment_seqs=seqs, cfg=cfg)
+    if done is None:
+        report.problems.append(f"{table} of run {run_id}: another compaction replaced these parts first")
+        return
+    _, size, nrows = done
+    report.files_written += 1
+    report.segments_replaced += len(batch)
+    report.rows += nrows
+    report.by_table[table] = report.by_table.get(table, 0) + nrows
+    report.bytes_before += sum(b[2] for b in batch)
+    report.bytes_after += size
+
+
+def merge_and_swap(fs, root: str, table: str, run_id: str, inputs: list[pa.Table], *, replaces: list[str],
+                   watermarks: list[str], segment_seqs: dict[str, int], cfg: CompactionConfig, tier: int = 0,
+                   verify: bool = True) -> tuple[str, int, int] | None:
+    """The rows of `inputs` (parts or compact files), conformed and sorted, swapped in for the files
+    `replaces` (swap_in). (path, bytes, rows), or None when another compaction replaced one of those
+    files first (`verify`): the new file is then removed again, and nothing changed."""
+    data = conform(table, pa.concat_tables(inputs, promote_options="permissive"), strict=False, keep_extra=True)
     keys = [k for k in _SORT_KEYS.get(table, ()) if k in data.column_names]
     if keys and data.num_rows:
         order = pc.sort_indices(data, [(k, "ascending", "at_end") for k in keys])
@@ -273,26 +304,21 @@ def _write_compact(fs, root: str, table: str, run_id: str, batch: list, top_seq:
         g = data.select(["attempt", "step"]).group_by("attempt").aggregate([("step", "min"), ("step", "max")])
         spans = {str(a): [int(x), int(y)] for a, x, y in zip(
             g["attempt"].to_pylist(), g["step_min"].to_pylist(), g["step_max"].to_pylist(), strict=True)}
-    # the highest-seq part of each group is kept as an empty watermark (see module docstring)
-    watermarks = [b[1] for b in batch if top_seq.get((b[0].attempt, b[0].rank)) == b[0].seq]
-    seqs = {f"a{b[0].attempt}-r{b[0].rank}": b[0].seq for b in sorted(batch, key=lambda b: b[0].seq)}
-    _, size = swap_in(fs, root, table, run_id, data, replaces=[b[1] for b in batch], watermarks=watermarks,
-                      segment_seqs=seqs, attempt_spans=spans, cfg=cfg)
-    report.files_written += 1
-    report.segments_replaced += len(batch)
-    report.rows += data.num_rows
-    report.by_table[table] = report.by_table.get(table, 0) + data.num_rows
-    report.bytes_before += sum(b[2] for b in batch)
-    report.bytes_after += size
+    done = swap_in(fs, root, table, run_id, data, replaces=replaces, watermarks=watermarks,
+                   segment_seqs=segment_seqs, attempt_spans=spans, cfg=cfg, tier=tier, verify=verify)
+    return None if done is None else (*done, data.num_rows)
 
 
 def swap_in(fs: fsspec.AbstractFileSystem, root: str, table: str, run_id: str, data: pa.Table, *,
             replaces: list[str], watermarks: list[str], segment_seqs: dict[str, int] | None = None,
             attempt_spans: dict[str, list[int]] | None = None, cfg: CompactionConfig | None = None,
-            reason: str | None = None) -> tuple[str, int]:
+            reason: str | None = None, tier: int = 0, verify: bool = False) -> tuple[str, int] | None:
     """Steps 1 and 2 of the swap (module docstring): `data` (the table's columns, sorted) becomes a
     compact file, then its record makes readers read it instead of the files in `replaces`.
-    `watermarks`: the replaced parts to empty rather than delete later. (path, bytes) of the file."""
+    `watermarks`: the replaced parts to empty rather than delete later. `tier`: 0 for a file made of
+    parts, n + 1 for one made of tier-n compact files (telemetry.maintain.live_compactor). (path, bytes)
+    of the file; None when `verify` found, between the file and the record, that another compaction
+    had replaced one of `replaces` (or that one is gone): the file is removed and no record written."""
     uid = uuid.uuid4().hex[:16]
     lo = hi = 0
     if "step" in data.column_names and data.num_rows:
@@ -300,17 +326,29 @@ def swap_in(fs: fsspec.AbstractFileSystem, root: str, table: str, run_id: str, d
         lo, hi = int(mm["min"].as_py() or 0), int(mm["max"].as_py() or 0)
     rel = f"{partition_dir(table, run_id)}/{compact_name(lo, hi, uid)}"
     meta = {"uid": uid, "table": table, "run_id": run_id, "replaces": list(replaces),
-            "segment_seqs": segment_seqs or {}, "attempt_spans": attempt_spans or {},
+            "segment_seqs": segment_seqs or {}, "attempt_spans": attempt_spans or {}, "tier": int(tier),
             "created_at": dt.datetime.now(dt.UTC).isoformat()}
     if reason is not None:
         meta["reason"] = reason
     body = compact_bytes(data.replace_schema_metadata({**(data.schema.metadata or {}),
                                                        META_KEY: json.dumps(meta).encode()}), cfg or CompactionConfig())
     atomic_write_bytes(fs, join(root, rel), memoryview(body))
+    if verify and not _inputs_still_live(fs, root, table, run_id, replaces):
+        remove(fs, join(root, rel))
+        return None
+    # Records are accepted in created_at order: stamp it as late as possible, so that a record
+    # written after another also sorts after it (a slow compaction loses to a fast one it raced).
+    meta["created_at"] = dt.datetime.now(dt.UTC).isoformat()
     record = {"format": 1, "file": rel, "rows": data.num_rows, "watermarks": list(watermarks), "gc_done": False,
               **meta}
     atomic_write_bytes(fs, join(root, record_path(run_id, table, uid)), json.dumps(record, indent=1).encode())
     return rel, body.size
+
+
+def _inputs_still_live(fs, root: str, table: str, run_id: str, replaces: list[str]) -> bool:
+    present = set(list_files(fs, root, partition_dir(table, run_id)))
+    wanted = set(replaces)
+    return wanted <= present and not wanted & resolve(read_records(fs, root, run_id=run_id), present).replaced
 
 
 def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:
@@ -331,4 +369,4 @@ def compact_bytes(data: pa.Table, cfg: CompactionConfig) -> pa.Buffer:
 
 
 __all__ = ["CompactionConfig", "CompactionReport", "all_runs", "compact", "compact_bytes", "compact_closed_run",
-           "compact_fs", "swap_in"]
+           "compact_fs", "merge_and_swap", "runs_in", "swap_in"]

@@ -9,9 +9,11 @@ behave as users expect without either path knowing about the other.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from telemetry.maintain.compaction import compact_closed_run
+from telemetry.maintain.live_compactor import run_in_writer
 from telemetry.maintain.recovery import recover as recover_archive
 from telemetry.read import archive as read_archive
 from telemetry.read import live as read_live
@@ -23,11 +25,17 @@ def _compact_on_close(fs, root: str, run_id: str, min_rows: int) -> None:
     compact_closed_run(fs, root, run_id, min_rows=min_rows)
 
 
+def _compact_while_live(fs, root: str, run_id: str, stop: threading.Event, interval_s: float) -> None:
+    run_in_writer(fs, root, run_id, stop, interval_s=interval_s)
+
+
 class Writer(write_writer.Writer):
-    """`telemetry.write.writer.Writer` whose rank 0 compacts the run on close (WriterConfig.compact_on_close)."""
+    """`telemetry.write.writer.Writer` whose rank 0 compacts the run while it is live
+    (WriterConfig.live_compaction) and on close (WriterConfig.compact_on_close)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("compact_run", _compact_on_close)
+        kwargs.setdefault("live_compactor", _compact_while_live)
         super().__init__(*args, **kwargs)
 
 

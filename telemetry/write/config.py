@@ -28,6 +28,11 @@ class WriterConfig:
     """On rank 0, close() compacts the run's closed segments and rebuilds its LOD table (never raises)."""
     compact_min_rows: int = 100_000
     """... when its uncompacted metric segments hold at least this many rows (small runs gain little)."""
+    live_compaction: bool = True
+    """On rank 0, a low-priority background thread keeps the run's file count bounded while it is live
+    (telemetry.maintain.live_compactor); off for jobs that run `flightlog compact --follow` instead."""
+    live_compaction_interval_s: float = 30.0
+    """Seconds between the background compactor's passes."""
     spool_dir: str | None = None
     """Local folder for batches a remote store refused (outage): None means `$FLIGHTLOG_SPOOL` or
     `<tmp>/flightlog-spool` for remote archives and no spool for local ones; "" turns it off."""
@@ -53,6 +58,7 @@ class WriterConfig:
             ("spool_max_bytes", self.spool_max_bytes, 0),
             ("backlog_max_bytes", self.backlog_max_bytes, 0),
             ("max_backoff_s", self.max_backoff_s, 0.01),
+            ("live_compaction_interval_s", self.live_compaction_interval_s, 0.001),
         )
         for name, value, lo in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:

@@ -55,10 +55,16 @@ class Writer:
         resumed_from_checkpoint: str | None = None, seed: int | None = None, reason: str | None = None,
         storage_options: dict | None = None, writer_config: WriterConfig | None = None,
         compact_run: Callable[[fsspec.AbstractFileSystem, str, str, int], object] | None = None,
+        live_compactor: Callable[[fsspec.AbstractFileSystem, str, str, threading.Event, float], object] | None = None,
     ) -> None:
         # compact_run(fs, root, run_id, min_rows): compaction on close, handed in by the maintain layer
         # (telemetry.Writer wires telemetry.maintain.compaction.compact_closed_run); None: never compact.
+        # live_compactor(fs, root, run_id, stop, interval_s): rank 0 runs it on a thread of its own until
+        # close (telemetry.maintain.live_compactor.run_in_writer); it does its own I/O and never raises.
         self._compact_run = compact_run
+        self._live_compactor = live_compactor
+        self._compactor_stop = threading.Event()
+        self._compactor_thread: threading.Thread | None = None
         self.cfg = writer_config or WriterConfig()
         if not isinstance(self.cfg, WriterConfig):
             raise TypeError(f"writer_config must be a WriterConfig, got {type(self.cfg).__name__}")
@@ -115,6 +121,11 @@ class Writer:
             # Write the state rows now: they claim the attempt number and show the run as running.
             self._flusher.cycle(segment_due=True, include_rank_row=False)
         self._flusher.start()
+        if self._owner and self.cfg.live_compaction and live_compactor is not None:
+            self._compactor_thread = threading.Thread(
+                target=live_compactor, name=f"flightlog-compactor-{self.run_id}", daemon=True,
+                args=(self._fs, self._root, self.run_id, self._compactor_stop, self.cfg.live_compaction_interval_s))
+            self._compactor_thread.start()
         process_hooks.register(self)
 
     def _new_flusher(self, *, file_rank: int, first_seq: int) -> Flusher:
@@ -274,7 +285,11 @@ class Writer:
             self._rows.extend(self._identity.close_rows(status))
         self._mcap = self._multi_cap = self._rows_cap = -1  # later records are dropped and counted
         flusher = self._flusher
+        self._compactor_stop.set()  # a pass in progress finishes its swap; no new one starts
         flusher.finish(timeout)
+        compactor = self._compactor_thread
+        if compactor is not None:
+            compactor.join(max(0.0, timeout))
         spool = flusher.storage.spool
         if spool is not None and not flusher.is_alive():
             spool.close()
@@ -283,6 +298,9 @@ class Writer:
                      "by `flightlog index` once the store answers") if spool is not None and len(spool) else ""
             self._oncelog.warn("close", f"flightlog: writer of run {self.run_id!r} rank {self.rank} closed "
                                f"after {timeout:.1f}s with data not yet written (storage unavailable?){where}")
+        elif compactor is not None and compactor.is_alive():
+            log.warning("flightlog: the live compactor of run %r is still busy; compaction on close skipped",
+                        self.run_id)
         elif self._owner and self.cfg.compact_on_close and self._compact_run is not None:
             try:
                 self._compact_run(self._fs, self._root, self.run_id, self.cfg.compact_min_rows)
