@@ -158,4 +158,10 @@ def _add_compact_command(sub: argparse._SubParsersAction) -> None:
                    help="delete replaced files only after this long (default 600: readers that opened the "
                         "archive before may still read them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--follow", action="store_true",
+                   help="keep compacting live runs until Ctrl-C (a sidecar for jobs whose rank 0 runs with "
+                        "WriterConfig(live_compaction=False)); one progress line per pass")
+    p.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                   help="with --follow: seconds between passes (default 30)")
+    p.add_argument("--passes", type=int, default=None, metavar="N", help="with --follow: stop after N passes")
     p.set_defaults(func=Handler("app.cli.compact:cmd_compact"))

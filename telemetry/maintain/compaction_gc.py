@@ -8,7 +8,9 @@ After that, for one run:
   part, which becomes an empty "watermark" (recovery and writers read the next seq from it);
 - a rejected record (it lost a race with another compaction) goes, with its compact file;
 - a compact file without any record (its compaction died before writing one) goes;
-- LOD files other than the one readers choose go.
+- LOD files other than the one readers choose go;
+- a record whose compact file a higher tier merged and deleted goes a grace period after its own
+  parts went (telemetry.store.liveness.resolve counts such a file as present while the record is).
 A grace of 0 deletes everything a compaction just replaced in the same pass.
 """
 
@@ -46,9 +48,9 @@ def collect_garbage(fs: fsspec.AbstractFileSystem, root: str, run_id: str, grace
         present.update(list_files(fs, root, partition_dir(table, run_id), detail=True))
     res = resolve(records, set(present))
 
-    def old(rec: dict) -> bool:
+    def old(rec: dict, stamp: str = "created_at") -> bool:
         try:
-            return (now - dt.datetime.fromisoformat(rec["created_at"])).total_seconds() >= grace_s
+            return (now - dt.datetime.fromisoformat(rec[stamp])).total_seconds() >= grace_s
         except (KeyError, TypeError, ValueError):
             return False  # a record without a readable time is never old enough to act on
 
@@ -66,8 +68,14 @@ def collect_garbage(fs: fsspec.AbstractFileSystem, root: str, run_id: str, grace
             else:
                 remove(fs, join(root, rel))
             out.removed += 1
-        done = {k: v for k, v in rec.items() if k != "_rel"} | {"gc_done": True}
+        done = {k: v for k, v in rec.items() if k != "_rel"} | {"gc_done": True, "gc_done_at": now.isoformat()}
         atomic_write_bytes(fs, join(root, rec["_rel"]), json.dumps(done, indent=1).encode())
+    for rec in res.accepted:
+        # merged into a higher tier, its file and parts deleted a grace period ago: the record says
+        # nothing any more (a reader that listed those parts has read its records by now)
+        if rec["file"] not in present and rec.get("gc_done") and old(rec, "gc_done_at") \
+                and not any(r in present for r in rec["replaces"]):
+            remove(fs, join(root, rec["_rel"]))
     for rec in res.rejected:
         if old(rec):
             if rec["file"] in present and rec["file"] not in res.compacts:

@@ -49,12 +49,13 @@ import pyarrow.parquet as pq
 from data_schema.layout import join, parse_path, partition_dir, staging_dir
 from data_schema.tables import TABLES
 from telemetry.maintain import compactor_lease
-from telemetry.maintain.compaction import CompactionConfig, merge_and_swap, runs_in
+from telemetry.maintain.compaction import CompactionConfig, CompactionReport, compact_fs, merge_and_swap, runs_in
 from telemetry.maintain.compaction_gc import age_s, collect_garbage
 from telemetry.maintain.lod_build import rebuild_lod
+from telemetry.maintain.recovery import crashed_attempts
 from telemetry.store import encodings
 from telemetry.store.fs import list_files, open_fs
-from telemetry.store.liveness import live_writers, read_records, resolve
+from telemetry.store.liveness import live_filter, live_writers, read_records, resolve
 
 _log = logging.getLogger("flightlog.compaction")
 _TABLE_ORDER = ("metrics",) + tuple(t for t in TABLES if t != "metrics")
@@ -352,4 +353,22 @@ def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: Live
     return total
 
 
-__all__ = ["LivePolicy", "PassReport", "compact_live_run", "follow", "run_in_writer"]
+def compact_crashed(fs: fsspec.AbstractFileSystem, root: str, *, grace_s: float = 600.0,
+                    config: CompactionConfig | None = None) -> CompactionReport:
+    """Compact the runs whose crashed attempts (recovery marked them) still have parts no compaction
+    replaced: nobody compacts them on close (`flightlog index` calls this after recovery)."""
+    report = CompactionReport()
+    crashed = crashed_attempts(fs, root)
+    for run_id in sorted({r for r, _ in crashed}):
+        files = list_files(fs, root, partition_dir("metrics", run_id))
+        keep, _ = live_filter(files, read_records(fs, root, run_id=run_id))
+        if any((k := parse_path(r)) is not None and k.kind == "segment" and (run_id, k.attempt) in crashed
+               for r in keep):
+            one = compact_fs(fs, root, run_id, grace_s=grace_s, config=config)
+            for name in ("runs", "files_written", "segments_replaced", "rows", "lod_files", "removed"):
+                setattr(report, name, getattr(report, name) + getattr(one, name))
+            report.problems += one.problems
+    return report
+
+
+__all__ = ["LivePolicy", "PassReport", "compact_crashed", "compact_live_run", "follow", "run_in_writer"]

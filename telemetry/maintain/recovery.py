@@ -156,6 +156,12 @@ def _read_rows(fs, root: str, table: str) -> list[dict[str, Any]]:
     return rows
 
 
+def crashed_attempts(fs, root: str) -> set[tuple[str, int]]:
+    """(run_id, attempt) of the attempts whose latest `attempts` row says they crashed."""
+    attempts = _latest(_read_rows(fs, root, "attempts"), "run_id", "attempt")
+    return {(run_id, attempt) for (run_id, attempt), row in attempts.items() if row.get("end_status") == "crashed"}
+
+
 def _latest(rows: list[dict[str, Any]], *key: str) -> dict[tuple, dict[str, Any]]:
     out: dict[tuple, dict[str, Any]] = {}
     floor = dt.datetime.min.replace(tzinfo=dt.UTC)

@@ -80,6 +80,15 @@ class Resolution:
 def resolve(records: list[dict], present: set[str]) -> Resolution:
     """Which records count, given the data files `present`. Deterministic for every reader."""
     res = Resolution([], [], set(), set())
+    # A compact file that a later record merged into a higher tier (telemetry.maintain.live_compactor)
+    # counts as present after its deletion: its record still says which parts it replaced.
+    present = set(present)
+    grown = True
+    while grown:
+        before = len(present)
+        present |= {f for rec in records if rec["file"] in present for f in rec["replaces"]
+                    if (k := parse_path(f)) is not None and k.kind == "compact"}
+        grown = len(present) > before
     for rec in sorted(records, key=lambda r: (str(r.get("created_at", "")), str(r.get("uid", "")))):
         replaces = set(rec["replaces"])
         if rec["file"] not in present or replaces & res.replaced or rec["file"] in res.replaced:
