@@ -5,10 +5,12 @@ Idempotent and safe while writers live:
   seq was converted before (a crash between "segment written" and "staged deleted"): it is
   deleted, not converted again;
 - a writer's staged files are left alone while it lives: on its own host while its process
-  (pid and start time) exists, however old its heartbeat (`_staging/_live/...`) — a writer
-  starved of CPU is slow, not dead —, elsewhere while the heartbeat is fresher than 3 of its
-  flush intervals. That writer will put them into its own next segment, and converting them
-  here would double their rows (`force=True` overrides, for a writer known dead). A writer
+  (pid and start time) exists, however old its lease (`_staging/_live/...`) — a writer
+  starved of CPU is slow, not dead —, elsewhere while its lease is renewed (telemetry.store.lease:
+  no clock of the writer's is compared). That writer will put them into its own next segment, and
+  converting them here would double their rows (`force=True` overrides, for a writer known dead).
+  A group is fenced (its generation bumped) before anything of it is read, so a writer that comes
+  back writes no further segment there (it moves to a new file slot); see lease.py. A writer
   that finds its staged files gone (recovery took a remote writer for dead during a long
   stall) leaves those batches out of its segment; and a conversion that finds, once written,
   a newer segment of the same writer (it segmented them meanwhile) is taken back;
@@ -30,7 +32,7 @@ import pyarrow as pa
 
 from data_schema.layout import STAGING_DIR, FileKey, is_temp, join, parse_path, partition_dir, segment_path
 from data_schema.tables import TABLES, schema
-from telemetry.store import encodings, liveness, staging
+from telemetry.store import encodings, lease, liveness, staging
 from telemetry.store.fs import atomic_write_bytes, list_files, modified_at, open_fs, remove
 from telemetry.write.spool import upload_orphans
 
@@ -49,6 +51,7 @@ class RecoveryReport:
     temps_removed: int = 0
     spooled_uploaded: int = 0         # staged files of dead writers uploaded from the local spool
     taken_back: int = 0               # conversions removed again: the writer segmented the batches meanwhile
+    zombies_removed: int = 0          # segments a fenced writer landed after its group was converted
     problems: list[str] = field(default_factory=list)
 
 
@@ -63,11 +66,10 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
         report.spooled_uploaded = upload_orphans(fs, root, spool_dir)
     except Exception as exc:  # noqa: BLE001 - a spool problem must not stop recovery of the archive
         report.problems.append(f"local spool: {exc!r}")
-    live: set[tuple[str, int, int]] = set()
-    if not force:
-        live, dead = liveness.scan_heartbeats(fs, root)
-        for path in dead:  # a dead writer's heartbeat goes with its recovery
-            remove(fs, path)
+    live, dead = liveness.scan_heartbeats(fs, root, force=force)
+    lease.take_over(fs, root, dead)  # fence first: a writer that comes back writes nothing more there
+    for path in dead:  # a dead writer's lease goes with its recovery
+        remove(fs, path)
     staged = list_files(fs, root, STAGING_DIR)
     groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}
     for rel in staged:
@@ -83,6 +85,7 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
             partitions[(table, run_id)] = list_files(fs, root, partition_dir(table, run_id))
         covered = _max_segment_seq(partitions[(table, run_id)], attempt, rank)
         _convert_group(fs, root, table, run_id, attempt, rank, files, covered, report)
+    report.zombies_removed = lease.remove_zombies(fs, root)
     _mark_crashed(fs, root, live, report)
     if remove_temp:
         _remove_old_temps(fs, root, temp_age_s, report)
@@ -129,6 +132,7 @@ def _convert_group(fs, root: str, table: str, run_id: str, attempt: int, rank: i
     if parts:
         data = pa.concat_tables(parts)
         path = join(root, segment_path(table, run_id, attempt, rank, seq))
+        lease.record_conversion(fs, root, table, run_id, attempt, rank, min(k.seq or 0 for k, _ in todo), seq)
         atomic_write_bytes(fs, path, memoryview(encodings.segment_bytes(data)))
         if _max_segment_seq(list_files(fs, root, partition_dir(table, run_id)), attempt, rank) > seq:
             # Its writer was alive after all (a remote one that stalled) and segmented these batches

@@ -7,23 +7,32 @@ Records are accepted in (created_at, uid) order; a record that lists a part an e
 record already replaced (two compactions raced) is rejected. Every reader, the compactor, the
 manifest, publishing and the importers decide liveness here, so they never disagree.
 
-A writer is alive while its heartbeat says so (`heartbeat.writer_is_alive`, read by `scan_heartbeats`
-only): its staged files and its segments belong to it (or to recovery) and are left alone; so are
-the segments of a writer group that still has staged files (`busy_groups`).
+A writer is alive while its lease says so (`scan_heartbeats` only: the process on its own host,
+the lease's renewals seen by this process or the store's clock elsewhere, never the writer's
+clock; telemetry.store.lease explains why): its staged files and its segments belong to it (or to
+recovery) and are left alone; so are the segments of a writer group that still has staged files
+or a taken-over writer's late segment (`busy_groups`).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import fsspec
 
-from data_schema.layout import MANIFEST_DIR, SEGMENT_SUFFIX, join, parse_path, staging_dir, validate_run_id
-from telemetry.store import heartbeat
-from telemetry.store.fs import list_files
+from data_schema.layout import (
+    MANIFEST_DIR,
+    SEGMENT_SUFFIX,
+    join,
+    parse_path,
+    partition_dir,
+    staging_dir,
+    validate_run_id,
+)
+from telemetry.store import heartbeat, lease
+from telemetry.store.fs import list_files, modified_at
 
 COMPACTIONS_DIR = f"{MANIFEST_DIR}/compactions"
 META_KEY = b"flightlog.compaction"  # Parquet metadata of a compact file: the step spans it covers
@@ -113,16 +122,31 @@ def live_filter(rels: Iterable[str], records: list[dict]) -> tuple[set[str], set
 
 # ---- writers ----------------------------------------------------------------------------------
 
-def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[tuple[str, int, int]], list[str]]:
-    """(run_id, attempt, rank) of the live writers, and the heartbeat paths of dead ones.
+def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str, *, force: bool = False,
+                    observer: lease.LeaseObserver | None = None) -> tuple[set[tuple[str, int, int]], list[str]]:
+    """(run_id, attempt, rank) of the live writers, and the lease paths of dead ones.
 
-    An unreadable heartbeat is skipped: a writer whose heartbeat cannot be read is not known to be
-    alive, and the next scan reads it again.
+    A lease is dead when a fence above its generation exists (it was taken over), when its
+    process is gone (same host: exact), or when it expired (other hosts: `lease.LeaseObserver`,
+    no writer clock involved). A first look at another host's lease that the store's clock
+    cannot settle counts as alive. `force`: every lease counts as dead (recover(force=True)).
+    An unreadable lease is skipped: it is not known to be alive, and the next scan reads it again.
     """
+    observer = lease.OBSERVER if observer is None else observer
+    listing = list_files(fs, root, heartbeat.LIVE_DIR, detail=True)
+    fences: dict[tuple[str, int, int], int] = {}
+    leases: list[tuple[str, tuple[str, int, int]]] = []
+    for rel in listing:
+        parsed = heartbeat.parse_live_name(rel)
+        if parsed is not None and parsed[0] == "fence":
+            fences[parsed[1]] = max(fences.get(parsed[1], 0), parsed[2]["gen"])
+        elif parsed is not None and parsed[0] == "lease":
+            leases.append((rel, parsed[1]))
     live: set[tuple[str, int, int]] = set()
     dead: list[str] = []
-    now = time.time()
-    for rel in list_files(fs, root, heartbeat.LIVE_DIR):
+    store_clock: list[float | None] = []  # probed once, and only when a remote lease needs it
+    observer.forget_except(root, ((root, rel) for rel, _g in leases))
+    for rel, group in leases:
         path = join(root, rel)
         try:
             hb = heartbeat.parse_heartbeat(fs.cat_file(path))
@@ -130,7 +154,18 @@ def scan_heartbeats(fs: fsspec.AbstractFileSystem, root: str) -> tuple[set[tuple
             continue
         if hb is None:
             continue
-        if heartbeat.writer_is_alive(hb, now=now):
+        if force or fences.get(group, 0) > hb["generation"]:
+            dead.append(path)
+            continue
+        alive = heartbeat.writer_is_alive(hb)
+        if alive is None:
+            def store_age(info=listing[rel]) -> float | None:
+                if not store_clock:
+                    store_clock.append(lease.store_now(fs, root))
+                mtime = modified_at(info)
+                return None if store_clock[0] is None or mtime is None else store_clock[0] - mtime
+            alive = observer.judge((root, rel), hb, store_age) is not False
+        if alive:
             live.add((hb["run_id"], hb["attempt"], hb["rank"]))
         else:
             dead.append(path)
@@ -146,10 +181,17 @@ def busy_groups(fs: fsspec.AbstractFileSystem, root: str, table: str, run_id: st
                 live: set[tuple[str, int, int]] | None = None) -> set[tuple[int, int]]:
     """(attempt, rank) of the writer groups of `run_id` whose `table` segments must be left alone
     (compaction, rows replaced by key): the writer is alive, or staged files of the group wait for
-    it or for recovery, which will name a segment with a higher seq. `live`: `live_writers()`, when
-    the caller has read it already."""
+    it or for recovery, which will name a segment with a higher seq, or a taken-over writer landed a
+    segment recovery has yet to remove (`lease.remove_zombies`). `live`: `live_writers()`, when the
+    caller has read it already."""
     live = live_writers(fs, root) if live is None else live
     alive = {(a, r) for (rid, a, r) in live if rid == run_id}
     staged = {(k.attempt, k.rank) for k in map(parse_path, list_files(fs, root, staging_dir(table, run_id)))
               if k is not None}
-    return alive | staged
+    ranges = lease.taken_ranges(fs, root, run_id).get((table, run_id))
+    zombies: set[tuple[int, int]] = set()
+    if ranges:
+        for rel in lease.zombie_segments(list_files(fs, root, partition_dir(table, run_id)), ranges):
+            key = parse_path(rel)
+            zombies.add((key.attempt, key.rank))
+    return alive | staged | zombies

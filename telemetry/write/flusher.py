@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +23,9 @@ import fsspec
 import pyarrow as pa
 
 from data_schema.layout import join, parse_path, segment_path, staged_path, staging_dir
-from telemetry.store import encodings, heartbeat, staging
+from telemetry.store import encodings, staging
 from telemetry.store.fs import list_files, remove
+from telemetry.write.fencing import WriterLease, move_to_new_slot
 from telemetry.write.once_log import log
 from telemetry.write.outage import Batch, StorageGuard, drop_reason
 from telemetry.write.record_batches import RecordConverter, json_text
@@ -47,7 +46,7 @@ class Flusher:
         self._w = writer
         self.cfg = cfg = writer.cfg
         self.run_id, self.attempt, self.rank = writer.run_id, writer.attempt, writer.rank
-        self.file_rank = file_rank  # rank in file names; differs from `rank` only in a forked child
+        self.file_rank = file_rank  # rank in file names; differs from `rank` in a forked child or a fenced writer
         self._fs, self._root = fs, root
         self._warn = warn
         self.storage = StorageGuard(fs, root, cfg, run_id=self.run_id, attempt=self.attempt, rank=self.rank,
@@ -67,12 +66,15 @@ class Flusher:
         self._cv = threading.Condition()
         self._wake = threading.Event()
         self._last_flush = time.monotonic()
+        # The lease on (run, attempt, file rank): renewed every cycle, checked around each segment write.
+        self.lease = WriterLease(fs, root, self.run_id, self.attempt, file_rank, cfg.flush_interval_s)
         self._thread = threading.Thread(target=self._run, name=f"flightlog-writer-{self.run_id}-r{self.rank}",
                                         daemon=True)
 
     # ---- the caller's side ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._write_heartbeat()  # before the thread stages anything: recovery fences only leased groups
         self._last_flush = time.monotonic()
         self._thread.start()
 
@@ -143,12 +145,14 @@ class Flusher:
     def cycle(self, *, segment_due: bool | None, final: bool = False, include_rank_row: bool = True) -> bool:
         """Drain the queue, stage every pending batch, segment what is due. True if storage kept up."""
         self._drain(include_rank_row)
+        if self.lease.fenced(self.storage):  # taken over: stage nothing more in that group (lease.py)
+            move_to_new_slot(self)
         ok = self._stage_all()
         if ok and self.storage.failures:
             self._drain(include_rank_row, self.storage.recovered_events())
             ok = self._stage_all()
         now = time.monotonic()
-        for table, batches in self.pending.items():
+        for table, batches in list(self.pending.items()):  # a fenced writer's event may add a table
             if not batches or not ok:
                 continue
             rows = sum(b.rows for b in batches)
@@ -236,13 +240,17 @@ class Flusher:
         staged_here = self._staged_seqs(table)
         if staged_here is None:
             return False
+        if (fenced := self.lease.fenced(self.storage)) is not False:  # taken over: not one more segment here
+            if fenced:
+                move_to_new_slot(self)
+            return bool(fenced)
         storage = self.storage
         # After a long outage the backlog can be large: cut it into segments of at most
         # 2 x segment_rows, oldest first, so that reading spooled batches back stays bounded. A
         # segment named seq N must hold every pending batch below N: groups go in seq order.
         limit = 2 * self.cfg.segment_rows
-        # Heartbeat first: a segment of a big backlog takes a while, and recovery must not take a
-        # writer busy with it for dead (a remote one is judged by its heartbeat's age alone).
+        # Lease first: a segment of a big backlog takes a while, and recovery must not take a writer
+        # busy with it for dead (a remote one is judged by its renewals).
         self._write_heartbeat()
         while batches:
             n, rows = 0, 0
@@ -271,6 +279,15 @@ class Flusher:
                 if not storage.store(path, encodings.segment_bytes(data), f"segment {table}"):
                     self._retry_group[table] = n
                     return False
+                if (fenced := self.lease.fenced(self.storage)) is not False:
+                    if fenced is None:  # the check failed: the same group is written again next time
+                        self._retry_group[table] = n
+                        return False
+                    # Taken over while writing: keep the staged files, which are recovery's; a segment
+                    # that landed after recovery listed the group is removed by lease.remove_zombies.
+                    del batches[:n]
+                    move_to_new_slot(self)
+                    return True
             del batches[:n]
             for b in group:
                 rel = self._staged_rel(table, b.seq)
@@ -294,17 +311,14 @@ class Flusher:
                 out.add(key.seq)
         return out
 
-    def _heartbeat_rel(self) -> str:
-        return heartbeat.heartbeat_path(self.run_id, self.attempt, self.file_rank)
-
     def _write_heartbeat(self) -> None:
-        body = heartbeat.heartbeat_bytes(run_id=self.run_id, attempt=self.attempt, rank=self.file_rank,
-                                         pid=os.getpid(), host=socket.gethostname(),
-                                         flush_interval_s=self.cfg.flush_interval_s)
-        self.storage.store(join(self._root, self._heartbeat_rel()), body, "heartbeat", fsync=False)
+        self.storage.store(self.lease.path(), self.lease.body(), "heartbeat", fsync=False)
 
     def _remove_heartbeat(self) -> None:
-        self._remove(self._heartbeat_rel(), "heartbeat")
+        try:
+            remove(self._fs, self.lease.path())
+        except Exception as exc:  # noqa: BLE001 - a leftover lease only delays recovery of nothing; logged
+            log.debug("flightlog: cannot remove lease %r: %r", self.lease.path(), exc)
 
     def _remove(self, rel: str, what: str) -> None:
         """Remove a file the writer no longer needs; a leftover is harmless, so a failure is only logged:
