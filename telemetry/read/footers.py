@@ -1,20 +1,22 @@
 """What a Parquet file's footer says, read once per file: rows, columns, step range, compaction
-spans, format version, and whether its schema fits its table. Nothing here decodes data pages
+spans, format version, and whether its schema fits its table (telemetry.store.run_index reads it; the
+per-run index keeps it so a reader need not open the footer again). Nothing here decodes data pages
 (telemetry.read.broken_files does that when a query fails).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema import FORMAT_VERSION, schema
+from data_schema import FORMAT_VERSION
 from data_schema.layout import FileKey
+from telemetry.store.run_index import file_facts, schema_problems
+
+__all__ = ["LiveFile", "as_version", "from_facts", "one_line", "parquet_error", "read_footer", "schema_problems"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,93 +34,34 @@ class LiveFile:
     attempt_spans: tuple[tuple[int, int, int], ...] | None = None
 
 
-def read_footer(rel: str, key: FileKey, local: str, st: os.stat_result) -> LiveFile | str:
+def read_footer(rel: str, key: FileKey, local: str, st: os.stat_result | int | None) -> LiveFile | str:
     """The LiveFile of a table file at `local`, or why readers leave it out (never raises)."""
     try:
-        md = pq.read_metadata(local)
-        arrow_schema = md.schema.to_arrow_schema()
+        facts = file_facts(rel, pq.read_metadata(local))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal
         return f"not a readable Parquet file ({parquet_error(exc)})"
-    version = file_format_version(md)
+    size = st.st_size if isinstance(st, os.stat_result) else st
+    return from_facts(rel, key, local, size, facts)
+
+
+def from_facts(rel: str, key: FileKey, local: str, size: int | None, facts: dict[str, Any]) -> LiveFile | str:
+    """The LiveFile an index entry (telemetry.store.run_index.file_facts) describes, or why readers
+    leave the file out: written by a newer flightlog, or not fitting its table."""
+    declared = facts.get("version")
+    version = None if declared is None else as_version(declared)
+    if declared is not None and version is None:
+        version = FORMAT_VERSION + 1  # unreadable version: not ours to read
     if version is not None and version > FORMAT_VERSION:
         return (f"written by a newer flightlog (format version {version}, this one reads {FORMAT_VERSION}): "
                 "upgrade flightlog to read it")
-    misfits = schema_problems(key.table, arrow_schema)
+    misfits = facts.get("misfits") or []
     if misfits:
         return f"does not fit table {key.table!r}: {'; '.join(misfits)}"
-    columns = tuple(arrow_schema.names)
-    return LiveFile(rel, key, local, st.st_size, md.num_rows, columns, _step_range(md, columns),
-                    _compact_spans(md) if key.kind == "compact" else None)
-
-
-def _kind(t: pa.DataType) -> str:
-    if pa.types.is_dictionary(t):
-        return _kind(t.value_type)
-    for name, test in (("int", pa.types.is_integer), ("float", pa.types.is_floating), ("bool", pa.types.is_boolean),
-                       ("time", pa.types.is_timestamp), ("null", pa.types.is_null)):
-        if test(t):
-            return name
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "str"
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return "list<" + _kind(t.value_type) + ">"
-    return str(t)
-
-
-def schema_problems(table: str, actual: pa.Schema) -> list[str]:
-    """Why a file's schema does not fit its table (missing required column, incompatible type)."""
-    problems = []
-    for f in schema(table):
-        if f.name not in actual.names:
-            if not f.nullable:
-                problems.append(f"required column {f.name!r} is missing")
-            continue
-        got, want = _kind(actual.field(f.name).type), _kind(f.type)
-        ok = got in (want, "null") or (want == "float" and got == "int") or (
-            want.startswith("list<") and got.startswith("list<") and got[5:-1] in (want[5:-1], "null", "int"))
-        if not ok:
-            problems.append(f"column {f.name!r} has type {actual.field(f.name).type}, expected {f.type}")
-    return problems
-
-
-def _step_range(md: pq.FileMetaData, columns: tuple[str, ...]) -> tuple[int, int] | None:
-    if "step" not in columns or md.num_row_groups == 0:
-        return None
-    idx = None
-    for i in range(md.num_columns):
-        if md.schema.column(i).path == "step":
-            idx = i
-            break
-    if idx is None:
-        return None
-    lo = hi = None
-    for g in range(md.num_row_groups):
-        stats = md.row_group(g).column(idx).statistics
-        if stats is None or not stats.has_min_max or stats.null_count:
-            return None
-        lo = stats.min if lo is None else min(lo, stats.min)
-        hi = stats.max if hi is None else max(hi, stats.max)
-    return (int(lo), int(hi)) if lo is not None else None
-
-
-def _compact_spans(md: pq.FileMetaData) -> tuple[tuple[int, int, int], ...] | None:
-    raw = (md.metadata or {}).get(b"flightlog.compaction")
-    if raw is None:
-        return None
-    try:
-        spans = json.loads(raw)["attempt_spans"]
-        return tuple(sorted((int(a), int(s[0]), int(s[1])) for a, s in spans.items()))
-    except (KeyError, TypeError, ValueError, IndexError):
-        return None
-
-
-def file_format_version(md: pq.FileMetaData) -> int | None:
-    """The flightlog format version a Parquet file's schema metadata declares (None: not declared)."""
-    raw = (md.metadata or {}).get(b"flightlog.format_version")
-    if raw is None:
-        return None
-    version = as_version(raw.decode("utf-8", "replace"))
-    return version if version is not None else FORMAT_VERSION + 1  # unreadable version: not ours to read
+    span = facts.get("step_range")
+    spans = facts.get("attempt_spans")
+    return LiveFile(rel, key, local, size, int(facts["rows"]), tuple(facts.get("columns") or ()),
+                    (int(span[0]), int(span[1])) if span else None,
+                    tuple((int(a), int(lo), int(hi)) for a, lo, hi in spans) if spans else None)
 
 
 def as_version(value: Any) -> int | None:
