@@ -73,17 +73,16 @@ class LeaseObserver:
         mark = (hb["host"], hb["pid"], hb["generation"], hb["renewals"])
         limit = self.intervals * hb["flush_interval_s"]
         seen = self._seen.get(key)
-        if seen is None or seen[0] != mark:
+        moved = seen is not None and seen[0] != mark
+        if seen is None or moved:
             self._seen[key] = (mark, now)
-            if seen is not None:
-                return True  # the counter moved between two looks
         elif now - seen[1] >= limit:
             return False  # silent for `limit` on our own clock
-        if self.store_clock:
+        if self.store_clock:  # the counter may have moved long ago: the store knows when it last did
             age = store_age()
             if age is not None and age >= limit:
                 return False
-        return None
+        return True if moved else None
 
     def forget_except(self, root: str, keys: Iterable[tuple[str, str]]) -> None:
         keep = set(keys)
