@@ -55,6 +55,7 @@ from telemetry.store.liveness import (
     record_path,
     resolve,
 )
+from telemetry.store.run_index import update_run_index
 from telemetry.store.wall_time import round_wall_time_column
 
 _log = logging.getLogger("flightlog.compaction")
@@ -181,6 +182,8 @@ def compact_fs(fs: fsspec.AbstractFileSystem, root: str, run: str | None = None,
         garbage = collect_garbage(fs, root, run_id, grace_s)
         report.removed += garbage.removed
         report.problems += garbage.problems
+        if report.files_written or garbage.removed:
+            update_run_index(fs, root, run_id)  # never raises for a store error (it logs it)
         if progress is not None:
             progress(done, len(runs), run_id)
     report.seconds = time.perf_counter() - t0

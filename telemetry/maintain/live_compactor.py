@@ -56,6 +56,7 @@ from telemetry.maintain.recovery import crashed_attempts
 from telemetry.store import encodings
 from telemetry.store.fs import list_files, open_fs
 from telemetry.store.liveness import live_filter, live_writers, read_records, resolve
+from telemetry.store.run_index import update_run_index
 
 _log = logging.getLogger("flightlog.compaction")
 _TABLE_ORDER = ("metrics",) + tuple(t for t in TABLES if t != "metrics")
@@ -113,13 +114,16 @@ class PassReport:
 
 
 OnSwap = Callable[[fsspec.AbstractFileSystem, str, str], object]
+_DEFAULT = object()
 
 
 def compact_live_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *, policy: LivePolicy | None = None,
                      config: CompactionConfig | None = None, live: set | None = None, rebuild_lod_now: bool = False,
-                     on_swap: OnSwap | None = None) -> PassReport:
+                     on_swap: OnSwap | None | object = _DEFAULT) -> PassReport:
     """One pass over one run: merge closed parts (tier 0), merge full tiers, delete old replaced files.
-    `on_swap(fs, root, run_id)` is called after the pass when anything was swapped in."""
+    `on_swap(fs, root, run_id)` is called after the pass when anything was swapped in or removed;
+    by default the run's index is updated (telemetry.store.run_index), None: nothing."""
+    on_swap = update_run_index if on_swap is _DEFAULT else on_swap
     policy, cfg = policy or LivePolicy(), config or CompactionConfig()
     t0 = time.perf_counter()
     out = PassReport(runs=1)
@@ -142,7 +146,7 @@ def compact_live_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *, p
     garbage = collect_garbage(fs, root, run_id, policy.grace_s)
     out.removed += garbage.removed
     out.problems += garbage.problems
-    if on_swap is not None and (out.files_written or out.removed):
+    if callable(on_swap) and (out.files_written or out.removed):
         try:
             on_swap(fs, root, run_id)
         except Exception as exc:  # noqa: BLE001 - an index is a cache of the listing; reported, not raised
@@ -271,7 +275,7 @@ def _lower_priority() -> None:
 
 def run_in_writer(fs: fsspec.AbstractFileSystem, root: str, run_id: str, stop: threading.Event, *,
                   interval_s: float = 30.0, policy: LivePolicy | None = None, config: CompactionConfig | None = None,
-                  on_swap: OnSwap | None = None) -> None:
+                  on_swap: OnSwap | None | object = _DEFAULT) -> None:
     """The body of rank 0's background compactor thread: a pass over its run every `interval_s` until
     `stop` is set. Never raises: a failed pass is logged and the next one tries again."""
     _lower_priority()
@@ -301,7 +305,7 @@ def run_in_writer(fs: fsspec.AbstractFileSystem, root: str, run_id: str, stop: t
 def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: LivePolicy | None = None,
            config: CompactionConfig | None = None, runs: list[str] | None = None,
            storage_options: dict | None = None, on_pass: Callable[[PassReport], object] | None = None,
-           on_swap: OnSwap | None = None, max_passes: int | None = None) -> PassReport:
+           on_swap: OnSwap | None | object = _DEFAULT, max_passes: int | None = None) -> PassReport:
     """The sidecar (`flightlog compact --follow`): passes every `policy.interval_s` until `stop` is set
     (or `max_passes` ran). Each pass covers `runs` if given, else the runs with live writers, the runs
     that had some on an earlier pass (their last parts), and on the first pass every run. Returns the
