@@ -10,13 +10,18 @@ The swap, so that a reader never sees a missing or a doubled row:
    in the same pass).
 Records are accepted in (created_at, uid) order; a record that lists a part an earlier accepted
 record already replaced (two compactions raced) is rejected, and its compact file is ignored.
+`created_at` is stamped when the record is written, and a swap first checks that none of its inputs
+was replaced meanwhile (`verify`), so a slow compaction that lost a race writes no record at all.
+Compact files are merged again into higher tiers while a run is live (telemetry.maintain.live_compactor):
+a record may replace compact files as well as parts.
 
 Recovery and the writer find the highest segment seq of a (table, run, attempt, rank) from part
 file names. So the replaced part with the highest seq of each group is not deleted but
 overwritten by an empty segment of the same name (a "watermark"): staged batches already in a
 compacted segment are still recognised as converted, and attempt/seq numbers are never reused.
-Segments of a writer that is alive (fresh heartbeat) or that still has staged files are never
-compacted: they belong to a writer (or to recovery) that will name more of them.
+Here (at close, `flightlog compact`), segments of a writer that is alive (fresh heartbeat) or that
+still has staged files are never compacted: they belong to a writer (or to recovery) that will name
+more of them. The live compactor merges the closed ones of those too, by a narrower rule (its docstring).
 """
 
 from __future__ import annotations

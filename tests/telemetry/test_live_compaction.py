@@ -18,7 +18,7 @@ from telemetry.maintain import compactor_lease
 from telemetry.maintain.compaction import CompactionConfig, compact
 from telemetry.maintain.live_compactor import LivePolicy, compact_live_run, follow, run_in_writer
 from telemetry.store.fs import open_fs
-from telemetry.store.liveness import live_filter, read_records
+from telemetry.store.liveness import live_filter, read_records, resolve
 
 EAGER = LivePolicy(interval_s=0.0, min_parts=1, fanout=2, settle_s=0.0, grace_s=0.0)
 NO_LOD = CompactionConfig(lod=False)
@@ -78,6 +78,23 @@ def test_a_live_runs_files_stay_about_one_per_writer_and_no_point_is_lost_or_dou
     assert counts(archive) == {(k, s): 2 for k in range(4) for s in range(step)}
     tiers = [r.get("tier", 0) for r in read_records(fs, root, run_id="r") if r["table"] == "metrics"]
     assert max(tiers) >= 2, "compact files of a tier were merged into the next as they filled"
+    compact_live_run(fs, root, "r", policy=EAGER, config=NO_LOD)
+    records = [r for r in read_records(fs, root, run_id="r") if r["table"] == "metrics"]
+    assert len(records) <= 6, "records of files merged into a higher tier go once their parts went"
+    assert counts(archive) == {(k, s): 2 for k in range(4) for s in range(step)}
+
+
+def test_a_compact_file_merged_into_a_higher_tier_and_deleted_still_replaces_its_parts():
+    part = "metrics/run_id=r/part-a0-r0-{:08d}.parquet".format
+    c1, c2, c3 = (f"metrics/run_id=r/compact-0-9-{u * 16}.parquet" for u in "abc")
+    r1 = {"file": c1, "replaces": [part(1), part(2)], "created_at": "2026-01-01T00:00:01", "uid": "a"}
+    r2 = {"file": c2, "replaces": [part(3)], "created_at": "2026-01-01T00:00:02", "uid": "b"}
+    r3 = {"file": c3, "replaces": [c1, c2], "created_at": "2026-01-01T00:00:03", "uid": "c"}
+    # c1 and c2 are gone (merged into c3 a grace period ago); part 2 is an empty watermark still there
+    res = resolve([r1, r2, r3], {c3, part(2), part(4)})
+    assert [r["uid"] for r in res.accepted] == ["a", "b", "c"]
+    assert res.compacts == {c3} and part(2) in res.replaced
+    assert live_filter({c3, part(2), part(4)}, [r1, r2, r3])[0] == {c3, part(4)}
 
 
 def test_a_part_at_or_after_the_writers_lowest_staged_seq_is_not_merged(archive):
