@@ -24,6 +24,7 @@ from telemetry.write.record_batches import json_text
 
 if TYPE_CHECKING:  # the flush thread whose group is moved (flusher.py imports this module)
     from telemetry.write.flusher import Flusher
+    from telemetry.write.outage import StorageGuard
 
 _MOVED_RANK_BASE = 20_000_000  # file-name slots of writers moved off a fenced group (forks use 10_000_000+)
 
@@ -56,14 +57,15 @@ class WriterLease:
                                          flush_interval_s=self.flush_interval_s, generation=self.generation,
                                          renewals=self.renewals)
 
-    def fenced(self, storage) -> bool | None:
+    def fenced(self, storage: StorageGuard | None) -> bool | None:
         """True once the group was taken over above our generation; None when the store did not answer
-        (counted as a storage failure: the caller writes nothing and retries)."""
+        (counted as a storage failure when `storage` is given: the caller writes nothing and retries)."""
         try:
             return lease.is_fenced(self._fs, self._root, self.run_id, self.attempt, self.file_rank,
                                    self.generation)
-        except Exception as exc:  # noqa: BLE001 - storage errors never reach the caller: counted, retried
-            storage.failed("checking the lease fence", exc)
+        except Exception as exc:  # noqa: BLE001 - storage errors never reach the caller: counted or not needed
+            if storage is not None:
+                storage.failed("checking the lease fence", exc)
             return None
 
 

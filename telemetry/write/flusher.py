@@ -145,7 +145,9 @@ class Flusher:
     def cycle(self, *, segment_due: bool | None, final: bool = False, include_rank_row: bool = True) -> bool:
         """Drain the queue, stage every pending batch, segment what is due. True if storage kept up."""
         self._drain(include_rank_row)
-        if self.lease.fenced(self.storage):  # taken over: stage nothing more in that group (lease.py)
+        # Taken over: stage nothing more in that group (lease.py). Asked only when there is something
+        # to stage and the store answers (while it fails, staging finds out when it is back).
+        if not self.storage.failures and self._has_unstaged() and self.lease.fenced(self.storage):
             move_to_new_slot(self)
         ok = self._stage_all()
         if ok and self.storage.failures:
@@ -199,6 +201,9 @@ class Flusher:
         return {"kind": "dropped_records", "severity": "warning", "wall_time": time.time(),
                 "message": f"{delta} records dropped: {drop_reason(delta, by_storage)}",
                 "details_json": json_text({"dropped": delta, "total": dropped, "dropped_storage": by_storage})}
+
+    def _has_unstaged(self) -> bool:
+        return any(not b.staged for batches in self.pending.values() for b in batches)
 
     def _add_batch(self, table: str, data: pa.Table) -> None:
         self.pending.setdefault(table, []).append(Batch(next(self._seq), data, data.num_rows, data.nbytes))
