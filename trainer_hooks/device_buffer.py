@@ -10,8 +10,8 @@ a device value, so no host-device synchronization is added (guarantee 2).
 On CPU there is nothing to wait for and reading a scalar is no sync: the Observer reads
 each value with `.item()` (about 0.1 µs) as it gets it, so `stage` only appends one tuple
 to a deque, and the drainer does the rest (metrics rows, NaN and spike checks) off the
-training thread. Keeping thousands of small tensors alive until the drainer runs measured
-slower.
+training thread, a wake-up's worth of steps at a time (one `on_drain` call per batch). Keeping
+thousands of small tensors alive until the drainer runs measured slower.
 
 On CUDA the step's device scalars are written into the slot tensor with one `torch.stack(...,
 out=)` (one kernel when they share a dtype, as loss, grad norm, loss scale and the probe do)
@@ -25,8 +25,10 @@ one norm), a Python number, or None.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
+import operator
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +38,7 @@ import torch
 _log = logging.getLogger("flightlog.hooks")
 _item = torch.Tensor.item
 
-DrainFn = Callable[[list[float | None], Any], None]
+DrainFn = Callable[[list[tuple[list[float | None], Any]]], None]  # [(values as floats, payload), ...]
 
 
 def norm_of_norms(norms: Sequence[torch.Tensor]) -> float:
@@ -49,6 +51,10 @@ class _Slot(int):
 
 
 _SLOTS = [_Slot(i) for i in range(1024)]
+
+
+_PLAIN = frozenset((float, type(None)))
+_values_of = operator.itemgetter(1)
 
 
 def _host_value(v: Any) -> float | None:
@@ -65,8 +71,8 @@ class DeviceBuffer:
     """A ring of step records between the training thread (`stage`) and a drainer thread.
 
     `stage` never blocks: when the drainer is `ring` steps behind, the step is dropped and
-    counted in `dropped`. `on_drain(values, payload)` runs on the drainer thread with the
-    staged values as floats (None where nothing was staged) and the payload unchanged.
+    counted in `dropped`. `on_drain(batch)` runs on the drainer thread with every step staged since
+    it last ran, oldest first, as (values as floats, None where nothing was staged; payload unchanged).
     """
 
     def __init__(self, device: torch.device | str, on_drain: DrainFn, *, slots: int = 32, ring: int = 256,
@@ -126,27 +132,51 @@ class DeviceBuffer:
 
     # ---- drainer thread ----------------------------------------------------------------------
 
-    def _take(self, item: tuple) -> tuple[list[float | None], Any]:
-        k, values, payload = item
-        if k is None:
-            return [v if v is None or type(v) is float else _host_value(v) for v in values], payload
-        self._events[k].synchronize()  # blocks this thread only
-        host = self._pinned[k].tolist()
-        return [host[v] if type(v) is _Slot else _host_value(v) for v in values], payload
+    def _read(self, items: list[tuple]) -> list[tuple[list[float | None], Any]]:
+        """Staged items -> (values as floats, payload). CPU values were read when staged (no sync
+        there); a CUDA item waits for its event (this thread only) and reads its pinned copy."""
+        if not self.cuda:
+            if _PLAIN.issuperset(map(type, itertools.chain.from_iterable(map(_values_of, items)))):
+                return [(values, payload) for _, values, payload in items]  # the usual batch: all floats, in C
+            return [([v if v is None or type(v) is float else _host_value(v) for v in values], payload)
+                    for _, values, payload in items]
+        out = []
+        for k, values, payload in items:
+            self._events[k].synchronize()  # blocks this thread only
+            host = self._pinned[k].tolist()
+            out.append(([host[v] if type(v) is _Slot else _host_value(v) for v in values], payload))
+        return out
 
     def _drain_all(self) -> None:
-        """Hand every staged step to on_drain, oldest first (one loop: this thread's Python time is
-        time the training thread may wait for the GIL)."""
-        pending, take, on_drain = self._pending, self._take, self._on_drain
+        """Hand everything staged to on_drain as one batch, oldest first: the drainer holds the GIL for
+        one burst per wake-up, not a call per step. A batch that fails is handed over again step by
+        step, so a bad step loses only itself."""
+        pending = self._pending
         while pending:
+            items = list(itertools.islice(pending, len(pending)))
             try:
-                on_drain(*take(pending[0]))
-            except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer
-                if self._on_error is not None:
-                    self._on_error("drainer", exc)
-                else:
-                    _log.warning("flightlog: drainer failed: %r", exc)
-            pending.popleft()  # frees the ring slot only after it was read
+                self._on_drain(self._read(items))
+            except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer; retried one by one
+                self._one_by_one(items, exc)
+            for _ in items:
+                pending.popleft()  # frees the ring slots only after they were read
+
+    def _one_by_one(self, items: list[tuple], batch_exc: Exception) -> None:
+        failed = False
+        for item in items:
+            try:
+                self._on_drain(self._read([item]))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failed = True
+                self._report(exc)
+        if not failed:  # the batch failed where no single step does: say so once
+            self._report(batch_exc)
+
+    def _report(self, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error("drainer", exc)
+        else:
+            _log.warning("flightlog: drainer failed: %r", exc)
 
     def _run(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import math
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,13 +100,30 @@ def layer_from_probe(first: float | None, calls: tuple[str, ...]) -> str | None:
     return calls[i] if 0 <= i < len(calls) else None
 
 
+def _finite_part(values: Sequence[float | None]) -> tuple[list[int] | None, list[float]]:
+    """(indices of the finite values, or None when all are; those values). One C-level sum decides the
+    usual case (its overflow to inf only sends a finite batch down the exact path)."""
+    if None not in values and _isfinite(sum(values, 0.0)):
+        return None, list(values)
+    idx = [i for i, v in enumerate(values) if v is not None and _isfinite(v)]
+    return idx, [values[i] for i in idx]
+
+
+def _none_non_finite(values: Sequence[float | None]) -> bool:
+    """No NaN or Inf among `values` (None is no value): the sum in C first, then exactly if that overflowed."""
+    if None in values:
+        values = [v for v in values if v is not None]
+    return _isfinite(sum(values, 0.0)) or all(map(_isfinite, values))
+
+
 class SpikeDetector:
     """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes).
 
-    Runs once per step on the drainer thread, whose Python time the training thread waits for
-    (the GIL), so the usual step costs one comparison and one append: the median and MAD are
-    recomputed every `refresh` updates into a candidate threshold (half the z-score), and only a
-    value above it is judged on statistics recomputed from the window as it is now.
+    Runs on the drainer thread, whose Python time the training thread waits for (the GIL): the
+    median and MAD are recomputed every `refresh` values into a candidate threshold (half the
+    z-score), and only a value above it is judged on statistics recomputed from the window as it
+    is now. `update_many` takes a drain's values at once: between two refreshes the threshold is
+    fixed, so a run of values costs one `max()` and one `deque.extend` in C.
     """
 
     def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20, refresh: int = 16) -> None:
@@ -126,25 +143,51 @@ class SpikeDetector:
         mad = statistics.median([abs(v - med) for v in s])
         return med, mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
 
-    def update(self, value: float) -> dict[str, float] | None:
+    def update(self, value: float | None) -> dict[str, float] | None:
         """Add `value`; return the statistics when it is a spike, else None. Non-finite values are skipped."""
-        if value is None or not math.isfinite(value):
-            return None
-        spike = None
-        window = self.window
-        if len(window) >= self.min_points:
-            self._age += 1
-            if self._age >= self._refresh:
+        found = self.update_many((value,))
+        return found[0][1] if found else None
+
+    def update_many(self, values: Sequence[float | None]) -> list[tuple[int, dict[str, float]]]:
+        """`update` of each value in turn: (index in `values`, statistics) of each spike, in order."""
+        idx, vals = _finite_part(values)
+        found: list[tuple[int, dict[str, float]]] = []
+        window, n, pos = self.window, len(vals), 0
+        while pos < n and len(window) < self.min_points:  # too few points to judge yet: collect
+            take = min(n - pos, self.min_points - len(window))
+            window.extend(vals[pos:pos + take])
+            pos += take
+        while pos < n:
+            # Each value ages the threshold; the one whose age reaches `refresh` renews it first.
+            k = min(n - pos, max(0, self._refresh - 1 - self._age))
+            if k:
+                self._judge(vals, pos, pos + k, idx, found)
+                self._age += k
+                pos += k
+            if pos < n:
                 self._age = 0
                 med, _, scale = self._stats()
                 self._candidate_above = med + 0.5 * self.zscore * scale
-            if value > self._candidate_above:  # a candidate: judge it on the window as it is now
-                med, mad, scale = self._stats()
-                z = (value - med) / scale
-                if z > self.zscore:
-                    spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(window)}
-        window.append(value)
-        return spike
+                self._judge(vals, pos, pos + 1, idx, found)
+                pos += 1
+        return found
+
+    def _judge(self, vals: list[float], a: int, b: int, idx: list[int] | None, found: list) -> None:
+        """Add vals[a:b] to the window, judging each one above the candidate threshold on the window before it."""
+        window, above = self.window, self._candidate_above
+        start = a
+        if max(vals[a:b]) > above:  # rare: a candidate
+            for j in range(a, b):
+                value = vals[j]
+                if value > above:
+                    window.extend(vals[start:j])
+                    start = j
+                    med, mad, scale = self._stats()
+                    z = (value - med) / scale
+                    if z > self.zscore:
+                        found.append((j if idx is None else idx[j],
+                                      {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(window)}))
+        window.extend(vals[start:b])
 
 
 def sample_id_list(ids: Any) -> list[int] | None:
@@ -229,30 +272,37 @@ class Forensics:
                 self._waiting.append((f, details))
                 self._request_probe()
             return
-        self._check_spikes(f.step, f.loss, f.grad_norm, f.data_chunk, f.sample_ids)
+        self._check_spikes((f.step,), (f.loss,), (f.grad_norm,), (f.data_chunk,), (f.sample_ids,))
 
-    def observe_step(self, step: int, loss: float | None, grad_norm: float | None, *, loss_scale: float | None,
-                     data_chunk: int | None, sample_ids: Any, probed: bool, layer: str | None) -> None:
-        """`observe` for the drainer's every step: the usual one (finite values, not probed, no step
-        waiting for a layer) goes straight to the spike checks without building a StepFacts."""
-        if (not probed and not self._waiting and (loss is None or _isfinite(loss))
-                and (grad_norm is None or _isfinite(grad_norm))):
-            self._check_spikes(step, loss, grad_norm, data_chunk, sample_ids)
-        else:
-            self.observe(StepFacts(step=step, loss=loss, grad_norm=grad_norm, loss_scale=loss_scale,
-                                   data_chunk=data_chunk, sample_ids=sample_ids, probed=probed, layer=layer))
+    def observe_steps(self, steps: Sequence[int], losses: Sequence[float | None],
+                      grad_norms: Sequence[float | None], *, loss_scales: Sequence[float | None],
+                      data_chunks: Sequence[int | None], sample_ids: Sequence[Any], probe_calls: Sequence[Any],
+                      first_bads: Sequence[float | None]) -> None:
+        """`observe` for a drain's steps, one column per fact. The usual drain (finite values, no step
+        probed, none waiting for a layer) goes to the spike checks a column at a time; any other is
+        observed step by step, in order."""
+        if (not self._waiting and probe_calls.count(None) == len(probe_calls)
+                and _none_non_finite(losses) and _none_non_finite(grad_norms)):
+            self._check_spikes(steps, losses, grad_norms, data_chunks, sample_ids)
+            return
+        for i, step in enumerate(steps):
+            calls = probe_calls[i]
+            self.observe(StepFacts(step=step, loss=losses[i], grad_norm=grad_norms[i], loss_scale=loss_scales[i],
+                                   data_chunk=data_chunks[i], sample_ids=sample_ids[i], probed=calls is not None,
+                                   layer=None if calls is None else layer_from_probe(first_bads[i], calls)))
 
-    def _check_spikes(self, step: int, loss: float | None, grad_norm: float | None, data_chunk: int | None,
-                      sample_ids: Any) -> None:
-        for name, v in (("loss", loss), ("grad_norm", grad_norm)):
-            spike = self._spikes[name].update(v)
-            if spike is not None:
-                kind = "loss_spike" if name == "loss" else "grad_spike"
-                self._emit(kind, step=step, severity="warning", data_chunk=data_chunk,
-                           sample_ids=sample_id_list(sample_ids),
-                           message=f"{name} {v:.6g} is {spike['zscore']:.1f} robust sigmas above the median "
-                                   f"{spike['median']:.6g} of the last {spike['window']} steps",
-                           details={**spike, "metric": name, "seed": self._seed})
+    def _check_spikes(self, steps: Sequence[int], losses: Sequence[float | None],
+                      grad_norms: Sequence[float | None], data_chunks: Sequence[int | None],
+                      sample_ids: Sequence[Any]) -> None:
+        found = [(i, name, spike) for name, col in (("loss", losses), ("grad_norm", grad_norms))
+                 for i, spike in self._spikes[name].update_many(col)]
+        for i, name, spike in sorted(found, key=lambda f: f[0]):  # step order; loss before grad_norm
+            kind = "loss_spike" if name == "loss" else "grad_spike"
+            self._emit(kind, step=steps[i], severity="warning", data_chunk=data_chunks[i],
+                       sample_ids=sample_id_list(sample_ids[i]),
+                       message=f"{name} {spike['value']:.6g} is {spike['zscore']:.1f} robust sigmas above the median "
+                               f"{spike['median']:.6g} of the last {spike['window']} steps",
+                       details={**spike, "metric": name, "seed": self._seed})
 
     def _nonfinite_event(self, f: StepFacts, details: dict, layer: str | None) -> None:
         value = details["loss"] if details["metric"] == "loss" else details["grad_norm"]

@@ -11,8 +11,9 @@
 This module is the Observer's public face and lifecycle: `attach()`, opening its collaborators
 (the rank's Writer, the NVML/host sampler, an optional W&B mirror), the drainer thread's side
 of each step, checkpoints, flush and close. The hooks on the training thread and the step they
-stage are step_capture.py. The drainer thread turns each step into `metrics` rows, checks for
-NaN/Inf and spikes (forensics.py), tracks data chunks and mirrors to another logger.
+stage are step_capture.py. The drainer thread turns each wake-up's steps into `metrics` rows a
+column at a time (step_metrics.py), checks them for NaN/Inf and spikes (forensics.py), tracks data
+chunks and mirrors to another logger.
 A failure inside any hook is caught here: one log line, an `events` row of kind
 `hook_error`, and training goes on.
 """
@@ -20,6 +21,7 @@ A failure inside any hook is caught here: one log line, an `events` row of kind
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import math
 import os
@@ -32,11 +34,11 @@ from trainer_hooks.checkpoint_audit import CheckpointRecorder
 from trainer_hooks.config import ObserverConfig
 from trainer_hooks.data import ChunkTracker
 from trainer_hooks.device_buffer import DeviceBuffer
-from trainer_hooks.forensics import Forensics, layer_from_probe
+from trainer_hooks.forensics import Forensics
 from trainer_hooks.mirror import wandb_mirror_for
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_capture import StepCapture
-from trainer_hooks.step_metrics import LOG, StepRecord, StepValues, TokenCount, step_metrics
+from trainer_hooks.step_metrics import LOG, STEP, StepRecord, StepValues, TokenCount, step_rows
 from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
@@ -214,27 +216,52 @@ class Observer(StepCapture):
 
     # ---- drainer thread --------------------------------------------------------------------------
 
-    def _on_drain(self, values: list[float | None], payload: tuple) -> None:
-        if payload[0] == LOG:
-            by_step: dict[int, dict[str, float]] = {}
-            for (step, name), v in zip(payload[1], values, strict=True):
-                self.writer.metric(step, name, v)
-                by_step.setdefault(step, {})[name] = v
-            if self._mirror is not None:
-                for step, m in by_step.items():
-                    self._mirror_log(m, step)
-            return
-        r, v = StepRecord._make(payload), StepValues._make(values)  # the training thread staged plain tuples
-        m, loss = step_metrics(v, r, self._dp_tokens)
-        step, chunk, calls = r.step, r.chunk, r.probe_calls
-        self.writer.metrics(step, m, wall_time=r.wall_time)
-        self._chunks.step(step, chunk, r.tokens)
-        probed = calls is not None
-        self.forensics.observe_step(step, loss, v.grad_norm, loss_scale=v.loss_scale, data_chunk=chunk,
-                                    sample_ids=r.sample_ids, probed=probed,
-                                    layer=layer_from_probe(v.first_bad, calls) if probed else None)
+    def _on_drain(self, batch: list[tuple[list[float | None], tuple]]) -> None:
+        """Every step staged since the last wake-up, oldest first: a column operation per field, not a
+        call per step (step_metrics.step_rows, Forensics.observe_steps). Everything is computed before
+        anything is written, so a batch the device buffer hands over again step by step is not written twice."""
+        steps = [b for b in batch if b[1][0] == STEP]
+        logs = [b for b in batch if b[1][0] == LOG] if len(steps) < len(batch) else []
+        writer = self.writer
+        if steps:
+            vals, recs = zip(*steps, strict=True)
+            v, r = StepValues._make(zip(*vals, strict=True)), StepRecord._make(zip(*recs, strict=True))
+            rows, losses = step_rows(v, r, self._dp_tokens)
+            metrics = writer.metrics
+            for step, m, wall in zip(r.step, rows, r.wall_time, strict=True):
+                metrics(step, m, wall_time=wall)
+            self._track_chunks(r.step, r.chunk, r.tokens)
+            self.forensics.observe_steps(r.step, losses, v.grad_norm, loss_scales=v.loss_scale, data_chunks=r.chunk,
+                                         sample_ids=r.sample_ids, probe_calls=r.probe_calls, first_bads=v.first_bad)
+        for values, (_, points) in logs:
+            for (step, name), x in zip(points, values, strict=True):
+                writer.metric(step, name, x)
         if self._mirror is not None:
-            self._mirror_log(m, step)
+            self._mirror_batch(batch, iter(rows) if steps else iter(()))
+
+    def _track_chunks(self, steps: tuple[int, ...], chunks: tuple[int | None, ...], tokens: tuple[int, ...]) -> None:
+        """ChunkTracker.step for each run of steps on one chunk: its first step, then its last with the rest
+        of its tokens (the same rows and events as a call per step)."""
+        n = len(steps)
+        runs = [(0, n)] if chunks.count(chunks[0]) == n else [
+            (g[0], g[-1] + 1) for _, grp in itertools.groupby(range(n), key=chunks.__getitem__) if (g := list(grp))]
+        for i, j in runs:
+            self._chunks.step(steps[i], chunks[i], tokens[i])
+            if j - i > 1:
+                self._chunks.step(steps[j - 1], chunks[i], sum(tokens[i + 1:j]))
+
+    def _mirror_batch(self, batch: list[tuple[list[float | None], tuple]], rows: Any) -> None:
+        """The mirror gets what it got step by step before: each step's metrics, each obs.log() batch
+        grouped by step, in staged order (W&B refuses a step older than one already logged)."""
+        for values, payload in batch:
+            if payload[0] == STEP:
+                self._mirror_log(next(rows), payload[1])
+                continue
+            by_step: dict[int, dict[str, float]] = {}
+            for (step, name), x in zip(payload[1], values, strict=True):
+                by_step.setdefault(step, {})[name] = x
+            for step, m in by_step.items():
+                self._mirror_log(m, step)
 
     def _mirror_log(self, m: dict[str, float], step: int) -> None:
         try:

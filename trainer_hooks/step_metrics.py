@@ -1,10 +1,11 @@
-"""One finished step's record -> its `metrics` row values (drainer thread).
+"""Finished steps' records -> their `metrics` row values, a drain's worth at a time (drainer thread).
 
 `StepRecord` is the one definition of the tuple the training thread stages per step
 (step_capture.py's `_end_step` writes it as a plain tuple, in this field order, because building
 a NamedTuple there costs more on the training thread); `StepValues` is the one definition of the
-device values staged beside it, which the device buffer reads back as floats. The drainer reads
-both by name through `_make`. Names written: loss, grad_norm, lr (lr/group<i> for further
+device values staged beside it, which the device buffer reads back as floats. The drainer turns a
+drain's steps into one StepRecord and one StepValues of columns (`_make(zip(*rows))`) and reads
+them by name. Names written: loss, grad_norm, lr (lr/group<i> for further
 param groups), loss_scale (only when a live GradScaler is attached), step_skipped, step_time_s,
 data_wait_s, tokens_seen, tokens_per_s, mfu, mem_allocated_bytes, mem_reserved_bytes.
 
@@ -16,6 +17,8 @@ own throughput, the number `mfu` (per device) is computed from.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -60,36 +63,56 @@ class TokenCount:
     peak_flops: float | None = None
 
 
-def step_metrics(v: StepValues, r: StepRecord, tc: TokenCount) -> tuple[dict[str, float], float | None]:
-    """(the step's metrics, its loss: None when no loss was recorded)."""
-    m: dict[str, float] = {}
-    loss = None
-    if r.n_loss:
-        loss = m["loss"] = ((v.loss_device_sum or 0.0) + r.loss_host_sum) / r.n_loss
-    if v.grad_norm is not None:
-        m["grad_norm"] = v.grad_norm
+def _present(col: Sequence[Any]) -> bool:
+    return col.count(None) != len(col)
+
+
+def step_rows(v: StepValues, r: StepRecord, tc: TokenCount) -> tuple[list[dict[str, float]], list[float | None]]:
+    """The metrics of many steps at once: `r` and `v` hold one column (a tuple) per field, a step per row.
+
+    Returns (one dict per step, its names in the order listed above; each step's loss, None where no loss
+    was recorded). Column at a time: the drainer's Python work per step is a few list-comprehension
+    items, not a function call per step and a dict store per name.
+    """
+    n = len(r.step)
+    names: list[str] = []
+    cols: list[Sequence[Any]] = []
+
+    def add(name: str, col: Sequence[Any]) -> None:
+        if _present(col):  # a name no step of this batch has is left out
+            names.append(name)
+            cols.append(col)
+
+    dev = v.loss_device_sum if _present(v.loss_device_sum) else (0.0,) * n
+    losses = [((d or 0.0) + h) / k if k else None for k, d, h in zip(r.n_loss, dev, r.loss_host_sum, strict=True)]
+    add("loss", losses)
+    add("grad_norm", v.grad_norm)
     lrs = r.lrs
-    if isinstance(lrs, list):
-        for i, lr in enumerate(lrs):
-            m["lr" if i == 0 else f"lr/group{i}"] = float(lr)
+    if list in set(map(type, lrs)):  # several param groups: lr, lr/group1, ...
+        rows = [x if type(x) is list else [x] for x in lrs]
+        for i in range(max(map(len, rows))):
+            add("lr" if i == 0 else f"lr/group{i}", [float(x[i]) if i < len(x) else None for x in rows])
     else:
-        m["lr"] = float(lrs)
-    if v.loss_scale is not None:
-        m["loss_scale"] = v.loss_scale
-    if r.skipped:
-        m["step_skipped"] = 1.0
-    step_time, tokens = r.step_time, r.tokens
-    if step_time is not None:
-        m["step_time_s"] = step_time
-    if r.data_wait is not None:
-        m["data_wait_s"] = r.data_wait
-    if tokens:
-        tc.seen += tokens * tc.dp_size
-        m["tokens_seen"] = float(tc.seen)
-        if step_time:
-            m["tokens_per_s"] = tps = tokens / step_time
-            if tc.model_flops_per_token and tc.peak_flops:
-                m["mfu"] = tps * tc.model_flops_per_token / tc.peak_flops
-    if r.mem is not None:
-        m["mem_allocated_bytes"], m["mem_reserved_bytes"] = float(r.mem[0]), float(r.mem[1])
-    return m, loss
+        add("lr", [x if type(x) is float else float(x) for x in lrs])
+    add("loss_scale", v.loss_scale)
+    add("step_skipped", [1.0 if s else None for s in r.skipped])
+    add("step_time_s", r.step_time)
+    add("data_wait_s", r.data_wait)
+    tokens, step_time = r.tokens, r.step_time
+    if any(tokens):
+        dp = tc.dp_size
+        seen = list(itertools.accumulate((t * dp for t in tokens), initial=tc.seen))
+        tc.seen = seen[-1]
+        add("tokens_seen", [float(s) if t else None for t, s in zip(tokens, seen[1:], strict=True)])
+        tps = [t / s if t and s else None for t, s in zip(tokens, step_time, strict=True)]
+        add("tokens_per_s", tps)
+        if tc.model_flops_per_token and tc.peak_flops:
+            f, peak = tc.model_flops_per_token, tc.peak_flops
+            add("mfu", [None if x is None else x * f / peak for x in tps])
+    mem = r.mem
+    if _present(mem):
+        add("mem_allocated_bytes", [None if m is None else float(m[0]) for m in mem])
+        add("mem_reserved_bytes", [None if m is None else float(m[1]) for m in mem])
+    if not any(None in c for c in cols):  # the usual batch: every step has every name
+        return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)], losses
+    return [{k: x for k, x in zip(names, row, strict=True) if x is not None} for row in zip(*cols, strict=True)], losses
