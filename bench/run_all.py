@@ -26,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench._harness import SUMMARY_PREFIX, machine_note, md_table  # noqa: E402
 
-ORDER = ["bench_writer", "bench_curve", "bench_capture", "bench_gpu_step", "bench_peers", "bench_scale", "bench_cross_run",
-         "bench_import", "bench_lod", "bench_journey_page", "bench_growth"]
+ORDER = ["bench_writer", "bench_curve", "bench_capture", "bench_gpu_step", "bench_peers", "bench_scale",
+         "bench_cross_run", "bench_import", "bench_lod", "bench_journey_page", "bench_growth"]
 # Small sizes for scripts without their own --quick.
 QUICK_ARGS = {
     "bench_writer": ["--points", "1000000"],
