@@ -86,6 +86,9 @@ class DeviceBuffer:
         self._on_error = on_error
         self._poll_s = poll_s
         self._pending: collections.deque = collections.deque()
+        # On CPU, the queue itself: the Observer's step hook appends (None, values, payload) while its length
+        # is below `ring` (one Python frame less per step than `stage`); None on CUDA and once closing.
+        self.host_queue: collections.deque | None = None if self.cuda else self._pending
         self._next = 0
         self._stop = threading.Event()
         self._closing = False
@@ -197,6 +200,7 @@ class DeviceBuffer:
     def close(self, timeout: float = 30.0) -> None:
         """Drain what is staged, then stop the thread. Idempotent."""
         self._closing = True
+        self.host_queue = None
         self._stop.set()
         self._wake.set()
         if self._thread is not threading.current_thread():

@@ -199,7 +199,9 @@ class StepCapture:
                 return
             ids = self._param_ids
             if params and id(params[0]) in ids and id(params[-1]) in ids:
-                self._gn = self._host_or_device(total)
+                # _host_or_device, inlined: this runs every step of a clipping loop
+                self._gn = (total.item() if total.is_cpu else total.detach()) if type(total) is _Tensor \
+                    else self._host_or_device(total)
                 self._gn_given = True
         except Exception as exc:  # noqa: BLE001
             self._hook_error("clip_grad_norm", exc)
@@ -327,10 +329,15 @@ class StepCapture:
                 lrs = [g["lr"] if type(g["lr"]) is float else _lr_value(g["lr"]) for g in groups]
             # One plain tuple per step, in StepValues and StepRecord order (step_metrics.py). CPU: numbers
             # already read (no sync), or the grad norm's per-tensor norms.
-            self._buf.stage((self._loss, None if skipped else self._gn, scale, first_bad),
-                            (STEP, self._step, self._n_loss, self._loss_f, self._tokens,
-                             None if start is None else t - start, self._data_wait, lrs, mem, self._chunk,
-                             self._ids, calls, skipped, _wall()))
+            values = (self._loss, None if skipped else self._gn, scale, first_bad)
+            record = (STEP, self._step, self._n_loss, self._loss_f, self._tokens, None if start is None else t - start,
+                      self._data_wait, lrs, mem, self._chunk, self._ids, calls, skipped, _wall())
+            buf = self._buf
+            queue = buf.host_queue
+            if queue is not None and len(queue) < buf.ring:  # DeviceBuffer.stage's CPU path, without its frame
+                queue.append((None, values, record))
+            else:  # CUDA, or a full or closing buffer: stage decides, and counts a drop
+                buf.stage(values, record)
         except Exception as exc:  # noqa: BLE001
             self._hook_error("step_post_hook", exc)
         finally:  # the step ends even when recording it failed

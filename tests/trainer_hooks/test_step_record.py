@@ -3,6 +3,8 @@ and the Observer's collaborators (writer, sampler, mirror) handed in by the call
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -30,8 +32,13 @@ def test_the_tuple_a_step_stages_reads_field_by_field_as_a_step_record(archive):
     opt = torch.optim.SGD(model.parameters(), lr=0.25)
     obs = trainer_hooks.attach(model, opt, run="record", archive=archive, sample_gpu=False, start_step=7)
     staged = []
-    stage = obs._buf.stage
-    obs._buf.stage = lambda values, payload: (staged.append((values, payload)), stage(values, payload))[1]
+
+    class Recording(collections.deque):  # the step hook appends to the buffer's queue itself on CPU
+        def append(self, item: tuple) -> None:
+            staged.append(item[1:])
+            super().append(item)
+
+    obs._buf._pending = obs._buf.host_queue = Recording()
     obs.set_batch(chunk=3, sample_ids=[30, 31])
     loss = _one_step(obs, model, opt, tokens=40)
     obs.close()

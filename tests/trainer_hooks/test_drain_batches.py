@@ -1,0 +1,158 @@
+"""The drainer works a wake-up's steps at a time (issue 16): what it writes is what a step-by-step drainer
+wrote, spike decisions are those of one value at a time, and one bad step loses only itself."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+import trainer_hooks
+from tests.trainer_hooks.conftest import batch, tiny_model
+from trainer_hooks.device_buffer import DeviceBuffer
+from trainer_hooks.forensics import SpikeDetector
+from trainer_hooks.observer import Observer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _Recorder:
+    """A writer and a mirror that keep every call, minus the wall time the drainer stamps on events."""
+
+    run_id, attempt = "rec", 0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def rank_info(self, **_: object) -> None:
+        pass
+
+    def metric(self, step: int, name: str, value: float, wall_time: float | None = None) -> None:
+        self.calls.append(("metric", step, name, repr(value)))
+
+    def metrics(self, step: int, values: dict, wall_time: float | None = None) -> None:
+        self.calls.append(("metrics", step, repr(list(values.items())), wall_time))
+
+    def event(self, kind: str, **fields: object) -> None:
+        fields.pop("wall_time", None)
+        self.calls.append(("event", kind, repr(sorted(fields.items(), key=str))))
+
+    def data_chunk(self, chunk: int, **fields: object) -> None:
+        self.calls.append(("data_chunk", chunk, repr(sorted(fields.items()))))
+
+    def log(self, metrics: dict, step: int) -> None:  # as the mirror
+        self.calls.append(("mirror", step, repr(list(metrics.items()))))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def close(self, *_: object) -> None:
+        pass
+
+
+class _Sampler:
+    def stop(self) -> None:
+        pass
+
+
+def _staged_steps(archive: str) -> list[tuple]:
+    """A run with what changes the rows: two param groups, chunks that change and vanish, skipped tokens,
+    obs.log values, a loss spike and a NaN step."""
+    model = tiny_model()
+    opt = torch.optim.SGD([{"params": model.embed.parameters()},
+                           {"params": list(model.head.parameters()), "lr": 0.02}], lr=0.01)
+    obs = trainer_hooks.attach(model, opt, run="staged", archive=archive, sample_gpu=False, seed=3)
+    obs._buf.host_queue = None  # every step through stage(), where the test takes its copy
+    staged: list[tuple] = []
+    stage = obs._buf.stage
+    obs._buf.stage = lambda values, payload: (staged.append((list(values), payload)), stage(values, payload))[1]
+    for step in range(120):
+        x, y = batch(step, n=32)
+        if step == 70:
+            y = y + 40.0
+        if step == 90:
+            x = x.clone()
+            x[0] = 1e30
+        obs.set_batch(chunk=None if step % 45 == 44 else step // 25, sample_ids=[step, step + 1])
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        obs.record_loss(loss, tokens=0 if step % 7 == 0 else 32)
+        if step % 4 == 0:
+            obs.log({"extra": float(step), "count": step})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    obs.close()
+    return staged
+
+
+def _replay(staged: list[tuple], sizes: list[int]) -> list[tuple]:
+    """Hand the staged steps to a fresh Observer's drainer in batches of these sizes."""
+    rec = _Recorder()
+    model = tiny_model()
+    obs = Observer(model, torch.optim.SGD(model.parameters(), lr=0.1), run="replay", writer=rec, sampler=_Sampler(),
+                   mirror=rec, options=trainer_hooks.ObserverConfig(seed=3))
+    obs._buf.close()  # no drainer thread: this test drains
+    rec.calls.clear()
+    i = 0
+    for n in sizes:
+        obs._buf._pending.extend((None, v, p) for v, p in staged[i:i + n])
+        obs._buf._drain_all()
+        i += n
+    obs.forensics.close()
+    obs._chunks.end()
+    assert obs._errors == {}
+    return rec.calls
+
+
+def test_a_drain_of_many_steps_writes_what_draining_them_one_by_one_writes(archive):
+    staged = _staged_steps(archive)
+    one_by_one = _replay(staged, [1] * len(staged))
+    rng = random.Random(0)
+    sizes = [rng.randint(2, 40) for _ in range(len(staged))]
+    batched = _replay(staged, sizes)
+    kinds = {c[1] for c in one_by_one if c[0] == "event"}
+    assert {"nan", "loss_spike", "data_chunk_start"} <= kinds  # the run exercised what it should
+    for what in ("metrics", "metric", "mirror", "data_chunk"):  # the same rows, in the same order
+        assert [c for c in batched if c[0] == what] == [c for c in one_by_one if c[0] == what], what
+    # Events: the same; within one drain the data_chunk_start events come before the NaN and spike events.
+    assert sorted(c for c in batched if c[0] == "event") == sorted(c for c in one_by_one if c[0] == "event")
+    others = [c for c in one_by_one if c[0] == "event" and c[1] != "data_chunk_start"]
+    assert [c for c in batched if c[0] == "event" and c[1] != "data_chunk_start"] == others
+
+
+def test_spike_decisions_of_a_batch_are_those_of_one_value_at_a_time():
+    rng = random.Random(7)
+    values = [1.0 + 0.05 * rng.random() for _ in range(400)]
+    for i in (30, 31, 100, 250, 251, 252, 399):
+        values[i] = 5.0 + i
+    for i in (50, 120, 121):
+        values[i] = (math.nan, math.inf, None)[i % 3]
+    one = SpikeDetector(window=50, zscore=6.0, min_points=20)
+    want = [(i, s) for i, v in enumerate(values) if (s := one.update(v)) is not None]
+    many = SpikeDetector(window=50, zscore=6.0, min_points=20)
+    got, start = [], 0
+    for n in [1, 7, 16, 3, 40, 100, 233]:
+        got += [(start + i, s) for i, s in many.update_many(values[start:start + n])]
+        start += n
+    assert start == len(values)
+    assert got == want and len(want) >= 5
+    assert list(many.window) == list(one.window)
+
+
+def test_a_step_that_fails_in_a_batch_loses_only_itself():
+    handed: list[int] = []
+    errors: list[str] = []
+
+    def on_drain(batch: list) -> None:
+        if any(payload == 3 for _, payload in batch):
+            raise ValueError("bad step 3")
+        handed.extend(payload for _, payload in batch)
+
+    buf = DeviceBuffer("cpu", on_drain, on_error=lambda where, exc: errors.append(f"{where}: {exc}"))
+    buf.close()  # drained by hand below
+    buf._pending.extend((None, [1.0], p) for p in range(6))
+    buf._drain_all()
+    assert handed == [0, 1, 2, 4, 5]
+    assert errors == ["drainer: bad step 3"]
