@@ -223,9 +223,12 @@ def _swap_parts(fs, root: str, table: str, run_id: str, batch: list[tuple], top:
 
 def _merge_tiers(fs, root: str, table: str, run_id: str, policy: LivePolicy, cfg: CompactionConfig,
                  out: PassReport) -> None:
+    files = set(list_files(fs, root, partition_dir(table, run_id)))
+    if not any((k := parse_path(f)) is not None and k.kind == "compact" for f in files):
+        return
+    records = read_records(fs, root, run_id=run_id)
     for tier in range(_MAX_TIER):
-        files = list_files(fs, root, partition_dir(table, run_id))
-        res = resolve(read_records(fs, root, run_id=run_id), set(files))
+        res = resolve(records, files)
         full = cfg.max_file_rows // 2
         level = sorted((r for r in res.accepted if r["file"] in res.compacts and int(r.get("tier", 0)) == tier
                         and int(r.get("rows", 0)) < full), key=lambda r: (str(r.get("created_at")), r["uid"]))
@@ -241,6 +244,9 @@ def _merge_tiers(fs, root: str, table: str, run_id: str, policy: LivePolicy, cfg
             if len(group) == policy.fanout:
                 _swap_compacts(fs, root, table, run_id, group, tier, cfg, out)
                 group = []
+        # the next tier sees the files this one wrote
+        files = set(list_files(fs, root, partition_dir(table, run_id)))
+        records = read_records(fs, root, run_id=run_id)
 
 
 def _swap_compacts(fs, root: str, table: str, run_id: str, group: list[dict], tier: int, cfg: CompactionConfig,
