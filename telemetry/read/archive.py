@@ -1,9 +1,12 @@
 """`Archive`: an archive's live files as DuckDB views (telemetry.read.views), and the query methods
 the app and CLI use: runs, metrics, events, incidents, a run's attempts, curves (curve_queries.py).
 
-Opening scans the archive once (telemetry.read.catalog); `refresh()` scans again and rebuilds the
-views only when the live files changed. A query that fails on a file broken past its footer leaves
-that file out and runs again (telemetry.read.broken_files).
+Opening scans the archive once (telemetry.read.catalog: footer facts from the runs' indexes, so no
+data file is opened); `refresh()` scans again, reading only the footers of new files. Views are built
+when a query first names them and rebuilt only after the live files changed; a query about one run
+reads only that run's files. A remote archive's files are copied into the bounded local cache only when
+a query reads them. A query that fails on a file broken past its footer leaves that file out and runs
+again (telemetry.read.broken_files).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from telemetry.read.broken_files import BrokenFileError, heals, may_be_a_broken_
 from telemetry.read.catalog import Catalog, Snapshot
 from telemetry.read.curve_queries import CurveQueries
 from telemetry.read.footers import LiveFile
+from telemetry.read.lazy_views import LazyViews
 from telemetry.read.runs import match_run
 from telemetry.read.views import (
     CHUNK_INCIDENTS_SQL,
     INCIDENT_KINDS,
-    create_views,
     new_connection,
     snapshot_spans,
     table_source_sql,
@@ -35,7 +38,7 @@ from telemetry.read.views import (
 from telemetry.store.errors import QueryError
 
 
-class Archive(CurveQueries):
+class Archive(CurveQueries, LazyViews):
     """A flightlog archive opened for reading (local folder, s3://, memory://, http(s)://, ...)."""
 
     def __init__(
@@ -45,10 +48,14 @@ class Archive(CurveQueries):
         storage_options: dict | None = None,
         recover: Callable[..., Any] | None = None,
         cache_dir: str | None = None,
+        cache_max_bytes: int | None = None,
     ):
         """`recover(url, storage_options=...)`, when given, runs before the first scan of a listable
-        archive this process may write to (telemetry.Archive hands in telemetry.maintain.recovery.recover)."""
-        self._catalog = Catalog(url, storage_options=storage_options, cache_dir=cache_dir)
+        archive this process may write to (telemetry.Archive hands in telemetry.maintain.recovery.recover).
+        `cache_dir`, `cache_max_bytes`: where a remote archive's files are cached and how many bytes the
+        cache may hold (default $FLIGHTLOG_CACHE_MAX_BYTES, else 2 GiB; least recently used go first)."""
+        self._catalog = Catalog(url, storage_options=storage_options, cache_dir=cache_dir,
+                                cache_max_bytes=cache_max_bytes, lazy=True)
         self.url = self._catalog.url
         self.info = self._catalog.check_exists_and_version()
         self.problems: list[str] = []
@@ -62,7 +69,8 @@ class Archive(CurveQueries):
         self._lock = threading.RLock()
         self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
-        self.con = new_connection()
+        self._con = new_connection()
+        self._built: set[str] = set()  # views created over the current snapshot
         self._snap = Snapshot(files={})
         self._tail_lods = tail_lod.TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
         self.refresh()
@@ -83,14 +91,15 @@ class Archive(CurveQueries):
         return self._catalog.local_root
 
     def refresh(self) -> bool:
-        """Re-scan the archive; rebuild the views when the live files changed. True if they did."""
+        """Re-scan the archive (reading only new footers); True when the live files changed, and then
+        the views are rebuilt when next used."""
         snap = self._catalog.scan()
         with self._lock:
             changed = snap.version != self._snap.version or not self._snap.files
             self._snap = snap
             self.problems = [p for p in self.problems if p.startswith("recovery")] + snap.problems
             if changed:
-                create_views(self.con, snap)
+                self._built.clear()
                 self._spans.clear()
                 self._ranges.clear()
         return changed
@@ -102,7 +111,7 @@ class Archive(CurveQueries):
 
     def close(self) -> None:
         self._tail_lods.close()
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -122,14 +131,10 @@ class Archive(CurveQueries):
             raise BrokenFileError(found) from None
 
     # -- raw SQL ----------------------------------------------------------------------------
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        with self._lock:
-            return self.con.cursor()
-
     @heals
     def sql(self, query: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
         """Run SQL over the archive's views (trusted callers: no sandbox). QueryError on failure."""
-        cur = self._cursor()
+        cur = self._cursor(query)
         try:
             rel = cur.sql(query, params=params) if params else cur.sql(query)
             return rel.to_arrow_table() if rel is not None else pa.table({})
@@ -140,7 +145,7 @@ class Archive(CurveQueries):
             cur.close()
 
     def _df(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
-        cur = self._cursor()
+        cur = self._cursor(query)
         try:
             return cur.execute(query, params or []).df()
         except duckdb.Error as exc:
@@ -215,9 +220,9 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         # fast path: an id with metric rows in the snapshot (the query below scans every run_id)
         if any(f.key.run_id == run and f.rows for f in self._snap.files.get("metrics", [])):
             return run
-        known: dict[str, str | None] = {}
-        for rid, name in self._df("SELECT run_id, name FROM runs UNION SELECT DISTINCT run_id, NULL FROM metrics"
-                                  ).itertuples(index=False):
+        # runs named in `runs`, and runs with metric rows (their files' paths say which: no metric is read)
+        known: dict[str, str | None] = {f.key.run_id: None for f in self._snap.files.get("metrics", []) if f.rows}
+        for rid, name in self._df("SELECT run_id, name FROM runs").itertuples(index=False):
             if name is not None and not (isinstance(name, float) and math.isnan(name)):
                 known[rid] = name
             else:
@@ -229,13 +234,13 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
 
     def _run_source(self, table: str, run_id: str) -> str:
         """The table's rows of one run, reading only that run's files (filtered before anything)."""
-        return f"({table_source_sql(table, self._run_files(table, run_id))})"
+        return f"({table_source_sql(table, self._local_run_files(table, run_id))})"
 
     @heals
     def metric_names(self, run: str) -> list[str]:
         run_id = self.resolve_run(run)
-        info = self._snap.lod.get(run_id)
-        files = self._run_files("metrics", run_id)
+        files = self._local_run_files("metrics", run_id)
+        info = self._local_lod(self._snap.lod.get(run_id))
         covered = set(info.covers) if info is not None else set()
         # the LOD names every metric of the files it covers, unless the journey filter (several
         # attempts) or its step >= 0 rule left a name out: then read only the others' name column

@@ -22,7 +22,8 @@ from telemetry.store.errors import QueryError
 class CurveQueries:
     """The curve methods of `telemetry.read.archive.Archive` (a mixin: it uses the Archive's snapshot,
     caches, cursors and run lookups: `_snap`, `_ranges`, `_tail_lods`, `_df`, `_cursor`,
-    `_set_aside_broken`, `_run_files`, `_run_source`, `_where`, `resolve_run`, `attempt_spans`, `version`)."""
+    `_set_aside_broken`, `_run_files`, `_local_run_files`, `_local_lod`, `_run_source`, `_where`,
+    `resolve_run`, `attempt_spans`, `version`)."""
 
     @heals
     def curve(
@@ -84,12 +85,12 @@ class CurveQueries:
         out = self._df(curves.curve_sql(points, x=x, lo=lo, hi=hi, buckets=buckets, clip=clip))
         slow = time.perf_counter() - scan_started > tail_lod.MIN_SCAN_S
         if slow and x == "step" and journey and run_id not in self._snap.lod:
-            self._tail_lods.want(run_id, self._run_files("metrics", run_id))  # the next curves skip this scan
+            self._tail_lods.want(run_id, self._local_run_files("metrics", run_id))  # the next curves skip this scan
         return out
 
     def _lod_info(self, run_id: str) -> Any:
         """The run's persisted LOD, else the one this reader built over its segments (tail_lod.py), else None."""
-        info = self._snap.lod.get(run_id)
+        info = self._local_lod(self._snap.lod.get(run_id))
         if info is None:
             info = self._tail_lods.get(run_id, self._run_files("metrics", run_id))
         return info
@@ -103,7 +104,7 @@ class CurveQueries:
         if info is None or lod_rank is None or not info.local:
             return None
         cut = lod.valid_below(info, self.attempt_spans(run_id))
-        files = self._run_files("metrics", run_id)
+        files = self._local_run_files("metrics", run_id)
         covered = [f for f in files if f.rel in set(info.covers)]
         tail = [f for f in files if f.rel not in set(info.covers)]
         covered_src = f"({table_source_sql('metrics', covered)})" if covered else None

@@ -68,7 +68,7 @@ class LiveCatalog(Catalog):
             if local is None:
                 continue  # gone meanwhile: its writer just turned it into a segment
             wanted.add(rel)
-            info = self._footer(rel, key, local, None)
+            info = self._footer_local(rel, key, local)
             if isinstance(info, LiveFile):
                 snap.files[key.table].append(info)
         for rel in set(self._views) - wanted:  # segmented since: the copy is not needed any more

@@ -63,7 +63,11 @@ class LodInfo:
 
 
 def info_from_metadata(rel: str, md: pq.FileMetaData, local: str | None = None) -> LodInfo | None:
-    raw = (md.metadata or {}).get(META_KEY)
+    return info_from_json(rel, (md.metadata or {}).get(META_KEY), md.num_rows, local)
+
+
+def info_from_json(rel: str, raw: bytes | str | None, rows: int, local: str | None = None) -> LodInfo | None:
+    """The LodInfo of a LOD file from its `flightlog.lod` metadata (as the per-run index keeps it)."""
     run_id = parse_lod_path(rel)
     if raw is None or run_id is None:
         return None
@@ -71,8 +75,8 @@ def info_from_metadata(rel: str, md: pq.FileMetaData, local: str | None = None) 
         m = json.loads(raw)
         return LodInfo(rel, run_id, tuple(m["covers"]), {int(a): (int(s[0]), int(s[1])) for a, s in m["spans"].items()},
                        tuple(int(w) for w in m["widths"]), tuple(int(r) for r in m["ranks"]), bool(m["per_rank"]),
-                       str(m["created_at"]), md.num_rows, local)
-    except (KeyError, TypeError, ValueError):
+                       str(m["created_at"]), int(rows), local)
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -62,7 +62,7 @@ class SandboxedQuery:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._con = new_connection()
-        create_views(self._con, archive.snapshot)
+        create_views(self._con, archive.local_snapshot())  # its own connection reads local files only
         self._version = archive.version
         self._worker: _Worker | None = None
         root = archive.local_root.rstrip("/") + "/"
@@ -98,7 +98,7 @@ class SandboxedQuery:
         if self.archive.version != self._version:
             with self._lock:
                 if self.archive.version != self._version:
-                    create_views(self._con, self.archive.snapshot)
+                    create_views(self._con, self.archive.local_snapshot())
                     self._version = self.archive.version
                     if self._worker is not None:
                         self._worker.stop()
@@ -110,7 +110,7 @@ class SandboxedQuery:
         # GLOBAL: each query runs on a cursor, a new session that would not see plain SETs
         recorder.statements.extend(["SET GLOBAL TimeZone = 'UTC'", "SET GLOBAL parquet_metadata_cache = true",
                                     "SET GLOBAL parquet_can_have_nan = true"])  # NaN hides from min/max stats
-        create_views(recorder, self.archive.snapshot)
+        create_views(recorder, self.archive.local_snapshot())
         return recorder.statements + self._settings
 
     def check(self, sql: str) -> None:

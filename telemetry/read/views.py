@@ -9,7 +9,8 @@ in use; `incidents` and `chunk_incidents` the incident events with their data ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
@@ -158,17 +159,65 @@ ANTI JOIN later c ON c.run_id = m.run_id AND c.attempt = m.attempt AND m.step BE
 """
 
 
-def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot) -> None:
-    """(Re)create every view of the archive in `con` over the snapshot's files."""
-    for table in TABLES:
-        name = f"{table}_log" if table in _LOGGED_STATE else table
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {table_source_sql(table, snap.files.get(table, []))}")
-    for table in _LOGGED_STATE:
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS {_latest_state_sql(table)}")
-    con.execute(f"CREATE OR REPLACE VIEW journey_metrics AS {journey_sql(snap.files.get('metrics', []))}")
-    con.execute(f"CREATE OR REPLACE VIEW metrics_lod AS {lod_source_sql(list(snap.lod.values()))}")
-    con.execute(f"CREATE OR REPLACE VIEW incidents AS {INCIDENTS_SQL}")
-    con.execute(f"CREATE OR REPLACE VIEW chunk_incidents AS {CHUNK_INCIDENTS_SQL}")
+# Each view and the views it reads: CREATE VIEW binds at once, so a view's parts are created first.
+VIEW_PARTS: dict[str, tuple[str, ...]] = {
+    **{(f"{t}_log" if t in _LOGGED_STATE else t): () for t in TABLES},
+    "runs": ("runs_log",), "attempts": ("attempts_log",), "journey_metrics": ("metrics",), "metrics_lod": (),
+    "incidents": ("events", "data_chunks", "attempts", "runs"), "chunk_incidents": ("incidents",),
+}
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_INTROSPECTION = {"duckdb_views", "duckdb_tables", "duckdb_columns", "duckdb_dependencies", "information_schema",
+                  "show", "sqlite_master", "pragma_table_info", "pragma_show_tables", "table_info"}
+_WORD = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def views_named_in(sql: str) -> set[str]:
+    """The archive's views a query may read: its words outside string literals that name one (a column
+    that shares a view's name only costs building that view). File paths inside literals never count."""
+    words = {w.lower() for w in _WORD.findall(_STRING_LITERAL.sub("''", sql))}
+    if words & _INTROSPECTION:
+        return set(VIEW_PARTS)  # a query about the views themselves sees all of them
+    return {v for v in VIEW_PARTS if v in words}
+
+
+def with_parts(names: Iterable[str]) -> list[str]:
+    """The views `names` and every view they read, each after its parts."""
+    out: list[str] = []
+
+    def add(name: str) -> None:
+        for part in VIEW_PARTS[name]:
+            add(part)
+        if name not in out:
+            out.append(name)
+
+    for name in sorted(names):
+        add(name)
+    return out
+
+
+def view_tables(names: Iterable[str]) -> set[str]:
+    """The tables whose files the views `names` read."""
+    return {n.removesuffix("_log") for n in with_parts(names) if n.removesuffix("_log") in TABLES}
+
+
+def view_sql(snap: Snapshot, name: str) -> str:
+    if name in _LOGGED_STATE:
+        return _latest_state_sql(name)
+    table = name.removesuffix("_log")
+    if name in TABLES or (name.endswith("_log") and table in _LOGGED_STATE):
+        return table_source_sql(table, snap.files.get(table, []))
+    return {"journey_metrics": lambda: journey_sql(snap.files.get("metrics", [])),
+            "metrics_lod": lambda: lod_source_sql(list(snap.lod.values())),
+            "incidents": lambda: INCIDENTS_SQL, "chunk_incidents": lambda: CHUNK_INCIDENTS_SQL}[name]()
+
+
+def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot, names: Iterable[str] | None = None) -> list[str]:
+    """(Re)create the views `names` (default: every view of the archive) and the views they read in `con`
+    over the snapshot's files; returns the views created."""
+    created = with_parts(VIEW_PARTS if names is None else names)
+    for name in created:
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {view_sql(snap, name)}")
+    return created
 
 
 def lod_source_sql(infos: Sequence[Any]) -> str:

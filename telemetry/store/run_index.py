@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from typing import Any
 
 import fsspec
@@ -167,16 +168,39 @@ def write_run_index(fs: fsspec.AbstractFileSystem, root: str, run_id: str, files
                        fsync=False)  # a cache: a torn write after a crash is just an unreadable index
 
 
-def run_files(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> dict[str, int | None]:
-    """{relative path: size} of the run's data and level-of-detail files as listed now (no staged files)."""
-    out: dict[str, int | None] = {}
+def run_files(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> dict[str, tuple[int | None, int | None]]:
+    """{relative path: (size, mtime_ns on a local disk else None)} of the run's data and level-of-detail
+    files as listed now (no staged files)."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    local = is_local(fs)
     for folder in [partition_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]:
         for rel, info in list_files(fs, root, folder, detail=True).items():
             key = parse_path(rel)
-            if (key is not None and key.kind != "staged") or parse_lod_path(rel) is not None:
-                size = info.get("size")
-                out[rel] = int(size) if isinstance(size, (int, float)) else None
+            if (key is None or key.kind == "staged") and parse_lod_path(rel) is None:
+                continue
+            size = info.get("size")
+            mtime_ns = None
+            if local:
+                try:
+                    mtime_ns = os.stat(join(root, rel)).st_mtime_ns
+                except OSError:
+                    continue  # gone since the listing (a compaction removed it)
+            out[rel] = (int(size) if isinstance(size, (int, float)) else None, mtime_ns)
     return out
+
+
+def entry_matches(entry: dict[str, Any] | None, size: int | None, mtime_ns: int | None = None) -> bool:
+    """Whether an index entry still describes the file listed with this size (and local mtime)."""
+    if entry is None or size is None or entry.get("size") != size:
+        return False
+    return mtime_ns is None or entry.get("mtime_ns") in (None, mtime_ns)
+
+
+def make_entry(facts: dict[str, Any], size: int, mtime_ns: int | None = None) -> dict[str, Any]:
+    entry = {"size": size, **facts}
+    if mtime_ns is not None:
+        entry["mtime_ns"] = mtime_ns
+    return entry
 
 
 def update_run_index(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> dict[str, dict[str, Any]]:
@@ -190,14 +214,14 @@ def update_run_index(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> d
         listed = run_files(fs, root, run_id)
         old = read_run_index(fs, root, run_id)
         files: dict[str, dict[str, Any]] = {}
-        for rel, size in listed.items():
+        for rel, (size, mtime_ns) in listed.items():
             entry = old.get(rel)
-            if entry is not None and entry.get("size") == size:
+            if entry_matches(entry, size, mtime_ns):
                 files[rel] = entry
                 continue
             facts = _read_facts(fs, root, rel)
             if facts is not None and size is not None:
-                files[rel] = {"size": size, **facts}
+                files[rel] = make_entry(facts, size, mtime_ns)
         if files != old:
             write_run_index(fs, root, run_id, files)
         return files
