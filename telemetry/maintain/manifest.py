@@ -17,6 +17,7 @@ from data_schema.tables import FORMAT_VERSION
 from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
 from telemetry.store.liveness import live_filter, read_records
 from telemetry.store.manifest_file import read_manifest
+from telemetry.store.run_index import file_facts, update_run_index
 
 
 def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collection[str] = (),
@@ -40,18 +41,20 @@ def live_segments(fs: fsspec.AbstractFileSystem, root: str, *, exclude: Collecti
         key = parse_path(rel)
         try:
             with fs.open(join(root, rel), "rb") as f:
-                rows = pq.ParquetFile(f).metadata.num_rows
+                facts = file_facts(rel, pq.ParquetFile(f).metadata)  # readers of http archives need no footer
+            rows = facts.pop("rows")
         except Exception as exc:  # noqa: BLE001 - one broken file must not stop indexing the rest (readers skip it too)
             if problems is not None:
                 problems[rel] = f"not a readable Parquet file ({' '.join(str(exc).split())})"
             continue
         out.append({"path": rel, "size": int(info.get("size") or 0), "rows": rows,
-                    "table": key.table if key else top, "run_id": key.run_id if key else None})
+                    "table": key.table if key else top, "run_id": key.run_id if key else None, **facts})
     return out
 
 
 def write_manifest(url: str | os.PathLike | None, storage_options: dict | None = None, *,
-                   exclude: Collection[str] = (), problems: dict[str, str] | None = None) -> dict[str, Any]:
+                   exclude: Collection[str] = (), problems: dict[str, str] | None = None,
+                   index_runs: bool = True) -> dict[str, Any]:
     """List the archive's live segments into `_manifest/manifest.json` (atomically); return it.
 
     `exclude`: files known to be broken (from `verify`) that readers must not be sent to;
@@ -64,6 +67,8 @@ def write_manifest(url: str | os.PathLike | None, storage_options: dict | None =
         "files": live_segments(fs, root, exclude=exclude, problems=problems),
     }
     atomic_write_bytes(fs, join(root, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
+    for run_id in sorted({e["run_id"] for e in manifest["files"] if e.get("run_id")} if index_runs else ()):
+        update_run_index(fs, root, run_id)  # readers then open every run without opening its footers
     return manifest
 
 
@@ -73,5 +78,5 @@ def refresh_manifest(url: str | os.PathLike | None, fs: fsspec.AbstractFileSyste
     archive has one: readers of stores that cannot list learn the files from it. False when it has none."""
     if read_manifest(fs, root) is None:
         return False
-    write_manifest(url, storage_options)
+    write_manifest(url, storage_options, index_runs=False)  # the compactor indexes the run it changed
     return True

@@ -44,6 +44,7 @@ from telemetry.read.catalog import Catalog
 from telemetry.store.errors import ArchiveError
 from telemetry.store.fs import atomic_write_bytes, is_local, open_fs, remove
 from telemetry.store.liveness import record_path_of
+from telemetry.store.run_index import file_facts
 
 # Filesystems that only read: publishing there is a user mistake with a clear answer.
 _READ_ONLY = {"http", "https"}
@@ -200,7 +201,7 @@ def _live_warnings(archive: Any, run_ids: list[str]) -> list[str]:
 
 def _copy_runs(archive: Any, run_ids: list[str], stage: str) -> None:
     """The runs' live files (as the archive reads them) and the records of their compact files."""
-    snap = archive.snapshot
+    snap = archive.local_snapshot()  # a remote archive's files are copied when read
     wanted = set(run_ids)
     catalog = archive._catalog  # noqa: SLF001 - the records live next to the files it reads
     for table in TABLES:
@@ -284,7 +285,7 @@ def build_manifest(stage: str, files: list[str], run_ids: list[str]) -> dict[str
         key = parse_path(rel)
         lod_run = parse_lod_path(rel)
         if key is not None or lod_run is not None:
-            entry["rows"] = pq.read_metadata(local).num_rows
+            entry.update(file_facts(rel, pq.read_metadata(local)))  # readers need no footer read to open it
             entry["table"] = key.table if key is not None else "metrics_lod"
             entry["run_id"] = key.run_id if key is not None else lod_run
         entries.append(entry)
