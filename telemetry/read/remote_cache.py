@@ -7,7 +7,8 @@ reads (`remote_footers`). A query copies only the files it reads into the cache 
 so DuckDB and the SQL sandbox still read only local files. Segments are immutable, so a cached copy
 whose size matches the listing is reused; a copy lands under a private `.incoming` name first and is
 renamed into place, so a half-copied file is never read. Past `max_bytes` (FLIGHTLOG_CACHE_MAX_BYTES,
-2 GiB by default) the least recently used copies go, never one the current request needs.
+2 GiB by default) the least recently used copies go, never one the current request needs nor one used
+in the last few seconds (a query in flight may be reading it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,6 +37,9 @@ DEFAULT_MAX_BYTES = 2 << 30  # fits a laptop; FLIGHTLOG_CACHE_MAX_BYTES or Archi
 CACHE_ENV = "FLIGHTLOG_CACHE_MAX_BYTES"
 TAIL_BYTES = 64 << 10  # one ranged read holds the footer of nearly every flightlog file
 _PRIVATE = (".incoming", "_live_view")  # folders of the cache root that are not cached copies
+# A copy used this recently may be read by a query in flight (another thread, or the same query's other
+# tables): it stays even past the bound, and goes at a later eviction once it has aged.
+IN_USE_S = 10.0
 MISSING = "listed in the manifest but missing from the archive"
 
 
@@ -200,18 +205,19 @@ class FileCache:
 
     def evict(self, keep: Iterable[str] = ()) -> int:
         """Remove least recently used copies until the cache fits its bound; never a file in `keep`
-        (the request being served). Returns the bytes removed."""
+        (the request being served) nor one used in the last IN_USE_S seconds. Returns the bytes removed."""
         if self.total_bytes() <= self.max_bytes:
             return 0
         kept = {self.path(rel) for rel in keep}
+        recent = time.time() - IN_USE_S
         with self._lock:
             copies = sorted(self._copies())
             total = sum(size for _, size, _ in copies)
             removed = 0
-            for _, size, path in copies:
+            for mtime, size, path in copies:
                 if total <= self.max_bytes:
                     break
-                if path in kept:
+                if path in kept or mtime > recent:
                     continue
                 try:
                     os.remove(path)
