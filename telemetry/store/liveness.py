@@ -92,12 +92,13 @@ def resolve(records: list[dict], present: set[str]) -> Resolution:
     # A compact file that a later record merged into a higher tier (telemetry.maintain.live_compactor)
     # counts as present after its deletion: its record still says which parts it replaced.
     present = set(present)
-    grown = True
-    while grown:
-        before = len(present)
-        present |= {f for rec in records if rec["file"] in present for f in rec["replaces"]
-                    if (k := parse_path(f)) is not None and k.kind == "compact"}
-        grown = len(present) > before
+    missing = {rec["file"] for rec in records} - present
+    while missing:
+        found = {f for rec in records if rec["file"] in present for f in rec["replaces"] if f in missing}
+        if not found:
+            break
+        present |= found
+        missing -= found
     for rec in sorted(records, key=lambda r: (str(r.get("created_at", "")), str(r.get("uid", "")))):
         replaces = set(rec["replaces"])
         if rec["file"] not in present or replaces & res.replaced or rec["file"] in res.replaced:
