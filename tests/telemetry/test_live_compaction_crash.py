@@ -86,9 +86,11 @@ def write(root: str, rank: int, stop: threading.Event, done: dict[int, int]) -> 
 # no shrinking: each example runs processes for seconds; the failing example is printed as drawn
 @settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ranks=st.integers(2, 4), kills=st.lists(st.floats(0.0, 0.6), min_size=2, max_size=3))
+@given(ranks=st.integers(2, 4),
+       kills=st.lists(st.tuples(st.integers(0, 2), st.floats(0.0, 0.4)), min_size=2, max_size=3))
 def test_readers_count_every_point_once_while_writers_write_and_a_compactor_is_killed_mid_merge(
         tmp_path_factory, ranks, kills):
+    """`kills`: (passes to let finish, then seconds more) before each SIGKILL of a compactor process."""
     root = str(tmp_path_factory.mktemp("live") / "archive")
     Writer(root, "seed", writer_config=WriterConfig(live_compaction=False)).close()  # the archive exists
     stop = threading.Event()
@@ -96,18 +98,26 @@ def test_readers_count_every_point_once_while_writers_write_and_a_compactor_is_k
     writers = [threading.Thread(target=write, args=(root, k, stop, done)) for k in range(ranks)]
     for t in writers:
         t.start()
-    seen = killed = passes = 0
+    seen = killed = 0
+    passes: list[str] = []
     ever: dict[int, set[int]] = {}
     try:
-        for delay in kills:
+        for wait_passes, delay in kills:
             proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, root], stdout=subprocess.PIPE, text=True)
-            assert proc.stdout.readline() == "started\n"  # imports done: the delay falls among its passes
+            assert proc.stdout.readline() == "started\n"  # imports done: what follows falls among its passes
+            mine: list[str] = []
+            reader = threading.Thread(target=lambda p=proc, m=mine: m.extend(iter(p.stdout.readline, "")))
+            reader.start()
+            deadline = time.monotonic() + 60
+            while len(mine) < wait_passes and time.monotonic() < deadline:
+                seen += check_snapshot(root, ever)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 seen += check_snapshot(root, ever)
             proc.send_signal(signal.SIGKILL)  # anywhere: mid-read, mid-write, between a file and its record
-            passes += sum(line.startswith("pass") for line in proc.stdout.read().splitlines())
             proc.wait()
+            reader.join()
+            passes += mine
             killed += 1
             seen += check_snapshot(root, ever)
     finally:
@@ -116,7 +126,7 @@ def test_readers_count_every_point_once_while_writers_write_and_a_compactor_is_k
             t.join(60)
     assert killed == len(kills) and seen > 0
     swapped = len(read_records(*open_fs(root), run_id="r"))
-    print(f"{ranks} ranks, {killed} kills after {passes} passes, {seen} snapshots checked, {swapped} records")
+    print(f"{ranks} ranks, {killed} kills after {len(passes)} passes, {seen} snapshots checked, {swapped} records")
     # writers closed: a compactor run to the end leaves one copy of every point
     fs, base = open_fs(root)
     follow(root, threading.Event(), runs=["r"], config=CompactionConfig(lod=False, max_file_rows=2000),
