@@ -156,7 +156,7 @@ class DeviceBuffer:
         step, so a bad step loses only itself."""
         pending = self._pending
         while pending:
-            items = list(itertools.islice(pending, len(pending)))
+            items = list(pending)  # a snapshot: copied in C under the GIL, so no append lands halfway
             try:
                 self._on_drain(self._read(items))
             except Exception as exc:  # noqa: BLE001 - telemetry never stops the drainer; retried one by one
