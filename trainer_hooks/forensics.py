@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 _isfinite = math.isfinite
@@ -116,6 +117,12 @@ def _none_non_finite(values: Sequence[float | None]) -> bool:
     return _isfinite(sum(values, 0.0)) or all(map(_isfinite, values))
 
 
+def _row_median(sorted_rows: np.ndarray) -> np.ndarray:
+    """Per row of sorted values, the median as statistics.median computes it ((a + b) / 2 for an even count)."""
+    n = sorted_rows.shape[1]
+    return sorted_rows[:, n // 2] if n % 2 else (sorted_rows[:, n // 2 - 1] + sorted_rows[:, n // 2]) / 2
+
+
 class SpikeDetector:
     """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes).
 
@@ -123,7 +130,8 @@ class SpikeDetector:
     median and MAD are recomputed every `refresh` values into a candidate threshold (half the
     z-score), and only a value above it is judged on statistics recomputed from the window as it
     is now. `update_many` takes a drain's values at once: between two refreshes the threshold is
-    fixed, so a run of values costs one `max()` and one `deque.extend` in C.
+    fixed, so a run of values costs one `max()` and one `deque.extend` in C, and the drain's
+    refreshes are computed together in numpy.
     """
 
     def __init__(self, *, window: int = 100, zscore: float = 6.0, min_points: int = 20, refresh: int = 16) -> None:
@@ -134,10 +142,10 @@ class SpikeDetector:
         self._age = refresh
         self._candidate_above = math.inf
 
-    def _stats(self) -> tuple[float, float, float]:
-        """(median, MAD, scale) of the window now. 1.4826 x MAD estimates sigma for normal data; a
-        flat window falls back to a tiny scale."""
-        s = sorted(self.window)
+    def _stats(self, values: Sequence[float] | None = None) -> tuple[float, float, float]:
+        """(median, MAD, scale) of the window now (or of `values`). 1.4826 x MAD estimates sigma for
+        normal data; a flat window falls back to a tiny scale."""
+        s = sorted(self.window if values is None else values)
         n = len(s)
         med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
         mad = statistics.median([abs(v - med) for v in s])
@@ -157,20 +165,41 @@ class SpikeDetector:
             take = min(n - pos, self.min_points - len(window))
             window.extend(vals[pos:pos + take])
             pos += take
-        while pos < n:
-            # Each value ages the threshold; the one whose age reaches `refresh` renews it first.
-            k = min(n - pos, max(0, self._refresh - 1 - self._age))
-            if k:
-                self._judge(vals, pos, pos + k, idx, found)
-                self._age += k
-                pos += k
-            if pos < n:
-                self._age = 0
-                med, _, scale = self._stats()
-                self._candidate_above = med + 0.5 * self.zscore * scale
-                self._judge(vals, pos, pos + 1, idx, found)
-                pos += 1
+        # Each value ages the threshold; the one whose age reaches `refresh` renews it first, from the window
+        # before it. The window does not depend on the verdicts, so every renewal of the drain is computed
+        # up front, in one numpy pass when there are several.
+        first = pos + max(0, self._refresh - 1 - self._age)
+        renewals = range(first, n, self._refresh)
+        thresholds = iter(self._thresholds(vals, pos, renewals) if renewals else ())
+        for r in renewals:
+            if r > pos:
+                self._judge(vals, pos, r, idx, found)
+            self._candidate_above = next(thresholds)
+            self._judge(vals, r, r + 1, idx, found)
+            pos = r + 1
+            self._age = 0
+        if pos < n:
+            self._judge(vals, pos, n, idx, found)
+            self._age += n - pos
         return found
+
+    def _thresholds(self, vals: list[float], pos: int, renewals: range) -> list[float]:
+        """The candidate threshold renewed at each of `renewals` (indices into vals; the window holds what
+        came before vals[pos])."""
+        head, size, half_z = list(self.window), self.window.maxlen or 0, 0.5 * self.zscore
+        ends = [len(head) + r - pos for r in renewals]  # the window before renewal r ends here in head + vals[pos:]
+        if len(ends) < 2 or ends[0] < size:  # one renewal, or the window still filling: the plain statistics
+            full = head + vals[pos:]
+            return [med + half_z * scale for med, _, scale in
+                    (self._stats(full[max(0, e - (size or e)):e]) for e in ends)]
+        windows = np.lib.stride_tricks.sliding_window_view(np.asarray(head + vals[pos:], dtype=float), size)
+        s = np.sort(windows[np.asarray(ends) - size], axis=1)  # one sorted window per renewal
+        med = _row_median(s)
+        dev = np.abs(s - med[:, None])
+        dev.sort(axis=1)
+        mad = _row_median(dev)
+        scale = np.where(mad > 0, 1.4826 * mad, np.maximum(np.abs(med) * 1e-6, 1e-12))
+        return (med + half_z * scale).tolist()  # the same float operations as _stats, so the same thresholds
 
     def _judge(self, vals: list[float], a: int, b: int, idx: list[int] | None, found: list) -> None:
         """Add vals[a:b] to the window, judging each one above the candidate threshold on the window before it."""

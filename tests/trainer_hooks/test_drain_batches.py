@@ -3,8 +3,10 @@ wrote, spike decisions are those of one value at a time, and one bad step loses 
 
 from __future__ import annotations
 
+import collections
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -122,23 +124,62 @@ def test_a_drain_of_many_steps_writes_what_draining_them_one_by_one_writes(archi
     assert [c for c in batched if c[0] == "event" and c[1] != "data_chunk_start"] == others
 
 
-def test_spike_decisions_of_a_batch_are_those_of_one_value_at_a_time():
-    rng = random.Random(7)
-    values = [1.0 + 0.05 * rng.random() for _ in range(400)]
-    for i in (30, 31, 100, 250, 251, 252, 399):
-        values[i] = 5.0 + i
-    for i in (50, 120, 121):
-        values[i] = (math.nan, math.inf, None)[i % 3]
-    one = SpikeDetector(window=50, zscore=6.0, min_points=20)
-    want = [(i, s) for i, v in enumerate(values) if (s := one.update(v)) is not None]
-    many = SpikeDetector(window=50, zscore=6.0, min_points=20)
-    got, start = [], 0
-    for n in [1, 7, 16, 3, 40, 100, 233]:
-        got += [(start + i, s) for i, s in many.update_many(values[start:start + n])]
-        start += n
-    assert start == len(values)
-    assert got == want and len(want) >= 5
-    assert list(many.window) == list(one.window)
+class _OneAtATime:
+    """The spike rule, one value at a time, as written before batching: every `refresh` judged values the
+    candidate threshold is renewed from the window (median + half the z-score in robust sigmas); a value
+    above it is a spike when its robust z-score on the window before it exceeds `zscore`."""
+
+    def __init__(self, window: int, min_points: int, refresh: int, zscore: float = 6.0) -> None:
+        self.window: collections.deque = collections.deque(maxlen=window)
+        self.min_points, self.refresh, self.zscore = min_points, refresh, zscore
+        self.age, self.above = refresh, math.inf
+
+    def stats(self) -> tuple[float, float, float]:
+        s = sorted(self.window)
+        n = len(s)
+        med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        mad = statistics.median([abs(v - med) for v in s])
+        return med, mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
+
+    def update(self, value: float | None) -> dict | None:
+        if value is None or not math.isfinite(value):
+            return None
+        spike = None
+        if len(self.window) >= self.min_points:
+            self.age += 1
+            if self.age >= self.refresh:
+                self.age = 0
+                med, _, scale = self.stats()
+                self.above = med + 0.5 * self.zscore * scale
+            if value > self.above:
+                med, mad, scale = self.stats()
+                z = (value - med) / scale
+                if z > self.zscore:
+                    spike = {"value": value, "median": med, "mad": mad, "zscore": z, "window": len(self.window)}
+        self.window.append(value)
+        return spike
+
+
+@pytest.mark.parametrize("window,min_points,refresh", [(50, 20, 16), (100, 20, 16), (10, 3, 1), (5, 5, 2)])
+def test_spike_decisions_of_a_batch_are_those_of_one_value_at_a_time(window, min_points, refresh):
+    for seed in range(20):
+        rng = random.Random(seed)
+        values = [rng.gauss(1.0, 0.05) * (1 + 0.002 * i) for i in range(500)]
+        for _ in range(12):  # spikes, drops, non-finite and missing values
+            values[rng.randrange(len(values))] = rng.choice([5.0, 40.0, 0.0, math.nan, math.inf, None])
+        if seed == 0:
+            values = [2.0] * 250 + [2.1, 2.0] * 125  # a flat window: the tiny-scale fallback
+        one = _OneAtATime(window, min_points, refresh)
+        want = [(i, s) for i, v in enumerate(values) if (s := one.update(v)) is not None]
+        many = SpikeDetector(window=window, zscore=6.0, min_points=min_points, refresh=refresh)
+        got, start = [], 0
+        while start < len(values):  # drains of 1 to 150 steps, some spanning many threshold renewals
+            n = rng.randint(1, 150)
+            got += [(start + i, s) for i, s in many.update_many(values[start:start + n])]
+            start += n
+        assert got == want, seed
+        assert list(many.window) == list(one.window)
+    assert want  # the series had spikes to find
 
 
 def test_a_step_that_fails_in_a_batch_loses_only_itself():
