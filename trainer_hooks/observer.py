@@ -218,8 +218,9 @@ class Observer(StepCapture):
 
     def _on_drain(self, batch: list[tuple[list[float | None], tuple]]) -> None:
         """Every step staged since the last wake-up, oldest first: a column operation per field, not a
-        call per step (step_metrics.step_rows, Forensics.observe_steps). Everything is computed before
-        anything is written, so a batch the device buffer hands over again step by step is not written twice."""
+        call per step (step_metrics.step_rows, Forensics.observe_steps). The metric rows are computed before
+        any is written: a batch whose rows fail is handed over again step by step (DeviceBuffer) without
+        doubles."""
         steps = [b for b in batch if b[1][0] == STEP]
         logs = [b for b in batch if b[1][0] == LOG] if len(steps) < len(batch) else []
         writer = self.writer
