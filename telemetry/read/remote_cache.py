@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 2 << 30  # fits a laptop; FLIGHTLOG_CACHE_MAX_BYTES or Archive(cache_max_bytes=) change it
 CACHE_ENV = "FLIGHTLOG_CACHE_MAX_BYTES"
-TAIL_BYTES = 64 << 10  # one ranged read holds the footer of nearly every flightlog file
+TAIL_BYTES = 16 << 10  # one ranged read holds the footer of most flightlog files; longer ones take a second
 _PRIVATE = (".incoming", "_live_view")  # folders of the cache root that are not cached copies
 # A copy used this recently may be read by a query in flight (another thread, or the same query's other
 # tables): it stays even past the bound, and goes at a later eviction once it has aged.
