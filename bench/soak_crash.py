@@ -129,7 +129,16 @@ def _wait_ready(procs: list, readies: list[str], timeout_s: float = 120.0) -> li
 
 
 def _segment_files(archive: str, table: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(archive, table, "run_id=*", "*.parquet")))
+    """The table's live files: `flightlog index` compacts crashed attempts, and a plain glob would
+    also read the parts a compaction replaced (they stay for a grace period)."""
+    from telemetry.store.fs import open_fs
+    from telemetry.store.liveness import live_filter, read_records
+
+    everything = glob.glob(os.path.join(archive, table, "run_id=*", "*.parquet"))
+    rels = {os.path.relpath(path, archive).replace(os.sep, "/") for path in everything}
+    fs, root = open_fs(archive)
+    live, _ = live_filter(rels, read_records(fs, root))
+    return sorted(os.path.join(archive, rel) for rel in live)
 
 
 def _check_files(archive: str, report: SoakReport) -> None:
