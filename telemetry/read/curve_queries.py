@@ -56,7 +56,10 @@ class CurveQueries:
         run_id = self.resolve_run(run)
         if align and x == "step" and journey and lo is not None and hi is not None:
             info = self._lod_info(run_id)
-            if info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo:
+            # Only a window of at least `buckets` whole blocks is widened: a narrower one (a zoom) keeps its
+            # own resolution, down to one bucket per step, instead of collapsing into a block's bucket.
+            if (info is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) and hi >= lo
+                    and hi - lo + 1 >= buckets * info.widths[0]):
                 lo, hi, buckets = lod.aligned_window(int(math.floor(lo)), int(math.ceil(hi)), buckets, info.widths[0])
         if x == "step" and journey:
             fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)

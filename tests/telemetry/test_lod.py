@@ -201,9 +201,19 @@ def test_aligned_curves_read_no_raw_rows_of_covered_files_and_equal_a_full_scan(
     monkeypatch.setattr(lod, "plan_curve", lambda **kw: plans.append(real_plan(**kw)) or plans[-1])
     a = Archive(lod_archive)
     for lo, hi, buckets in ((0, 5999, 100), (37, 4100, 13), (0, 7499, 600), (1000, 1003, 5)):
-        a_lo, a_hi, n = lod.aligned_window(lo, hi, buckets, WIDTHS[0])
+        wide = hi - lo + 1 >= buckets * WIDTHS[0]  # a narrower window (a zoom) keeps its own resolution
+        a_lo, a_hi, n = lod.aligned_window(lo, hi, buckets, WIDTHS[0]) if wide else (lo, hi, buckets)
         for name in ("loss", "grad_norm"):
             got = a.curve(RUN, name, buckets=buckets, lo=lo, hi=hi, align=True)
             assert_same_curve(got, full_scan(a, name, lo=a_lo, hi=a_hi, buckets=n, rank=None))
-            if a_hi < 6000:  # all inside what the LOD covers and still validates: no straddling block
+            if wide and a_hi < 6000:  # widened, inside what the LOD covers and validates: no straddling block
                 assert plans[-1] is not None and plans[-1].edges.num_rows == 0
+
+
+def test_an_aligned_zoom_narrower_than_its_buckets_in_blocks_keeps_one_bucket_per_step(lod_archive):
+    # The journey asks for aligned windows; a zoom of 31 steps must not collapse into one LOD block's bucket.
+    a = Archive(lod_archive)
+    got = a.curve(RUN, "loss", buckets=320, lo=140, hi=170, align=True)
+    assert (got["x_lo"].min(), got["x_hi"].max(), len(got)) == (140, 170, 31)
+    assert_same_curve(got, full_scan(a, "loss", lo=140, hi=170, buckets=320, rank=None))
+    a.close()
