@@ -53,21 +53,21 @@ class LiveArchive(read_live.LiveArchive):
         super().__init__(url, recover=recover_archive if recover else None, **kwargs)
 
 
-def open_archive(url: str | None = None, **kwargs: Any) -> Archive:
-    """Archive(url) with ArchiveError for anything that is the user's input (used by the CLI and the app)."""
+def _opened(cls: type[Archive] | type[LiveArchive], url: str | None, **kwargs: Any) -> Any:
+    """cls(url) with ArchiveError for anything that is the user's input (used by the CLI and the app)."""
     try:
-        return Archive(url, **kwargs)
+        return cls(url, **kwargs)
     except ArchiveError:
         raise
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"cannot open archive {url}: {exc}") from None
+
+
+def open_archive(url: str | None = None, **kwargs: Any) -> Archive:
+    """Archive(url), a user's mistake as ArchiveError."""
+    return _opened(Archive, url, **kwargs)
 
 
 def open_live_archive(url: str | None = None, **kwargs: Any) -> LiveArchive:
-    """LiveArchive(url) with ArchiveError for anything that is the user's input."""
-    try:
-        return LiveArchive(url, **kwargs)
-    except ArchiveError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ArchiveError(f"cannot open archive {url}: {exc}") from None
+    """LiveArchive(url), a user's mistake as ArchiveError."""
+    return _opened(LiveArchive, url, **kwargs)
