@@ -23,15 +23,17 @@ import pyarrow as pa
 
 from telemetry.read import curves, series, tail_lod
 from telemetry.read.broken_files import BrokenFileError, heals, may_be_a_broken_file
-from telemetry.read.catalog import Catalog, Snapshot
+from telemetry.read.catalog import Catalog
 from telemetry.read.curve_queries import CurveQueries
 from telemetry.read.footers import LiveFile
 from telemetry.read.lazy_views import LazyViews
 from telemetry.read.runs import match_run
+from telemetry.read.snapshot import Snapshot
 from telemetry.read.views import (
     CHUNK_INCIDENTS_SQL,
     INCIDENT_KINDS,
     new_connection,
+    run_source_sql,
     snapshot_spans,
     table_source_sql,
 )
@@ -58,51 +60,29 @@ class Archive(CurveQueries, LazyViews):
                                 cache_max_bytes=cache_max_bytes, lazy=True)
         self.url = self._catalog.url
         self.info = self._catalog.check_exists_and_version()
-        self.problems: list[str] = []
+        self._problems: list[str] = []
         self.recovery: Any = None
         if recover is not None and self._catalog.listable and (
                 not self._catalog.local or os.access(self._catalog.root, os.W_OK)):
             try:
                 self.recovery = recover(self.url, storage_options=storage_options)
             except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading; it is reported
-                self.problems.append(f"recovery failed: {exc}")
+                self._problems.append(f"recovery failed: {exc}")
         self._lock = threading.RLock()
+        self._scan_lock = threading.Lock()  # one scan at a time (a lazy scan may start from any query)
         self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
         self._con = new_connection()
         self._built: set[str] = set()  # views created over the current snapshot
         self._snap = Snapshot(files={})
         self._tail_lods = tail_lod.TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
-        self.refresh()
+        self._open_lazily()
 
     # -- state ------------------------------------------------------------------------------
-    @property
-    def snapshot(self) -> Snapshot:
-        return self._snap
-
-    @property
-    def version(self) -> str:
-        """Hash of the live file list: changes whenever a file appears or goes."""
-        return self._snap.version
-
     @property
     def local_root(self) -> str:
         """The local folder DuckDB reads: the archive itself, or its cache for remote archives."""
         return self._catalog.local_root
-
-    def refresh(self) -> bool:
-        """Re-scan the archive (reading only new footers); True when the live files changed, and then
-        the views are rebuilt when next used."""
-        snap = self._catalog.scan()
-        with self._lock:
-            changed = snap.version != self._snap.version or not self._snap.files
-            self._snap = snap
-            self.problems = [p for p in self.problems if p.startswith("recovery")] + snap.problems
-            if changed:
-                self._built.clear()
-                self._spans.clear()
-                self._ranges.clear()
-        return changed
 
     def wait_background(self, timeout: float = 60.0) -> bool:
         """Wait for this reader's background work (a level of detail it builds for a run that is not
@@ -161,10 +141,12 @@ class Archive(CurveQueries, LazyViews):
         ranks, last_loss, incidents (newest first). `run`: that run's row only, reading only its files."""
         kinds = ", ".join(curves.quote_str(k) for k in INCIDENT_KINDS)
         run_id = None if run is None else self.resolve_run(run)
-        metrics = "metrics" if run_id is None else self._run_source("metrics", run_id)
-        where = "" if run_id is None else f" WHERE run_id = {curves.quote_str(run_id)}"
-        and_ = "" if run_id is None else f" AND run_id = {curves.quote_str(run_id)}"
-        files = [f for f in self._snap.files.get("metrics", []) if f.rows and run_id in (None, f.key.run_id)]
+
+        def src(table: str) -> str:  # one run's row reads only that run's files
+            return table if run_id is None else self._run_source(table, run_id)
+        metrics, runs, attempts, ranks, events = map(src, ("metrics", "runs", "attempts", "ranks", "events"))
+        snap = self._whole() if run_id is None else self._scan_runs({run_id})
+        files = [f for f in snap.files.get("metrics", []) if f.rows and run_id in (None, f.key.run_id)]
         spans = snapshot_spans(files)
         # per-run figures from the footers where they tell: a scan of every metric row took 0.5 s on a
         # 41 M-point archive, and this summary is the first query of most pages
@@ -176,7 +158,7 @@ class Archive(CurveQueries, LazyViews):
             ) + ") AS t(run_id, steps)"
         else:
             steps = "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS steps WHERE false"
-        ranked = set(self._df(f"SELECT DISTINCT run_id FROM ranks{where}")["run_id"])
+        ranked = set(self._df(f"SELECT DISTINCT run_id FROM {ranks}")["run_id"])
         unranked = sorted({f.key.run_id for f in files} - ranked)  # only these need max(rank) from metrics
         metric_ranks = (f"SELECT run_id, max(rank) + 1 AS metric_ranks FROM {metrics} WHERE run_id IN "
                         f"({', '.join(curves.quote_str(r) for r in unranked)}) GROUP BY run_id" if unranked else
@@ -186,7 +168,7 @@ class Archive(CurveQueries, LazyViews):
                           else "SELECT NULL::VARCHAR AS run_id WHERE false")
         return self._df(f"""
 WITH ids AS (
-    SELECT run_id FROM runs{where} UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM attempts{where}),
+    SELECT run_id FROM {runs} UNION {metric_ids_sql} UNION SELECT DISTINCT run_id FROM {attempts}),
 tok AS (
     SELECT run_id, max(value) AS tokens FROM {metrics} WHERE name = 'tokens_seen' AND isfinite(value) GROUP BY run_id),
 m AS (
@@ -202,13 +184,13 @@ last_step AS (SELECT run_id, max(step) AS step FROM {metrics} JOIN loss_name USI
 ll AS (
     SELECT x.run_id, arg_max(x.value, x.attempt * 65536 - x.rank) AS last_loss
     FROM {metrics} x JOIN loss_name USING (run_id, name) JOIN last_step USING (run_id, step) GROUP BY x.run_id),
-a AS (SELECT run_id, count(*) AS attempts FROM attempts{where} GROUP BY run_id),
-k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM ranks{where} GROUP BY run_id),
-e AS (SELECT run_id, count(*) AS incidents FROM events WHERE kind IN ({kinds}){and_} GROUP BY run_id)
+a AS (SELECT run_id, count(*) AS attempts FROM {attempts} GROUP BY run_id),
+k AS (SELECT run_id, count(DISTINCT rank) AS ranks FROM {ranks} GROUP BY run_id),
+e AS (SELECT run_id, count(*) AS incidents FROM {events} WHERE kind IN ({kinds}) GROUP BY run_id)
 SELECT ids.run_id, r.name, r.project, r.status, r.created_at, m.steps, m.tokens,
        coalesce(a.attempts, 0) AS attempts, coalesce(k.ranks, m.metric_ranks, 0) AS ranks,
        ll.last_loss, coalesce(e.incidents, 0) AS incidents
-FROM ids LEFT JOIN runs r USING (run_id) LEFT JOIN m USING (run_id) LEFT JOIN ll USING (run_id)
+FROM ids LEFT JOIN {runs} r USING (run_id) LEFT JOIN m USING (run_id) LEFT JOIN ll USING (run_id)
 LEFT JOIN a USING (run_id) LEFT JOIN k USING (run_id) LEFT JOIN e USING (run_id)
 ORDER BY r.created_at DESC NULLS LAST, ids.run_id
 """)
@@ -217,9 +199,12 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
     def resolve_run(self, run: str) -> str:
         """A run's name or id -> its run_id; UnknownRunError (listing known runs) otherwise."""
         run = str(run)
-        # fast path: an id with metric rows in the snapshot (the query below scans every run_id)
-        if any(f.key.run_id == run and f.rows for f in self._snap.files.get("metrics", [])):
-            return run
+        # fast path: an id the archive's folders name, with metric rows (the query below reads every run)
+        scope = self._snap.scope
+        if scope is None or run in scope or run in self._listed_runs():
+            snap = self._scan_runs({run})
+            if any(f.key.run_id == run and f.rows for f in snap.files.get("metrics", [])):
+                return run
         # runs named in `runs`, and runs with metric rows (their files' paths say which: no metric is read)
         known: dict[str, str | None] = {f.key.run_id: None for f in self._snap.files.get("metrics", []) if f.rows}
         for rid, name in self._df("SELECT run_id, name FROM runs").itertuples(index=False):
@@ -230,11 +215,11 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         return match_run(run, known, where=self.url)
 
     def _run_files(self, table: str, run_id: str) -> list[LiveFile]:
-        return [f for f in self._snap.files.get(table, []) if f.key.run_id == run_id]
+        return [f for f in self._scan_runs({run_id}).files.get(table, []) if f.key.run_id == run_id]
 
     def _run_source(self, table: str, run_id: str) -> str:
-        """The table's rows of one run, reading only that run's files (filtered before anything)."""
-        return f"({table_source_sql(table, self._local_run_files(table, run_id))})"
+        """The table's rows of one run as its view shows them, reading only that run's files."""
+        return f"({run_source_sql(table, self._local_run_files(table, run_id))})"
 
     @heals
     def metric_names(self, run: str) -> list[str]:
@@ -260,7 +245,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
     def attempt_spans(self, run: str) -> dict[int, tuple[int, int]]:
         """{attempt: (min step, max step)} over all metrics of the run (footer stats when possible)."""
         run_id = self.resolve_run(run)
-        key = (self.version, run_id)
+        key = (self._snap.run_version(run_id), run_id)
         cached = self._spans.get(key)
         if cached is not None:
             return cached
@@ -353,7 +338,7 @@ WITH m AS (SELECT attempt, step, {pred} AS kept FROM {self._run_source('metrics'
 s AS (SELECT attempt, min(step) AS first_step, max(step) AS last_step,
              count(DISTINCT step) FILTER (WHERE NOT kept) AS abandoned_steps FROM m GROUP BY attempt),
 a AS (SELECT attempt, resumed_from_step, resumed_from_checkpoint, end_status, started_at, ended_at, seed, reason
-      FROM attempts WHERE run_id = ?)
+      FROM {self._run_source('attempts', run_id)} WHERE run_id = ?)
 SELECT coalesce(a.attempt, s.attempt) AS attempt, s.first_step, s.last_step, a.resumed_from_step, a.end_status,
        coalesce(s.abandoned_steps, 0) AS abandoned_steps, a.resumed_from_checkpoint, a.started_at, a.ended_at,
        a.seed, a.reason

@@ -66,7 +66,7 @@ def heals(method: F) -> F:
             try:
                 return method(self, *args, **kwargs)
             except BrokenFileError as exc:
-                self.problems.extend(p for p in (f"skipped {rel}: {why}" for rel, why in exc.found.items())
-                                     if p not in self.problems)
+                known = self._problems  # what the reader knows so far: no whole scan for a one-run query
+                known.extend(p for p in (f"skipped {rel}: {why}" for rel, why in exc.found.items()) if p not in known)
 
     return wrapper  # type: ignore[return-value]

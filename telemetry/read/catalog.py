@@ -19,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -40,9 +39,10 @@ from telemetry.read.archive_root import check_root, read_json
 from telemetry.read.broken_files import page_problem
 from telemetry.read.footer_facts import FactSource, Stamp
 from telemetry.read.footers import LiveFile, from_facts, one_line, parquet_error
-from telemetry.read.listing import list_archive
+from telemetry.read.listing import list_archive, list_run_ids, list_runs
 from telemetry.read.lod import choose_lod, info_from_json
 from telemetry.read.remote_cache import FileCache, default_cache_dir
+from telemetry.read.snapshot import Snapshot
 from telemetry.store.errors import ArchiveError, ArchiveNotFoundError
 from telemetry.store.fs import default_archive_url, is_local, open_fs
 from telemetry.store.liveness import live_filter, read_records, resolve
@@ -58,27 +58,6 @@ _UNREADABLE = "not a readable Parquet file ("
 
 def _protocols(fs: Any) -> set[str]:
     return {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """The live files of an archive at one moment, plus what discovery had to say."""
-
-    files: dict[str, list[LiveFile]]
-    staged: list[str] = field(default_factory=list)
-    temp: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    # files readers leave out, {relative path: what is wrong}; each also has a "skipped ..." line in problems
-    skipped: dict[str, str] = field(default_factory=dict)
-    manifest: dict[str, dict] | None = None
-    from_manifest: bool = False
-    version: str = ""
-    replaced: list[str] = field(default_factory=list)  # parts swapped out by compaction (not read)
-    lod: dict[str, Any] = field(default_factory=dict)  # run_id -> telemetry.read.lod.LodInfo in use
-
-    def all_files(self) -> list[LiveFile]:
-        return [f for table in TABLES for f in self.files.get(table, [])]
 
 
 class Catalog:
@@ -182,16 +161,24 @@ class Catalog:
     def _stamp(self, st: os.stat_result) -> Stamp:
         return (st.st_size, st.st_mtime_ns if self.local else None)
 
-    def scan(self) -> Snapshot:
-        """List (or read the manifest), drop replaced files, learn every live file's footer facts."""
-        snap = Snapshot(files={t: [] for t in TABLES})
+    def run_ids(self) -> set[str]:
+        """The runs the archive holds, from its tables' folders (or the manifest), without listing files."""
+        if self.listable:
+            return list_run_ids(self.fs, self.root)
+        return {r for r in map(_run_of, self._read_manifest() or {}) if r is not None}
+
+    def scan(self, runs: Collection[str] | None = None) -> Snapshot:
+        """List (or read the manifest), drop replaced files, learn every live file's footer facts; with
+        `runs`, of those runs only (what a query about them reads, whatever the archive's size)."""
+        scope = None if runs is None else frozenset(runs)
+        snap = Snapshot(files={t: [] for t in TABLES}, scope=scope)
         snap.problems.extend(self.root_problems)
         try:
             snap.manifest = self._read_manifest()
         except (ArchiveError, OSError, ValueError) as exc:
             snap.problems.append(f"cannot read the manifest: {exc}")
         if self.listable:
-            listing = list_archive(self.fs, self.root)
+            listing = list_archive(self.fs, self.root) if scope is None else list_runs(self.fs, self.root, scope)
         else:
             if snap.manifest is None and snap.problems[len(self.root_problems):]:
                 # the manifest is this store's only listing: unreadable, nothing can be found
@@ -202,7 +189,8 @@ class Catalog:
                     f"archive {self.url} cannot be listed and has no {MANIFEST_FILE}: "
                     "run `flightlog index` where the archive is written, then publish it again"
                 )
-            listing = {rel: (_int(e.get("bytes", e.get("size"))), None) for rel, e in snap.manifest.items()}
+            listing = {rel: (_int(e.get("bytes", e.get("size"))), None) for rel, e in snap.manifest.items()
+                       if scope is None or _run_of(rel) in scope}
             snap.from_manifest = True
         candidates: list[tuple[str, FileKey, Stamp]] = []
         lod_candidates: list[tuple[str, str, Stamp]] = []
@@ -231,7 +219,7 @@ class Catalog:
                 snap.staged.append(rel)
                 continue
             candidates.append((rel, key, listing[rel]))
-        candidates = self._apply_compactions(candidates, snap)
+        candidates = self._apply_compactions(candidates, snap, scope)
         self._sizes = {rel: stamp[0] for rel, _, stamp in candidates} | {r: s[0] for r, _, s in lod_candidates}
         items = [(rel, key.run_id, stamp) for rel, key, stamp in candidates] + lod_candidates
         fresh = [it for it in items if not self._remembered(it[0], it[2])]
@@ -283,15 +271,19 @@ class Catalog:
         return info
 
     # -- compaction and level of detail ----------------------------------------------------
-    def _apply_compactions(self, candidates: list[tuple[str, FileKey, Stamp]], snap: Snapshot
-                           ) -> list[tuple[str, FileKey, Stamp]]:
+    def _apply_compactions(self, candidates: list[tuple[str, FileKey, Stamp]], snap: Snapshot,
+                           scope: frozenset[str] | None) -> list[tuple[str, FileKey, Stamp]]:
         """Drop parts replaced by a compact file, and compact files without an accepted record."""
         compacts = [rel for rel, key, _ in candidates if key.kind == "compact"]
         if not compacts:
             return candidates
         try:
-            records = read_records(self.fs, self.root, cache=self._records,
-                                   compact_rels=None if self.listable else compacts)
+            if scope is not None and self.listable:  # only the scanned runs' records (one folder per run)
+                records = [rec for run in sorted({k.run_id for _, k, _ in candidates if k.kind == "compact"})
+                           for rec in read_records(self.fs, self.root, run_id=run, cache=self._records)]
+            else:
+                records = read_records(self.fs, self.root, cache=self._records,
+                                       compact_rels=None if self.listable else compacts)
         except Exception as exc:  # noqa: BLE001 - without records no compact file counts: parts stay live
             log.warning("cannot read the compaction records of %s: %s", self.url, one_line(exc))
             snap.problems.append(f"cannot read compaction records: {exc}")
@@ -372,6 +364,12 @@ class Catalog:
         info = facts if isinstance(facts, str) else from_facts(rel, key, local, stamp[0], facts)
         self._footers[rel] = (stamp, info)
         return info
+
+
+def _run_of(rel: str) -> str | None:
+    """The run a data, LOD or index file belongs to (None for anything else)."""
+    key = parse_path(rel)
+    return key.run_id if key is not None else parse_lod_path(rel) or run_of_index(rel)
 
 
 def _int(value: Any) -> int | None:

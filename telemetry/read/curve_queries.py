@@ -71,7 +71,7 @@ class CurveQueries:
         points = curves.points_sql(source, x=x, where=where)
         clip = lo is not None or hi is not None
         if lo is None or hi is None:
-            key = (self.version, run_id, name, x, rank, journey)
+            key = (self._snap.run_version(run_id), run_id, name, x, rank, journey)
             if key not in self._ranges:
                 r = self._df(curves.range_sql(points, x=x))
                 vals = r.iloc[0]
@@ -117,7 +117,7 @@ class CurveQueries:
         lod_src = curves.read_parquet_sql([info.local])
         where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=True)
         if lo is None or hi is None:
-            key = (self.version, run_id, name, "lod", rank)
+            key = (self._snap.run_version(run_id), run_id, name, "lod", rank)
             if key not in self._ranges:
                 r = self._df(lod.range_sql(lod_src=lod_src, tail_src=tail_src, covered_src=covered_src, where=where,
                                            lod_rank=lod_rank, name=name, cut=cut, widths=info.widths)).iloc[0]

@@ -1,23 +1,102 @@
-"""How an Archive's queries get their views and files: views built when a query first names them (over
-the current snapshot, rebuilt after it changed), and a remote archive's files copied into the bounded
-local cache only when a query reads them (telemetry.read.remote_cache)."""
+"""How an Archive's queries get their snapshot, views and files, each only when a query needs it.
+
+A listable archive opens without listing its files: a query about one run (a curve, its metrics, its
+attempts) scans that run alone (telemetry.read.catalog, `scan(runs=...)`: a few listings of its folders
+and its index), so drawing one run of an archive of 1,000 costs what that run costs. Whatever needs
+every run (`runs()`, SQL over the views, `snapshot`, `version`, `problems`) scans the whole archive
+once; `refresh()` scans again what was scanned. Views are built when a query first names them (over the
+whole snapshot, rebuilt after it changed), and a remote archive's files are copied into the bounded
+local cache only when a query reads them (telemetry.read.remote_cache). An archive that cannot be
+listed (http) is scanned whole at open: its manifest is one file, and the only listing it has.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import duckdb
 
-from telemetry.read.catalog import Snapshot
+from data_schema import TABLES
 from telemetry.read.footers import LiveFile
 from telemetry.read.remote_cache import FileCache
+from telemetry.read.snapshot import Snapshot
 from telemetry.read.views import VIEW_PARTS, create_views, view_tables, views_named_in, with_parts
 
 
 class LazyViews:
-    """The view and file methods of `telemetry.read.archive.Archive` (a mixin: it uses the Archive's
-    `_catalog`, `_snap`, `_con`, `_built`, `_lock`, `refresh` and `_run_files`)."""
+    """The snapshot, view and file methods of `telemetry.read.archive.Archive` (a mixin: it uses the
+    Archive's `_catalog`, `_snap`, `_problems`, `_con`, `_built`, `_lock`, `_scan_lock`, `_spans`,
+    `_ranges` and `_run_files`)."""
+
+    # -- the snapshot: whole, or of the runs queries touched -----------------------------------------
+    def _open_lazily(self) -> None:
+        """Start with a snapshot of no run (listable stores) or of the whole archive (see the docstring)."""
+        self._run_ids: set[str] | None = None  # the runs the archive's folders name, listed when first needed
+        if self._catalog.listable:
+            self._install(Snapshot(files={t: [] for t in TABLES}, scope=frozenset(),
+                                   problems=list(self._catalog.root_problems)))
+        else:
+            self.refresh()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The live files of the whole archive (scanned now if only some runs were)."""
+        return self._whole()
+
+    @property
+    def version(self) -> str:
+        """Hash of the archive's live file list: changes whenever a file appears or goes."""
+        return self._whole().version
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong in the archive (files skipped, a failed recovery, ...), after a whole scan."""
+        self._whole()
+        return self._problems
+
+    def refresh(self) -> bool:
+        """Scan again what was scanned (the whole archive, or the runs queries touched), reading only
+        new footers; True when the live files changed, and then the views are rebuilt when next used."""
+        with self._scan_lock:
+            self._run_ids = None
+            return self._install(self._catalog.scan(self._snap.scope))
+
+    def _install(self, snap: Snapshot) -> bool:
+        with self._lock:
+            changed = snap.version != self._snap.version or not self._snap.files
+            self._snap = snap
+            self._problems[:] = [p for p in self._problems if p.startswith("recovery")] + snap.problems
+            if changed:
+                self._built.clear()
+                self._spans.clear()
+                self._ranges.clear()
+        return changed
+
+    def _whole(self) -> Snapshot:
+        """The snapshot, scanned whole first if it covers only some runs."""
+        if self._snap.scope is not None:
+            with self._scan_lock:
+                if self._snap.scope is not None:
+                    self._install(self._catalog.scan())
+        return self._snap
+
+    def _scan_runs(self, runs: Collection[str]) -> Snapshot:
+        """The snapshot, covering these runs (scanned now, with those scanned before, if it does not)."""
+        snap = self._snap
+        if all(snap.covers(r) for r in runs):
+            return snap
+        with self._scan_lock:
+            snap = self._snap
+            if not all(snap.covers(r) for r in runs):
+                self._install(self._catalog.scan(snap.scope | frozenset(runs)))  # type: ignore[operator]
+            return self._snap
+
+    def _listed_runs(self) -> set[str]:
+        """The run ids the archive's folders name (listed once per refresh)."""
+        if self._run_ids is None:
+            self._run_ids = self._catalog.run_ids()
+        return self._run_ids
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -41,6 +120,7 @@ class LazyViews:
     def local_snapshot(self) -> Snapshot:
         """The snapshot with every live file copied locally: for DuckDB connections of their own (the SQL
         sandbox) and for copying files (publish). Nothing to copy for a local archive."""
+        self._whole()
         while self._catalog.cache is not None:
             snap = self._snap
             rels = [f.rel for f in snap.all_files()] + [i.rel for i in snap.lod.values()]
@@ -51,9 +131,11 @@ class LazyViews:
     def _views(self, names: Any) -> None:
         """Create the views `names` and their parts over the current snapshot, the files they read
         copied locally first (remote archives)."""
+        wanted = with_parts(names)
+        if not wanted:
+            return  # a query over one run's files names no view: no whole scan for it
         while True:
-            snap = self._snap
-            wanted = with_parts(names)
+            snap = self._whole()
             tables = view_tables(wanted)
             rels = [f.rel for t in tables for f in snap.files.get(t, [])]
             if "metrics_lod" in wanted:

@@ -18,11 +18,13 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Collection
 
 from data_schema.layout import FileKey, parse_path
 from telemetry.read.archive import Archive
-from telemetry.read.catalog import Catalog, Snapshot
+from telemetry.read.catalog import Catalog
 from telemetry.read.footers import LiveFile
+from telemetry.read.snapshot import Snapshot
 from telemetry.store import encodings, staging
 
 VIEW_DIR = "_live_view"
@@ -45,8 +47,8 @@ class LiveCatalog(Catalog):
         self._views: dict[str, str] = {}  # staged rel -> its Parquet copy
         self.staged_decoded = 0  # staged files fetched and decoded so far (each one once)
 
-    def scan(self) -> Snapshot:
-        snap = super().scan()
+    def scan(self, runs: Collection[str] | None = None) -> Snapshot:
+        snap = super().scan(runs)
         if not hasattr(self, "view_dir"):
             self._setup_live()
         covered: dict[tuple, int] = {}
@@ -72,7 +74,9 @@ class LiveCatalog(Catalog):
             if isinstance(info, LiveFile):
                 snap.files[key.table].append(info)
         for rel in set(self._views) - wanted:  # segmented since: the copy is not needed any more
-            _unlink(self._views.pop(rel))
+            key = parse_path(rel)
+            if key is None or snap.covers(key.run_id):  # a run this scan did not look at keeps its copies
+                _unlink(self._views.pop(rel))
         digest = hashlib.sha256(snap.version.encode())
         for rel in sorted(wanted):
             digest.update(f"staged\0{rel}\n".encode())

@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from data_schema import TABLES, schema
 from telemetry.read import curves
-from telemetry.read.catalog import Snapshot
 from telemetry.read.footers import LiveFile
 from telemetry.read.lod import LOD_SCHEMA
+from telemetry.read.snapshot import Snapshot
 
 # Events that are incidents of a run (as opposed to bookkeeping like checkpoint_saved).
 INCIDENT_KINDS = (
@@ -71,14 +71,22 @@ def table_source_sql(table: str, files: Sequence[LiveFile]) -> str:
     return f"SELECT {', '.join(cols)} FROM {src}"
 
 
-def _latest_state_sql(table: str) -> str:
+def run_source_sql(table: str, files: Sequence[LiveFile]) -> str:
+    """A table's rows over exactly these files, as its view shows them (a state log: its latest state)."""
+    source = table_source_sql(table, files)
+    return _latest_state_sql(table, source) if table in _LOGGED_STATE else source
+
+
+def _latest_state_sql(table: str, source: str | None = None) -> str:
+    """The latest state per key of a state-log table, over its `<table>_log` view or `source` (a SELECT)."""
     keys = _LOGGED_STATE[table]
     cols = [c for c in schema(table).names if c not in keys]
     # per column the latest non-null value: a partial update row (e.g. "crashed") keeps the rest
     aggs = ", ".join(f"arg_max({qident(c)}, _order) AS {qident(c)}" for c in cols)
     key_cols = ", ".join(keys)
     return (
-        f"SELECT {key_cols}, {aggs} FROM (SELECT *, coalesce(updated_at, {_EPOCH}) AS _order FROM {table}_log) "
+        f"SELECT {key_cols}, {aggs} FROM (SELECT *, coalesce(updated_at, {_EPOCH}) AS _order "
+        f"FROM {f'({source})' if source else f'{table}_log'}) "
         f"GROUP BY {key_cols}"
     )
 

@@ -34,10 +34,20 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 class CountingMemoryFS(MemoryFileSystem):
-    """memory:// that records every path it opens (footer reads and copies both open the file)."""
+    """memory:// that records every path it opens (footer reads and copies both open the file) and every
+    folder it lists."""
 
     protocol = "countmem"
     opened: list[str] = []
+    listed: list[str] = []
+
+    def ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - fsspec's signature
+        CountingMemoryFS.listed.append(str(path).split("://", 1)[-1].rstrip("/"))
+        return super().ls(path, detail=detail, **kwargs)
+
+    def find(self, path, *args, **kwargs):  # noqa: ANN001 - fsspec's signature
+        CountingMemoryFS.listed.append(str(path).split("://", 1)[-1].rstrip("/"))
+        return super().find(path, *args, **kwargs)
 
     def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001 - fsspec's signature
         if "r" in mode:
@@ -97,10 +107,12 @@ def test_a_reader_writes_back_the_footers_it_read_so_the_next_one_reads_none(tmp
     fs, root = open_fs(url)
     write_run(fs, root, "big", ranks=8, segments=5)
     first = Archive(url)
+    assert first._catalog.footers_read == 0  # opening reads nothing: queries scan what they touch
+    first.snapshot  # noqa: B018 - the whole archive, scanned now
     assert first._catalog.footers_read == 41  # 40 metric segments and the runs file
     assert len(read_run_index(fs, root, "big")) == 41
     again = Archive(url)
-    assert again._catalog.footers_read == 0 and again.version == first.version
+    assert again.version == first.version and again._catalog.footers_read == 0
 
 
 def test_refresh_after_new_segments_reads_only_the_new_footers(tmp_path):
@@ -108,6 +120,7 @@ def test_refresh_after_new_segments_reads_only_the_new_footers(tmp_path):
     fs, root = open_fs(url)
     write_run(fs, root, "live", ranks=2, segments=3)
     a = Archive(url)
+    a.snapshot  # noqa: B018 - a reader that looked at the whole archive refreshes the whole archive
     before = a._catalog.footers_read
     assert not a.refresh() and a._catalog.footers_read == before  # nothing new: nothing read
     write_run(fs, root, "live", ranks=2, segments=2, first_seq=3)  # 4 new segments and a runs row
@@ -136,15 +149,21 @@ def test_a_query_over_one_run_of_a_remote_archive_reads_only_that_runs_files(tmp
         write_run(fs, root, f"run-{r}", seed=r)
         update_run_index(fs, root, f"run-{r}")
     CountingMemoryFS.opened.clear()
+    CountingMemoryFS.listed.clear()
     a = Archive(url, cache_dir=str(tmp_path / "cache"))
-    assert [p for p in CountingMemoryFS.opened if p.endswith(".parquet")] == []  # open reads the indexes only
-    assert {p.rsplit("/", 1)[-1] for p in CountingMemoryFS.opened} <= {"run-0.json", "run-1.json", "run-2.json",
-                                                                    "run-3.json", ROOT_FILE, "manifest.json"}
-    CountingMemoryFS.opened.clear()
+    assert {p.rsplit("/", 1)[-1] for p in CountingMemoryFS.opened} <= {ROOT_FILE}  # open reads no run's file
+    assert CountingMemoryFS.listed == []  # nor lists one
     curve = a.curve("run-2", "loss", buckets=5)
     assert curve["count"].sum() == 2 * 3 * 10
     read = [p for p in CountingMemoryFS.opened if p.endswith(".parquet")]
     assert read and all("/run_id=run-2/" in p for p in read)
+    assert {p.rsplit("/", 1)[-1] for p in CountingMemoryFS.opened if p.endswith(".json")} <= {
+        "run-2.json", ROOT_FILE, "manifest.json"}  # the run's own index, no other run's
+    # listed: the tables' top folders (which runs exist) and run-2's folders; never another run's files
+    assert CountingMemoryFS.listed and not any("run_id=run-" in p and "run_id=run-2" not in p
+                                               for p in CountingMemoryFS.listed)
+    assert any("run_id=run-2" in p for p in CountingMemoryFS.listed)
+    assert root.split("://", 1)[-1].rstrip("/") not in CountingMemoryFS.listed  # the archive was not listed whole
     assert a.cache.fetched_files == len(read)
     # a second curve of the same run reads the cached copies: nothing is fetched again
     CountingMemoryFS.opened.clear()
@@ -157,6 +176,7 @@ def test_a_remote_archive_without_indexes_opens_by_reading_footers_not_copying_f
     fs, root = open_fs(url)
     write_run(fs, root, "r", ranks=2, segments=2)
     a = Archive(url, cache_dir=str(tmp_path / "cache"))
+    a.snapshot  # noqa: B018 - the whole archive, scanned now
     assert a._catalog.footers_read == 5 and a.cache.fetched_files == 0
     assert not os.path.exists(tmp_path / "cache" / "metrics")
     assert a.runs()["run_id"].tolist() == ["r"]
