@@ -28,6 +28,7 @@ from telemetry.read.curve_queries import CurveQueries
 from telemetry.read.footers import LiveFile
 from telemetry.read.lazy_views import LazyViews
 from telemetry.read.runs import match_run
+from telemetry.read.small_files import SmallFiles
 from telemetry.read.snapshot import Snapshot
 from telemetry.read.views import (
     CHUNK_INCIDENTS_SQL,
@@ -35,7 +36,6 @@ from telemetry.read.views import (
     new_connection,
     run_source_sql,
     snapshot_spans,
-    table_source_sql,
 )
 from telemetry.store.errors import QueryError
 
@@ -73,6 +73,7 @@ class Archive(CurveQueries, LazyViews):
         self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
         self._ranges: dict[tuple, tuple[float, float] | None] = {}
         self._con = new_connection()
+        self._small = SmallFiles(self._con)  # raw segments' rows kept in memory (small_files.py)
         self._built: set[str] = set()  # views created over the current snapshot
         self._snap = Snapshot(files={})
         self._tail_lods = tail_lod.TailLods()  # LODs this reader builds for runs not compacted yet (tail_lod.py)
@@ -219,7 +220,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
 
     def _run_source(self, table: str, run_id: str) -> str:
         """The table's rows of one run as its view shows them, reading only that run's files."""
-        return f"({run_source_sql(table, self._local_run_files(table, run_id))})"
+        return f"({run_source_sql(table, self._local_run_files(table, run_id), self._small.source_sql)})"
 
     @heals
     def metric_names(self, run: str) -> list[str]:
@@ -235,7 +236,7 @@ ORDER BY r.created_at DESC NULLS LAST, ids.run_id
             src = curves.read_parquet_sql([info.local])
             sql = f"SELECT DISTINCT name FROM {src} WHERE width = {int(info.widths[-1])}"
             if tail:
-                sql += f" UNION SELECT DISTINCT name FROM ({table_source_sql('metrics', tail)})"
+                sql += f" UNION SELECT DISTINCT name FROM ({self._small.source_sql('metrics', tail)})"
             return sorted(self._df(sql)["name"])
         df = self._df(f"SELECT DISTINCT name FROM {self._run_source('metrics', run_id)} ORDER BY name")
         return list(df["name"])

@@ -15,7 +15,6 @@ import pandas as pd
 
 from telemetry.read import curves, lod, tail_lod
 from telemetry.read.broken_files import heals
-from telemetry.read.views import table_source_sql
 from telemetry.store.errors import QueryError
 
 
@@ -110,8 +109,8 @@ class CurveQueries:
         files = self._local_run_files("metrics", run_id)
         covered = [f for f in files if f.rel in set(info.covers)]
         tail = [f for f in files if f.rel not in set(info.covers)]
-        covered_src = f"({table_source_sql('metrics', covered)})" if covered else None
-        tail_src = f"({table_source_sql('metrics', tail)})" if tail else None
+        covered_src = f"({self._small.source_sql('metrics', covered)})" if covered else None
+        tail_src = f"({self._small.source_sql('metrics', tail)})" if tail else None
         if tail and info is not self._snap.lod.get(run_id) and tail_lod.worth_rebuilding(covered, tail):
             self._tail_lods.want(run_id, files)  # a live run outgrew the LOD this reader built
         lod_src = curves.read_parquet_sql([info.local])

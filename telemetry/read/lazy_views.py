@@ -27,7 +27,7 @@ from telemetry.read.views import VIEW_PARTS, create_views, view_tables, views_na
 class LazyViews:
     """The snapshot, view and file methods of `telemetry.read.archive.Archive` (a mixin: it uses the
     Archive's `_catalog`, `_snap`, `_problems`, `_con`, `_built`, `_lock`, `_scan_lock`, `_spans`,
-    `_ranges` and `_run_files`)."""
+    `_ranges`, `_small` and `_run_files`)."""
 
     # -- the snapshot: whole, or of the runs queries touched -----------------------------------------
     def _open_lazily(self) -> None:
@@ -43,6 +43,11 @@ class LazyViews:
     def snapshot(self) -> Snapshot:
         """The live files of the whole archive (scanned now if only some runs were)."""
         return self._whole()
+
+    @property
+    def scanned_files(self) -> int:
+        """Live files this reader has scanned so far (the runs queries touched, or the whole archive)."""
+        return len(self._snap.all_files())
 
     @property
     def version(self) -> str:
@@ -67,6 +72,7 @@ class LazyViews:
             changed = snap.version != self._snap.version or not self._snap.files
             self._snap = snap
             self._problems[:] = [p for p in self._problems if p.startswith("recovery")] + snap.problems
+            self._small.retire(f.local for f in snap.all_files())
             if changed:
                 self._built.clear()
                 self._spans.clear()
@@ -145,7 +151,7 @@ class LazyViews:
         with self._lock:
             missing = [n for n in wanted if n not in self._built]
             if missing:
-                self._built.update(create_views(self._con, self._snap, missing))
+                self._built.update(create_views(self._con, self._snap, missing, self._small.source_sql))
 
     def _cursor(self, sql: str = "") -> duckdb.DuckDBPyConnection:
         """A cursor on which the views `sql` names exist."""

@@ -10,7 +10,7 @@ in use; `incidents` and `chunk_incidents` the incident events with their data ch
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import duckdb
@@ -57,6 +57,9 @@ def _null_column(f: pa.Field) -> str:
     return f"CAST(NULL AS {duck_type(f.type)}) AS {qident(f.name)}"
 
 
+SourceSql = Callable[[str, Sequence[LiveFile]], str]  # (table, files) -> SELECT of their rows
+
+
 def table_source_sql(table: str, files: Sequence[LiveFile]) -> str:
     """SELECT of a table's schema columns (plus any extra ones) over exactly these files."""
     sch = schema(table)
@@ -71,9 +74,10 @@ def table_source_sql(table: str, files: Sequence[LiveFile]) -> str:
     return f"SELECT {', '.join(cols)} FROM {src}"
 
 
-def run_source_sql(table: str, files: Sequence[LiveFile]) -> str:
-    """A table's rows over exactly these files, as its view shows them (a state log: its latest state)."""
-    source = table_source_sql(table, files)
+def run_source_sql(table: str, files: Sequence[LiveFile], source_sql: SourceSql | None = None) -> str:
+    """A table's rows over exactly these files, as its view shows them (a state log: its latest state);
+    `source_sql` reads the files (default `table_source_sql`; an Archive's keeps small files in memory)."""
+    source = (source_sql or table_source_sql)(table, files)
     return _latest_state_sql(table, source) if table in _LOGGED_STATE else source
 
 
@@ -208,23 +212,24 @@ def view_tables(names: Iterable[str]) -> set[str]:
     return {n.removesuffix("_log") for n in with_parts(names) if n.removesuffix("_log") in TABLES}
 
 
-def view_sql(snap: Snapshot, name: str) -> str:
+def view_sql(snap: Snapshot, name: str, source_sql: SourceSql | None = None) -> str:
     if name in _LOGGED_STATE:
         return _latest_state_sql(name)
     table = name.removesuffix("_log")
     if name in TABLES or (name.endswith("_log") and table in _LOGGED_STATE):
-        return table_source_sql(table, snap.files.get(table, []))
+        return (source_sql or table_source_sql)(table, snap.files.get(table, []))
     return {"journey_metrics": lambda: journey_sql(snap.files.get("metrics", [])),
             "metrics_lod": lambda: lod_source_sql(list(snap.lod.values())),
             "incidents": lambda: INCIDENTS_SQL, "chunk_incidents": lambda: CHUNK_INCIDENTS_SQL}[name]()
 
 
-def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot, names: Iterable[str] | None = None) -> list[str]:
+def create_views(con: duckdb.DuckDBPyConnection, snap: Snapshot, names: Iterable[str] | None = None,
+                 source_sql: SourceSql | None = None) -> list[str]:
     """(Re)create the views `names` (default: every view of the archive) and the views they read in `con`
-    over the snapshot's files; returns the views created."""
+    over the snapshot's files (read by `source_sql`, default `table_source_sql`); returns the views created."""
     created = with_parts(VIEW_PARTS if names is None else names)
     for name in created:
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {view_sql(snap, name)}")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {view_sql(snap, name, source_sql)}")
     return created
 
 
