@@ -75,7 +75,7 @@ from bench.bench_journey_page import _peak_rss, _start_server, make_driver, time
 from data_schema import schema
 from data_schema.layout import parse_path, segment_path
 from telemetry import Archive, Writer, WriterConfig
-from telemetry.maintain.live_compactor import LivePolicy, PassReport, follow
+from telemetry.maintain.live_compactor import LivePolicy, PassReport, compact_live_run, follow
 from telemetry.store.encodings import segment_bytes
 from telemetry.store.fs import ensure_root_file, open_fs
 from telemetry.store.liveness import live_filter, read_records
@@ -755,6 +755,15 @@ def growth_table(kind: str, xs: list[int], roots: list[str], timeout: float,
     return text, budget, {"x": xs, "open_s": opens, "curve_s": curves}
 
 
+def live_pass(root: str, ranks: int) -> float:
+    """One live-compactor pass over a run of raw segments whose `ranks` writers are all alive; seconds."""
+    fs, fs_root = open_fs(root)
+    t = time.perf_counter()
+    compact_live_run(fs, fs_root, RUN, live={(RUN, 0, r) for r in range(ranks)},
+                     policy=LivePolicy(settle_s=0.0, grace_s=0.0), rebuild_lod_now=True)
+    return time.perf_counter() - t
+
+
 def growth(work: Path, sizes: Sizes, runs_root: str | None) -> tuple[str, list[list[str]], dict[str, Any]]:
     out, budget, data = ["### (d) Growth: open and curve time against files and against runs\n"], [], {}
     roots = []
@@ -767,6 +776,16 @@ def growth(work: Path, sizes: Sizes, runs_root: str | None) -> tuple[str, list[l
     out += ["", "Against files: one run of raw segments as writers leave them (no compaction), a new process each.\n",
             text]
     budget += b
+    passes = []
+    for n, root in zip(sizes.files, roots, strict=True):
+        passes.append(live_pass(root, max(1, n // 100)))
+    text, b, data["files_compacted"] = growth_table("files", sizes.files, roots, sizes.timeout_s, lambda _: RUN)
+    out += ["The same runs after one pass of the live compactor with every rank's writer still alive "
+            "(`compact_live_run`: each rank's newest part stays, the rest is merged; LOD built), which is what a "
+            "reader meets while a run with the compactor on is written: files read ≈ ranks + a few compact files. "
+            "Pass: " + "; ".join(f"{n:,} files → {fmt_s(s)}" for n, s in zip(sizes.files, passes, strict=True))
+            + ".\n", text]
+    budget += [[row[0].replace("at every size", "after live compaction, at every size"), *row[1:]] for row in b]
     roots = []
     for n in sizes.runs:
         root = runs_root if runs_root and n == sizes.remote_runs else str(work / f"runs-{n}")

@@ -122,11 +122,15 @@ class SmallFiles:
             cols = ", ".join(f"{qident(f.name)} {duck_type(f.type)}" for f in schema(table))
             self._con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols}, {FILE_COLUMN} VARCHAR)")
             self._by_table[table] = set()
-        src = curves.read_parquet_sql([f.local for f in files]).replace(
-            "hive_partitioning=false)", "hive_partitioning=false, filename=true)")
+        by_columns: dict[tuple[str, ...], list[LiveFile]] = {}
+        for f in files:  # files of one column set read without union_by_name: a third faster
+            by_columns.setdefault(f.columns, []).append(f)
+        sources = [curves.read_parquet_sql([f.local for f in group], union_by_name=False).replace(
+            "hive_partitioning=false)", "hive_partitioning=false, filename=true)") for group in by_columns.values()]
         try:
-            self._con.execute(f"INSERT INTO {name} BY NAME SELECT * EXCLUDE (filename), filename AS {FILE_COLUMN} "
-                              f"FROM {src}")
+            for src in sources:
+                self._con.execute(f"INSERT INTO {name} BY NAME SELECT * EXCLUDE (filename), filename AS {FILE_COLUMN} "
+                                  f"FROM {src}")
         except duckdb.Error as exc:
             log.debug("%d small files of %s read as files: %s", len(files), table, one_line(exc))
             self._refused.update(f.local for f in files)

@@ -16,6 +16,7 @@ level-of-detail file its `flightlog.lod` metadata.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -62,7 +63,7 @@ def file_facts(rel: str, md: pq.FileMetaData) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "rows": md.num_rows, "columns": columns, "version": declared_version(md),
         "step_range": list(span) if span is not None else None,
-        "misfits": schema_problems(key.table, arrow_schema) if key is not None else [],
+        "misfits": list(_known_problems(key.table, arrow_schema)) if key is not None else [],
     }
     if key is not None and key.kind == "compact":
         spans = compact_spans(md)
@@ -120,6 +121,12 @@ def _kind(t: pa.DataType) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return "list<" + _kind(t.value_type) + ">"
     return str(t)
+
+
+@functools.lru_cache(maxsize=256)
+def _known_problems(table: str, actual: pa.Schema) -> tuple[str, ...]:
+    """schema_problems, once per distinct schema: a live run's thousands of segments share a handful."""
+    return tuple(schema_problems(table, actual))
 
 
 def schema_problems(table: str, actual: pa.Schema) -> list[str]:
