@@ -25,12 +25,21 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from data_schema.layout import STAGING_DIR, FileKey, is_temp, join, parse_path, partition_dir, segment_path
+from data_schema.layout import (
+    STAGING_DIR,
+    FileKey,
+    is_temp,
+    join,
+    parse_path,
+    partition_dir,
+    segment_path,
+)
 from data_schema.tables import TABLES, schema
 from telemetry.store import encodings, lease, liveness, staging
 from telemetry.store.fs import atomic_write_bytes, list_files, modified_at, open_fs, remove
@@ -56,10 +65,13 @@ class RecoveryReport:
 
 
 def recover(url: str | os.PathLike | None = None, *, storage_options: dict | None = None, force: bool = False,
-            remove_temp: bool = False, temp_age_s: float = _TEMP_AGE_S, spool_dir: str | None = None) -> RecoveryReport:
+            remove_temp: bool = False, temp_age_s: float = _TEMP_AGE_S, spool_dir: str | None = None,
+            runs: Collection[str] | None = None) -> RecoveryReport:
     """Convert staged batches of dead writers to segments; mark their attempts/runs crashed.
 
-    `spool_dir`: the writers' WriterConfig.spool_dir when it was not the default."""
+    `spool_dir`: the writers' WriterConfig.spool_dir when it was not the default. `runs`: only these
+    runs' staged batches and attempts (a reader about to show them; the writers' leases are still read
+    whole, to know who is alive), so the cost follows the runs looked at, not the archive."""
     fs, root = open_fs(url, storage_options)
     report = RecoveryReport()
     try:
@@ -70,7 +82,9 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
     lease.take_over(fs, root, dead)  # fence first: a writer that comes back writes nothing more there
     for path in dead:  # a dead writer's lease goes with its recovery
         remove(fs, path)
-    staged = list_files(fs, root, STAGING_DIR)
+    # one listing of the staging folder (it holds only live writers' last batches), filtered to `runs`
+    staged = [rel for rel in list_files(fs, root, STAGING_DIR)
+              if runs is None or (parse_path(rel) or _NO_RUN).run_id in runs]
     groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}
     for rel in staged:
         key = parse_path(rel)
@@ -86,10 +100,13 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
         covered = _max_segment_seq(partitions[(table, run_id)], attempt, rank)
         _convert_group(fs, root, table, run_id, attempt, rank, files, covered, report)
     report.zombies_removed = lease.remove_zombies(fs, root)
-    _mark_crashed(fs, root, live, report)
+    _mark_crashed(fs, root, live, report, runs)
     if remove_temp:
         _remove_old_temps(fs, root, temp_age_s, report)
     return report
+
+
+_NO_RUN = FileKey("", "", "staged", None, None, None)
 
 
 def _max_segment_seq(files: dict[str, Any], attempt: int, rank: int) -> int:
@@ -147,9 +164,12 @@ def _convert_group(fs, root: str, table: str, run_id: str, attempt: int, rank: i
         report.staged_deleted += 1
 
 
-def _read_rows(fs, root: str, table: str) -> list[dict[str, Any]]:
+def _read_rows(fs, root: str, table: str, runs: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every row of a (small, state) table, or of these runs' partitions only."""
     rows: list[dict[str, Any]] = []
-    for rel in list_files(fs, root, table):
+    rels = list_files(fs, root, table) if runs is None else [
+        rel for run_id in sorted(runs) for rel in list_files(fs, root, partition_dir(table, run_id))]
+    for rel in rels:
         key = parse_path(rel)
         if key is None or key.kind == "staged":
             continue
@@ -176,11 +196,12 @@ def _latest(rows: list[dict[str, Any]], *key: str) -> dict[tuple, dict[str, Any]
     return out
 
 
-def _mark_crashed(fs, root: str, live: set[tuple[str, int, int]], report: RecoveryReport) -> None:
-    attempts = _latest(_read_rows(fs, root, "attempts"), "run_id", "attempt")
+def _mark_crashed(fs, root: str, live: set[tuple[str, int, int]], report: RecoveryReport,
+                  only: Collection[str] | None = None) -> None:
+    attempts = _latest(_read_rows(fs, root, "attempts", only), "run_id", "attempt")
     if not attempts:
         return
-    runs = _latest(_read_rows(fs, root, "runs"), "run_id")
+    runs = _latest(_read_rows(fs, root, "runs", only), "run_id")
     live_attempts = {(r, a) for r, a, _rank in live}
     top_attempt: dict[str, int] = {}
     for run_id, attempt in attempts:

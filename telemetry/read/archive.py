@@ -61,13 +61,13 @@ class Archive(CurveQueries, LazyViews):
         self.url = self._catalog.url
         self.info = self._catalog.check_exists_and_version()
         self._problems: list[str] = []
-        self.recovery: Any = None
-        if recover is not None and self._catalog.listable and (
-                not self._catalog.local or os.access(self._catalog.root, os.W_OK)):
-            try:
-                self.recovery = recover(self.url, storage_options=storage_options)
-            except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading; it is reported
-                self._problems.append(f"recovery failed: {exc}")
+        self.recovery: Any = None  # the last recovery's report
+        # recovery runs before a scan, for the runs scanned (lazy_views.py): not at all on a store that
+        # cannot list or a local folder this process cannot write
+        self._recover = recover if recover is not None and self._catalog.listable and (
+            not self._catalog.local or os.access(self._catalog.root, os.W_OK)) else None
+        self._recovered: frozenset[str] | None = frozenset()  # runs recovered so far; None: the whole archive
+        self._storage_options = storage_options
         self._lock = threading.RLock()
         self._scan_lock = threading.Lock()  # one scan at a time (a lazy scan may start from any query)
         self._spans: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}

@@ -63,6 +63,8 @@ def _protocols(fs: Any) -> set[str]:
 class Catalog:
     """Discovery, footer facts and (remote archives) the local cache of one archive's files (no DuckDB here)."""
 
+    reads_staged = False  # a scan of some runs lists their staged write-ahead only for a live view (live.py)
+
     def __init__(self, url: str | None = None, *, storage_options: dict | None = None, cache_dir: str | None = None,
                  cache_max_bytes: int | None = None, lazy: bool = False):
         url = str(url) if url is not None else default_archive_url()
@@ -178,7 +180,8 @@ class Catalog:
         except (ArchiveError, OSError, ValueError) as exc:
             snap.problems.append(f"cannot read the manifest: {exc}")
         if self.listable:
-            listing = list_archive(self.fs, self.root) if scope is None else list_runs(self.fs, self.root, scope)
+            listing = list_archive(self.fs, self.root) if scope is None else list_runs(
+                self.fs, self.root, scope, staged=self.reads_staged)
         else:
             if snap.manifest is None and snap.problems[len(self.root_problems):]:
                 # the manifest is this store's only listing: unreadable, nothing can be found

@@ -27,7 +27,7 @@ from telemetry.read.views import VIEW_PARTS, create_views, view_tables, views_na
 class LazyViews:
     """The snapshot, view and file methods of `telemetry.read.archive.Archive` (a mixin: it uses the
     Archive's `_catalog`, `_snap`, `_problems`, `_con`, `_built`, `_lock`, `_scan_lock`, `_spans`,
-    `_ranges`, `_small` and `_run_files`)."""
+    `_ranges`, `_small`, `_recover`, `_recovered` and `_run_files`)."""
 
     # -- the snapshot: whole, or of the runs queries touched -----------------------------------------
     def _open_lazily(self) -> None:
@@ -84,6 +84,7 @@ class LazyViews:
         if self._snap.scope is not None:
             with self._scan_lock:
                 if self._snap.scope is not None:
+                    self._recover_first(None)
                     self._install(self._catalog.scan())
         return self._snap
 
@@ -95,8 +96,25 @@ class LazyViews:
         with self._scan_lock:
             snap = self._snap
             if not all(snap.covers(r) for r in runs):
+                self._recover_first(frozenset(runs))
                 self._install(self._catalog.scan(snap.scope | frozenset(runs)))  # type: ignore[operator]
             return self._snap
+
+    def _recover_first(self, runs: frozenset[str] | None) -> None:
+        """Recover crashed writers' staged batches of these runs (None: of the archive) once, before they
+        are scanned: a reader of one run recovers that run, not the archive."""
+        done = self._recovered
+        if self._recover is None or done is None or (runs is not None and runs <= done):
+            return
+        todo = None if runs is None else runs - done
+        try:
+            if todo is None:
+                self.recovery = self._recover(self.url, storage_options=self._storage_options)
+            else:
+                self.recovery = self._recover(self.url, storage_options=self._storage_options, runs=todo)
+        except Exception as exc:  # noqa: BLE001 - a failed recovery must not stop reading; it is reported
+            self._problems.append(f"recovery failed: {exc}")
+        self._recovered = None if todo is None else done | todo
 
     def _listed_runs(self) -> set[str]:
         """The run ids the archive's folders name (listed once per refresh)."""

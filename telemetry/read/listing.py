@@ -87,17 +87,19 @@ def _list_local(root: str, folder: str = "") -> Listing:
 
 
 # -- one run's files, and the runs an archive holds ------------------------------------------------
-def run_folders(run_id: str) -> list[str]:
-    """The folders that hold a run's files: each table's partition, its staged write-ahead, its LOD."""
-    return [partition_dir(t, run_id) for t in TABLES] + [staging_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]
+def run_folders(run_id: str, *, staged: bool) -> list[str]:
+    """The folders that hold a run's files: each table's partition, its LOD, and (`staged`) its staged
+    write-ahead (only a live view reads that)."""
+    return ([partition_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]
+            + ([staging_dir(t, run_id) for t in TABLES] if staged else []))
 
 
-def list_runs(fs: Any, root: str, runs: Iterable[str]) -> Listing:
+def list_runs(fs: Any, root: str, runs: Iterable[str], *, staged: bool = True) -> Listing:
     """The files of these runs only (and their index files), as `list_archive` would list them: what a
     query about one run reads, whatever the number of runs in the archive. A remote store is asked for
     the folders concurrently (one listing request each)."""
     runs = sorted(set(runs))
-    folders = [f for r in runs for f in run_folders(r)]
+    folders = [f for r in runs for f in run_folders(r, staged=staged)]
     out: Listing = {}
     if is_local(fs):
         for folder in folders:

@@ -33,6 +33,8 @@ VIEW_DIR = "_live_view"
 class LiveCatalog(Catalog):
     """A Catalog whose scans add the staged batches of live writers as Parquet files."""
 
+    reads_staged = True
+
     def _setup_live(self) -> None:
         # one folder per reader: two app processes on one archive never delete each other's copies
         folder = os.path.join(self.local_root, VIEW_DIR, uuid.uuid4().hex[:12])

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_schema.layout import join, staged_path
-from telemetry import Writer
+from telemetry import Archive, Writer
 from telemetry.maintain.recovery import recover
 from telemetry.store import staging
 
@@ -200,3 +200,19 @@ def test_a_dead_local_writer_is_recovered_at_once_without_waiting_for_its_heartb
     report = recover(archive)
     assert report.converted_batches > 0 and report.attempts_marked_crashed == 1
     assert sorted(r["step"] for r in rd.table(archive, "metrics").to_pylist()) == list(range(10))
+
+
+def test_a_reader_of_one_run_recovers_that_run_and_leaves_the_others_to_a_whole_scan(archive):
+    _dead_writer(archive, "viewed", steps=10)
+    _dead_writer(archive, "other", steps=7)
+    a = Archive(archive)
+    assert _staged(archive) and a.recovery is None  # opening recovers nothing
+    assert a.curve("viewed", "loss", buckets=5)["count"].sum() == 10  # its staged rows, recovered and read
+    left = {p.split(os.sep)[-2] for p in _staged(archive)}
+    assert left == {"run_id=other"}  # the other run's staged batches are not touched by a one-run reader
+    assert a.recovery.runs_marked_crashed == 1  # the viewed run only: other runs' attempts are not read
+    assert sorted(a.runs()["run_id"]) == ["other", "viewed"]  # a whole-archive query recovers the rest
+    assert _staged(archive) == []
+    assert a.runs("other")[["steps", "attempts"]].to_dict("list") == {"steps": [6], "attempts": [1]}
+    statuses = {r["run_id"]: r["status"] for r in a.sql("SELECT run_id, status FROM runs").to_pylist()}
+    assert statuses == {"viewed": "crashed", "other": "crashed"}
