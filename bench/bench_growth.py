@@ -287,6 +287,8 @@ def child_reader(task: dict[str, Any]) -> dict[str, Any]:
         slowest = max(per_rank, key=lambda r: r["median_step_time_s"], default=None)
         out["slowest_rank"] = None if slowest is None else slowest["rank"]
     out["files"] = a.scanned_files  # the whole archive once runs() or SQL ran, else the run's files
+    out["footers_read"] = a._catalog.footers_read  # bench-only peek: which cost the scan paid
+    out["small_files"] = a._small.files_loaded
     out["rss"] = self_peak_rss()
     return out
 
@@ -445,6 +447,10 @@ def _window(progress: list[list[dict[str, Any]]], on: bool, ranks_per: list[int]
     return {"intervals": n, "wall_s": median(wall), "hot_us": 1e6 * hot / rank_steps, "cpu_us": 1e6 * cpu / rank_steps}
 
 
+def _count(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
 def _cell(p: Point, key: str) -> str:
     v = p.data.get(key)
     if v is not None:
@@ -521,14 +527,18 @@ def report_live(res: LiveResult, sizes: Sizes) -> tuple[str, list[list[str]], di
         prow.append([f"{p.label} (interval {p.interval})", f"{p.files['listed']:,} / {p.files['live']:,}",
                      _cell(p, "open_s"), _cell(p, "runs_s"), _cell(p, "curve_cold_s"), _cell(p, "curve_warm_s"),
                      _cell(p, "straggler_s"), _cell(p, "journey_s") if sizes.browser else "not run", check,
+                     f"{_count(p.data.get('footers_read'))} / {_count(p.data.get('small_files'))}",
                      fmt_bytes(p.peak_rss)])
     out += [f"### (b) Reader during (a) and at the end (each a new process; ✗: over budget; timeout "
             f"{sizes.timeout_s:g} s per process, {sizes.journey_timeout_s:g} s per page visit)\n",
             md_table(["point", "metric files listed / live", "open", "runs()", "curve cold", "curve warm",
-                      "straggler SQL", "journey page first visit", "step_time points read", "peak RSS"], prow),
+                      "straggler SQL", "journey page first visit", "step_time points read",
+                      "footers read / small files loaded", "peak RSS"], prow),
             "\nThe writers wait (alive, their last interval flushed) while a point is measured; the compactor "
             "keeps running. step_time points read: the straggler SQL's per-rank counts summed; every rank logs one "
-            "per step, so every point must read exactly what was written by then (none missed, none twice).\n"]
+            "per step, so every point must read exactly what was written by then (none missed, none twice). "
+            "Footers read: files the reader found in no run index (the rest came from the indexes the compactor "
+            "keeps); small files loaded: raw segments read once into memory (telemetry/read/small_files.py).\n"]
     budget = []
     for key, what in (("open_s", "`Archive(url)`"), ("runs_s", "`runs()`"), ("curve_cold_s", "curve cold"),
                       ("curve_warm_s", "curve warm"), ("straggler_s", "per-rank straggler SQL"),

@@ -24,6 +24,7 @@ def read_while_written(url: str, is_writing) -> list[int]:
             archive = Archive(url)
         except Exception:  # noqa: BLE001 - the writer may not have created the archive yet
             time.sleep(0.02)
+    archive.snapshot  # noqa: B018 - the first whole scan (and its recovery) before the loop, as an app's open
     sandbox = SandboxedQuery(archive, timeout_s=10)
     counts = []
     while is_writing():
