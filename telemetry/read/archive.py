@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from telemetry.read import curves, series, tail_lod
-from telemetry.read.broken_files import BrokenFileError, heals, may_be_a_broken_file
+from telemetry.read.broken_files import BrokenFileError, FilesGoneError, heals, may_be_a_broken_file
 from telemetry.read.catalog import Catalog
 from telemetry.read.curve_queries import CurveQueries
 from telemetry.read.footers import LiveFile
@@ -106,7 +106,13 @@ class Archive(CurveQueries, LazyViews):
         `heals` runs the query method again. Returns when no broken file explains the error."""
         if not may_be_a_broken_file(exc):
             return
-        found = self._catalog.find_broken(self._snap, str(exc))
+        snap = self._snap
+        gone = [rel for rel, local in [(f.rel, f.local) for f in snap.all_files()]
+                + [(i.rel, i.local) for i in snap.lod.values()] if local and not os.path.exists(local)]
+        if gone:  # deleted since the snapshot (grace period over, a LOD rebuilt): look again, run again
+            self.refresh()
+            raise FilesGoneError(gone) from None
+        found = self._catalog.find_broken(snap, str(exc))
         if found:
             self.refresh()
             raise BrokenFileError(found) from None

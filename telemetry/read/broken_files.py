@@ -28,6 +28,18 @@ class BrokenFileError(QueryError):
                          f"(`flightlog verify` lists it, `flightlog index --quarantine` moves it aside): {names}")
 
 
+class FilesGoneError(QueryError):
+    """A query named files that were deleted since the snapshot was taken (a compaction's grace period
+    ended, a level of detail was rebuilt): the snapshot is refreshed and the query may run again."""
+
+    def __init__(self, gone: list[str]):
+        self.gone = list(gone)
+        super().__init__(f"files were removed while the query ran (the archive changed): {', '.join(gone[:5])}")
+
+
+MAX_RETRIES_GONE = 3  # an archive changing faster than a query can run: say so instead of looping
+
+
 # DuckDB errors that come from the query itself, never from a file's bytes: no file to look for
 _QUERY_ERRORS = tuple(getattr(duckdb, n) for n in (
     "ParserException", "BinderException", "CatalogException", "InterruptException", "ConversionException",
@@ -59,12 +71,18 @@ def page_problem(path: str) -> str | None:
 def heals(method: F) -> F:
     """Run a query method again after a broken file it hit was left out (Archive._set_aside_broken
     raises BrokenFileError once it did): each retry follows a newly found broken file, so the
-    retries end. What was left out is added to the archive's `problems`."""
+    retries end. What was left out is added to the archive's `problems`. A query that named files
+    deleted since the snapshot (FilesGoneError: the snapshot is refreshed) runs again, a few times."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        gone = 0
         while True:
             try:
                 return method(self, *args, **kwargs)
+            except FilesGoneError:
+                gone += 1
+                if gone > MAX_RETRIES_GONE:
+                    raise
             except BrokenFileError as exc:
                 known = self._problems  # what the reader knows so far: no whole scan for a one-run query
                 known.extend(p for p in (f"skipped {rel}: {why}" for rel, why in exc.found.items()) if p not in known)
