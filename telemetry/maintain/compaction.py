@@ -148,7 +148,8 @@ def compact(url: str | os.PathLike | None = None, run: str | None = None, *, gra
     report.problems[:0] = problems
     if report.files_written or report.removed or report.lod_files:
         try:
-            refresh_manifest(url, fs, root, storage_options)
+            # one run compacted: only its entries change (other runs' files are neither listed nor opened)
+            refresh_manifest(url, fs, root, storage_options, runs=None if run is None else [validate_run_id(run)])
         except Exception as exc:  # noqa: BLE001 - the data is compacted; only the manifest is stale (reported)
             report.problems.append(f"manifest not rewritten: {exc!r} (run `flightlog index`)")
     return report

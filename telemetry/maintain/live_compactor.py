@@ -29,7 +29,8 @@ Each swap re-checks its inputs just before its record is written, and records ar
 written, so a racing compactor loses cleanly; a lease (compactor_lease) keeps one compactor per run.
 Replaced files are deleted `grace_s` after their swap (compaction_gc), so readers that listed the
 run before a swap keep reading the files they listed. A SIGKILL at any point leaves either no
-record (the new file is invisible and removed after the grace period) or a complete swap.
+record (the new file is invisible and removed after the grace period) or a complete swap. A manifest,
+where the archive has one, gets the run's live files after each pass (external engines read its list).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -52,6 +53,7 @@ from telemetry.maintain import compactor_lease
 from telemetry.maintain.compaction import CompactionConfig, CompactionReport, compact_fs, merge_and_swap, runs_in
 from telemetry.maintain.compaction_gc import age_s, collect_garbage
 from telemetry.maintain.lod_build import rebuild_lod
+from telemetry.maintain.manifest import refresh_runs_reported
 from telemetry.maintain.recovery import crashed_attempts
 from telemetry.store.fs import list_files, open_fs
 from telemetry.store.liveness import live_filter, live_writers, read_records, resolve
@@ -102,11 +104,13 @@ class PassReport:
     removed: int = 0              # replaced files deleted after their grace period
     skipped_busy: int = 0         # runs another compactor holds
     lag_s: float = 0.0            # age of the oldest part this pass merged (how far compaction trails)
+    manifest_footers: int = 0     # footers the manifest refresh read (new files only)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     def add(self, other: PassReport) -> None:
-        for name in ("runs", "parts_merged", "tier_merges", "files_written", "rows", "removed", "skipped_busy"):
+        for name in ("runs", "parts_merged", "tier_merges", "files_written", "rows", "removed", "skipped_busy",
+                     "manifest_footers"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.lag_s = max(self.lag_s, other.lag_s)
         self.problems += other.problems
@@ -118,10 +122,12 @@ _DEFAULT = object()
 
 def compact_live_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *, policy: LivePolicy | None = None,
                      config: CompactionConfig | None = None, live: set | None = None, rebuild_lod_now: bool = False,
-                     on_swap: OnSwap | None | object = _DEFAULT) -> PassReport:
+                     on_swap: OnSwap | None | object = _DEFAULT, manifest: bool = True) -> PassReport:
     """One pass over one run: merge closed parts (tier 0), merge full tiers, delete old replaced files.
     `on_swap(fs, root, run_id)` is called after the pass when anything was swapped in or removed;
-    by default the run's index is updated (telemetry.store.run_index), None: nothing."""
+    by default the run's index is updated (telemetry.store.run_index), None: nothing. An archive's
+    manifest (where it has one) drops what a swap replaced before it is deleted, and, with `manifest`
+    (follow refreshes once for all its runs instead), gets the run's live files at the end."""
     on_swap = update_run_index if on_swap is _DEFAULT else on_swap
     policy, cfg = policy or LivePolicy(), config or CompactionConfig()
     t0 = time.perf_counter()
@@ -142,6 +148,8 @@ def compact_live_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *, p
             rebuild_lod(fs, root, run_id, widths=cfg.lod_widths)
         except Exception as exc:  # noqa: BLE001 - curves read raw rows without a LOD (reported)
             out.problems.append(f"metrics_lod of run {run_id}: build failed: {exc!r}")
+    if out.files_written:  # before a grace of 0 deletes what the swaps replaced: never a gone file listed
+        out.manifest_footers += refresh_runs_reported(fs, root, [run_id], out.problems)
     garbage = collect_garbage(fs, root, run_id, policy.grace_s)
     out.removed += garbage.removed
     out.problems += garbage.problems
@@ -150,6 +158,8 @@ def compact_live_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *, p
             on_swap(fs, root, run_id)
         except Exception as exc:  # noqa: BLE001 - an index is a cache of the listing; reported, not raised
             out.problems.append(f"run {run_id}: index update failed: {exc!r}")
+    if manifest:  # new segments, old LOD files deleted
+        out.manifest_footers += refresh_runs_reported(fs, root, [run_id], out.problems)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -302,10 +312,7 @@ def run_in_writer(fs: fsspec.AbstractFileSystem, root: str, run_id: str, stop: t
             except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; logged, retried next pass
                 _log.warning("flightlog: live compaction of run %r failed: %r", run_id, exc)
     finally:
-        try:
-            compactor_lease.release(fs, root, run_id, owner)
-        except Exception as exc:  # noqa: BLE001 - a lease left behind goes stale with its process (logged)
-            _log.debug("flightlog: cannot release the compactor lease of %r: %r", run_id, exc)
+        _release(fs, root, [run_id], owner)
 
 
 def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: LivePolicy | None = None,
@@ -333,6 +340,7 @@ def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: Live
             todo = sorted(set(runs) if runs is not None else (
                 runs_in(fs, root) if passes == 0 else now_live | watched))
             watched = now_live if runs is None else watched
+            claimed: list[str] = []
             for run_id in todo:
                 if stop.is_set():
                     break
@@ -340,12 +348,15 @@ def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: Live
                     rep.skipped_busy += 1
                     continue
                 held.add(run_id)
+                claimed.append(run_id)
                 lod_due = run_id not in now_live or \
                     time.monotonic() - last_lod.get(run_id, -math.inf) >= policy.lod_interval_s
                 rep.add(compact_live_run(fs, root, run_id, policy=policy, config=config, live=live,
-                                         rebuild_lod_now=lod_due, on_swap=on_swap))
+                                         rebuild_lod_now=lod_due, on_swap=on_swap, manifest=False))
                 if lod_due:
                     last_lod[run_id] = time.monotonic()
+            if claimed:  # one manifest rewrite for every run of the pass
+                rep.manifest_footers += refresh_runs_reported(fs, root, claimed, rep.problems)
             rep.seconds = time.perf_counter() - t0
             total.add(rep)
             passes += 1
@@ -355,12 +366,16 @@ def follow(url: str | os.PathLike | None, stop: threading.Event, *, policy: Live
                 break
             stop.wait(policy.interval_s)
     finally:
-        for run_id in held:
-            try:
-                compactor_lease.release(fs, root, run_id, owner)
-            except Exception as exc:  # noqa: BLE001 - a lease left behind goes stale with its process (logged)
-                _log.debug("flightlog: cannot release the compactor lease of %r: %r", run_id, exc)
+        _release(fs, root, held, owner)
     return total
+
+
+def _release(fs: fsspec.AbstractFileSystem, root: str, run_ids: Iterable[str], owner: str) -> None:
+    for run_id in run_ids:
+        try:
+            compactor_lease.release(fs, root, run_id, owner)
+        except Exception as exc:  # noqa: BLE001 - a lease left behind goes stale with its process (logged)
+            _log.debug("flightlog: cannot release the compactor lease of %r: %r", run_id, exc)
 
 
 def compact_crashed(fs: fsspec.AbstractFileSystem, root: str, *, grace_s: float = 600.0,
