@@ -188,9 +188,9 @@ def refresh_runs(fs: fsspec.AbstractFileSystem, root: str, run_ids: Iterable[str
         found: dict[str, dict] = {}
         for folder in _run_folders(run_id):
             found.update(list_files(fs, root, folder, detail=True))
-        # the run's index first: the compactor wrote it after this pass's swaps (its entries are fresh)
+        # the run index over the old manifest: the compactor updates it after its swaps
         known = {rel: e for rel, e in by_path.items() if _run_of(rel, folders) == run_id}
-        known |= {rel: {**e, "path": rel} for rel, e in read_run_index(fs, root, run_id).items()}
+        known |= read_run_index(fs, root, run_id)
         ours[run_id] = _entries(fs, root, found, read_records(fs, root, run_id=run_id), known, out)
     for _ in range(_TRIES):
         current = {run_id: [] for run_id in run_ids}
