@@ -38,7 +38,7 @@ from trainer_hooks.forensics import Forensics
 from trainer_hooks.mirror import wandb_mirror_for
 from trainer_hooks.nvml_sampler import NvmlSampler
 from trainer_hooks.step_capture import StepCapture
-from trainer_hooks.step_metrics import LOG, STEP, StepRecord, StepValues, TokenCount, step_rows
+from trainer_hooks.step_metrics import LOG, STEP, StepRecord, StepValues, TokenCount, step_columns, step_dicts
 from trainer_hooks.topology import discover, open_rank_writer
 
 _log = logging.getLogger("flightlog.hooks")
@@ -218,19 +218,26 @@ class Observer(StepCapture):
 
     def _on_drain(self, batch: list[tuple[list[float | None], tuple]]) -> None:
         """Every step staged since the last wake-up, oldest first: a column operation per field, not a
-        call per step (step_metrics.step_rows, Forensics.observe_steps). The metric rows are computed before
-        any is written: a batch whose rows fail is handed over again step by step (DeviceBuffer) without
-        doubles."""
+        call per step (step_metrics.step_columns, Forensics.observe_steps). The columns go to the writer as
+        they are (`Writer.metrics_columns`; a writer without it gets a `metrics()` call per step). The metric
+        rows are computed before any is written: a batch whose rows fail is handed over again step by step
+        (DeviceBuffer) without doubles."""
         steps = [b for b in batch if b[1][0] == STEP]
         logs = [b for b in batch if b[1][0] == LOG] if len(steps) < len(batch) else []
         writer = self.writer
+        rows = None
         if steps:
             vals, recs = zip(*steps, strict=True)
             v, r = StepValues._make(zip(*vals, strict=True)), StepRecord._make(zip(*recs, strict=True))
-            rows, losses = step_rows(v, r, self._dp_tokens)
-            metrics = writer.metrics
-            for step, m, wall in zip(r.step, rows, r.wall_time, strict=True):
-                metrics(step, m, wall_time=wall)
+            cols, losses = step_columns(v, r, self._dp_tokens)
+            by_columns = getattr(writer, "metrics_columns", None)
+            if by_columns is not None:
+                by_columns(r.step, cols, r.wall_time)
+            else:
+                rows = step_dicts(cols)
+                metrics = writer.metrics
+                for step, m, wall in zip(r.step, rows, r.wall_time, strict=True):
+                    metrics(step, m, wall_time=wall)
             self._track_chunks(r.step, r.chunk, r.tokens)
             self.forensics.observe_steps(r.step, losses, v.grad_norm, loss_scales=v.loss_scale, data_chunks=r.chunk,
                                          sample_ids=r.sample_ids, probe_calls=r.probe_calls, first_bads=v.first_bad)
@@ -238,7 +245,9 @@ class Observer(StepCapture):
             for (step, name), x in zip(points, values, strict=True):
                 writer.metric(step, name, x)
         if self._mirror is not None:
-            self._mirror_batch(batch, iter(rows) if steps else iter(()))
+            if rows is None and steps:
+                rows = step_dicts(cols)
+            self._mirror_batch(batch, iter(rows or ()))
 
     def _track_chunks(self, steps: tuple[int, ...], chunks: tuple[int | None, ...], tokens: tuple[int, ...]) -> None:
         """ChunkTracker.step for each run of steps on one chunk: its first step, then its last with the rest

@@ -63,56 +63,73 @@ class TokenCount:
     peak_flops: float | None = None
 
 
+_FLOAT = {float}
+
+
 def _present(col: Sequence[Any]) -> bool:
     return col.count(None) != len(col)
 
 
-def step_rows(v: StepValues, r: StepRecord, tc: TokenCount) -> tuple[list[dict[str, float]], list[float | None]]:
+def step_columns(v: StepValues, r: StepRecord, tc: TokenCount) -> tuple[dict[str, Sequence[Any]], list[float | None]]:
     """The metrics of many steps at once: `r` and `v` hold one column (a tuple) per field, a step per row.
 
-    Returns (one dict per step, its names in the order listed above; each step's loss, None where no loss
-    was recorded). Column at a time: the drainer's Python work per step is a few list-comprehension
-    items, not a function call per step and a dict store per name.
+    Returns ({name: its column, None where a step has no value}, in the order listed above, a name no step
+    of the batch has left out; each step's loss, None where no loss was recorded). Column at a time: the
+    drainer's Python work per step is a few list-comprehension items, not a function call per step and a
+    dict store per name; `Writer.metrics_columns` takes the columns as they are.
     """
-    n = len(r.step)
-    names: list[str] = []
-    cols: list[Sequence[Any]] = []
-
-    def add(name: str, col: Sequence[Any]) -> None:
-        if _present(col):  # a name no step of this batch has is left out
-            names.append(name)
-            cols.append(col)
-
-    dev = v.loss_device_sum if _present(v.loss_device_sum) else (0.0,) * n
-    losses = [((d or 0.0) + h) / k if k else None for k, d, h in zip(r.n_loss, dev, r.loss_host_sum, strict=True)]
-    add("loss", losses)
-    add("grad_norm", v.grad_norm)
+    cols: dict[str, Sequence[Any]] = {}
+    dev = v.loss_device_sum
+    if _present(dev):
+        losses = [((d or 0.0) + h) / k if k else None for k, d, h in zip(r.n_loss, dev, r.loss_host_sum, strict=True)]
+    else:
+        losses = [(0.0 + h) / k if k else None for k, h in zip(r.n_loss, r.loss_host_sum, strict=True)]
+    if _present(losses):
+        cols["loss"] = losses
+    if _present(v.grad_norm):
+        cols["grad_norm"] = v.grad_norm
     lrs = r.lrs
-    if list in set(map(type, lrs)):  # several param groups: lr, lr/group1, ...
+    types = set(map(type, lrs))
+    if list in types:  # several param groups: lr, lr/group1, ...
         rows = [x if type(x) is list else [x] for x in lrs]
         for i in range(max(map(len, rows))):
-            add("lr" if i == 0 else f"lr/group{i}", [float(x[i]) if i < len(x) else None for x in rows])
+            col = [float(x[i]) if i < len(x) else None for x in rows]
+            if _present(col):
+                cols["lr" if i == 0 else f"lr/group{i}"] = col
     else:
-        add("lr", [x if type(x) is float else float(x) for x in lrs])
-    add("loss_scale", v.loss_scale)
-    add("step_skipped", [1.0 if s else None for s in r.skipped])
-    add("step_time_s", r.step_time)
-    add("data_wait_s", r.data_wait)
-    tokens, step_time = r.tokens, r.step_time
+        cols["lr"] = lrs if types == _FLOAT else [float(x) for x in lrs]
+    if _present(v.loss_scale):
+        cols["loss_scale"] = v.loss_scale
+    if any(r.skipped):
+        cols["step_skipped"] = [1.0 if s else None for s in r.skipped]
+    step_time = r.step_time
+    if _present(step_time):
+        cols["step_time_s"] = step_time
+    if _present(r.data_wait):
+        cols["data_wait_s"] = r.data_wait
+    tokens = r.tokens
     if any(tokens):
         dp = tc.dp_size
         seen = list(itertools.accumulate((t * dp for t in tokens), initial=tc.seen))
         tc.seen = seen[-1]
-        add("tokens_seen", [float(s) if t else None for t, s in zip(tokens, seen[1:], strict=True)])
+        cols["tokens_seen"] = [float(s) if t else None for t, s in zip(tokens, seen[1:], strict=True)]
         tps = [t / s if t and s else None for t, s in zip(tokens, step_time, strict=True)]
-        add("tokens_per_s", tps)
-        if tc.model_flops_per_token and tc.peak_flops:
-            f, peak = tc.model_flops_per_token, tc.peak_flops
-            add("mfu", [None if x is None else x * f / peak for x in tps])
+        if _present(tps):
+            cols["tokens_per_s"] = tps
+            if tc.model_flops_per_token and tc.peak_flops:
+                f, peak = tc.model_flops_per_token, tc.peak_flops
+                cols["mfu"] = [None if x is None else x * f / peak for x in tps]
     mem = r.mem
     if _present(mem):
-        add("mem_allocated_bytes", [None if m is None else float(m[0]) for m in mem])
-        add("mem_reserved_bytes", [None if m is None else float(m[1]) for m in mem])
-    if not any(None in c for c in cols):  # the usual batch: every step has every name
-        return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)], losses
-    return [{k: x for k, x in zip(names, row, strict=True) if x is not None} for row in zip(*cols, strict=True)], losses
+        cols["mem_allocated_bytes"] = [None if m is None else float(m[0]) for m in mem]
+        cols["mem_reserved_bytes"] = [None if m is None else float(m[1]) for m in mem]
+    return cols, losses
+
+
+def step_dicts(cols: dict[str, Sequence[Any]]) -> list[dict[str, float]]:
+    """One {name: value} per step from `step_columns`' columns, None values left out (the mirror's rows, and
+    the rows for a writer without `metrics_columns`)."""
+    names, rows = list(cols), zip(*cols.values(), strict=True)
+    if not any(None in c for c in cols.values()):  # the usual batch: every step has every name
+        return [dict(zip(names, row, strict=True)) for row in rows]
+    return [{k: x for k, x in zip(names, row, strict=True) if x is not None} for row in rows]

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import fsspec
@@ -97,6 +97,10 @@ class Writer:
         self._multi: list = []
         self._rows_cap = q          # (table, row dict) of every other table
         self._rows: list = []
+        # metrics_columns() batches, (steps, {name: column}, wall times), bounded in steps like metrics() calls;
+        # queued = steps put in - steps the flush thread took (each counter has one writing thread)
+        self._cols: list = []
+        self._cols_in = self._cols_out = 0
         self._late: list[tuple[str, list, int]] = []  # swapped-out lists a racing append may still reach
         self.dropped_count = 0
         self._rank_lock = threading.Lock()
@@ -152,6 +156,29 @@ class Writer:
             buf.extend((step, dict(values), _time() if wall_time is None else wall_time))
         else:
             self.dropped_count += len(values)
+
+    def metrics_columns(self, steps: Sequence[int], columns: Mapping[str, Sequence[float | None]],
+                        wall_times: Sequence[float | dt.datetime] | None = None) -> None:
+        """Queue many steps at once, a column per name: the rows of `metrics(steps[i], {name: col[i] for each
+        column whose col[i] is not None}, wall_time=wall_times[i])` for each i in turn, bounded and dropped the
+        same way, without a dict per step (the batch is expanded on the flush thread). The caller hands the
+        sequences over: they must not change afterwards. `wall_times=None`: now, for every step."""
+        n = len(steps)
+        if (wall_times is not None and len(wall_times) != n) or any(len(c) != n for c in columns.values()):
+            self.dropped_count += sum(x is not None for c in columns.values() for x in c)
+            self._oncelog.warn("metrics-columns", "flightlog: metrics_columns() got columns of different "
+                               "lengths; the batch was dropped")
+            return
+        room = self._multi_cap // 3 - (self._cols_in - self._cols_out)  # in metrics() calls, as metrics() counts
+        if room < n:
+            keep = max(0, room)
+            self.dropped_count += sum(x is not None for c in columns.values() for x in c[keep:])
+            if not keep:
+                return
+            steps, columns = steps[:keep], {k: c[:keep] for k, c in columns.items()}
+            wall_times, n = None if wall_times is None else wall_times[:keep], keep
+        self._cols.append((steps, columns, [_time()] * n if wall_times is None else wall_times))
+        self._cols_in += n
 
     def _put(self, table: str, row: dict[str, Any]) -> None:
         buf = self._rows
@@ -245,6 +272,12 @@ class Writer:
         flat, nflat = self._take("_mbuf")
         if "_mbuf" in late:
             flat, nflat = late["_mbuf"] + flat[:nflat], len(late["_mbuf"]) + nflat
+        cols_list, ncols = self._take("_cols")
+        batches = late.get("_cols", []) + cols_list[:ncols]
+        if batches:  # after the metric() points: a new list, the swapped-out one stays as _late saw it
+            self._cols_out += sum(len(b[0]) for b in batches)
+            flat = flat[:nflat] + self._column_points(batches)
+            nflat = len(flat)
         multi_list, nmulti = self._take("_multi")
         multi = late.get("_multi", []) + multi_list[:nmulti]
         rows_list, nrows = self._take("_rows")
@@ -257,12 +290,38 @@ class Writer:
                 rows.append(("ranks", {**rank_row, "updated_at": _time()}))
         return flat, nflat, multi, rows
 
+    def _column_points(self, batches: list) -> list:
+        """metrics_columns() batches -> flat metric() items (step, name, value, wall_time), each step's names
+        in column order, as metrics() calls would give them. A batch without None is interleaved by slice
+        assignment in C; a batch that cannot be read is dropped, counted and reported."""
+        out: list = []
+        for steps, columns, walls in batches:
+            try:
+                n, items = len(steps), list(columns.items())
+                k = 4 * len(items)
+                if not any(None in c for _, c in items):
+                    flat = [None] * (n * k)
+                    for j, (name, col) in enumerate(items):
+                        j *= 4
+                        flat[j::k], flat[j + 1::k], flat[j + 2::k], flat[j + 3::k] = steps, [name] * n, col, walls
+                    out += flat
+                    continue
+                for i, (step, wall) in enumerate(zip(steps, walls, strict=True)):
+                    for name, col in items:
+                        if (v := col[i]) is not None:
+                            out += (step, name, v, wall)
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
+                self.dropped_count += len(steps) if isinstance(steps, Sized) else 1
+                self._oncelog.warn("metrics-columns", f"flightlog: a metrics_columns() batch was dropped: {exc!r}")
+        return out
+
     def _queued_points(self) -> int:
-        """About how many points wait in the queue (metrics() calls count five names)."""
-        return len(self._mbuf) // 4 + 5 * len(self._multi) // 3
+        """About how many points wait in the queue (metrics() calls and metrics_columns() steps count five
+        names)."""
+        return len(self._mbuf) // 4 + 5 * len(self._multi) // 3 + 5 * (self._cols_in - self._cols_out)
 
     def _has_queued(self) -> bool:
-        return bool(self._mbuf or self._multi or self._rows)
+        return bool(self._mbuf or self._multi or self._rows or self._cols)
 
     # ---- flush / close -----------------------------------------------------------------------
 
@@ -319,7 +378,8 @@ class Writer:
         """The child gets its own flush thread and its own file-name slot; the parent keeps its data."""
         self._close_lock = threading.Lock()
         self._rank_lock = threading.Lock()
-        self._mbuf, self._multi, self._rows, self._late = [], [], [], []
+        self._mbuf, self._multi, self._rows, self._late, self._cols = [], [], [], [], []
+        self._cols_in = self._cols_out = 0
         self._rank_row = None
         self._owner = False
         self.dropped_count = 0
