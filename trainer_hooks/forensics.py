@@ -18,6 +18,7 @@ very step that went non-finite when that step is probed.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -125,6 +126,26 @@ def _row_median(sorted_rows: np.ndarray) -> np.ndarray:
     return sorted_rows[:, n // 2] if n % 2 else (sorted_rows[:, n // 2 - 1] + sorted_rows[:, n // 2]) / 2
 
 
+def _middle_deviations(s: list[float], med: float, k: int) -> tuple[float, float]:
+    """The k-1-th and k-th smallest (from 0; k >= 1) of abs(v - med) over the sorted `s`.
+
+    The values below the median give deviations that grow as i goes down from p - 1 (s[:p] < med <= s[p:]),
+    those at or above it as j goes up from p (fl(v - med) is monotone in v), so the k + 1 smallest are the
+    first i of one run and the first k + 1 - i of the other, for the one i a binary search finds. The same
+    float operations as computing every deviation, so the same values, without a list and a sort."""
+    p = bisect.bisect_left(s, med)
+    a, b = max(0, k + 1 - (len(s) - p)), min(k + 1, p)  # how many of the k + 1 smallest lie below the median
+    while a < b:
+        i = (a + b) // 2  # too few from below when the next one below is smaller than the last one above
+        if abs(s[p - 1 - i] - med) < abs(s[p + k - i] - med):
+            a = i + 1
+        else:
+            b = i
+    # the k + 1 smallest: below, s[p - a:p]; above, s[p:p + k + 1 - a]. Their largest two, in order:
+    top = sorted([abs(v - med) for v in s[p - a:min(p, p - a + 2)] + s[p + max(0, k - 1 - a):p + k + 1 - a]])
+    return top[-2], top[-1]
+
+
 class SpikeDetector:
     """Robust z-score of a new value against the median/MAD of a rolling window (upward spikes).
 
@@ -150,8 +171,13 @@ class SpikeDetector:
         s = sorted(self.window if values is None else values)
         n = len(s)
         med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-        dev = sorted([abs(v - med) for v in s])  # the median as statistics.median takes it, without its checks
-        mad = dev[n // 2] if n % 2 else (dev[n // 2 - 1] + dev[n // 2]) / 2
+        # The median of the deviations |v - med|, as statistics.median takes it, without sorting them: they
+        # are two sorted runs (outward from the median), so their k-th smallest is a binary search away.
+        if n == 1:
+            mad = 0.0
+        else:
+            below, at = _middle_deviations(s, med, n // 2)
+            mad = at if n % 2 else (below + at) / 2
         return med, mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
 
     def update(self, value: float | None) -> dict[str, float] | None:

@@ -4,7 +4,9 @@ wrote, spike decisions are those of one value at a time, and one bad step loses 
 from __future__ import annotations
 
 import collections
+import glob
 import math
+import os
 import random
 import statistics
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 import trainer_hooks
+from telemetry import Writer, WriterConfig
 from tests.trainer_hooks.conftest import batch, tiny_model
 from trainer_hooks.device_buffer import DeviceBuffer
 from trainer_hooks.forensics import SpikeDetector
@@ -197,3 +200,77 @@ def test_a_step_that_fails_in_a_batch_loses_only_itself():
     buf._drain_all()
     assert handed == [0, 1, 2, 4, 5]
     assert errors == ["drainer: bad step 3"]
+
+
+def _stats_by_sorting(values: list[float]) -> tuple[float, float, float]:
+    s = sorted(values)
+    n = len(s)
+    med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    mad = statistics.median([abs(v - med) for v in s])
+    return med, mad, 1.4826 * mad if mad > 0 else max(abs(med) * 1e-6, 1e-12)
+
+
+def test_the_window_statistics_are_those_of_sorting_every_deviation():
+    """SpikeDetector._stats finds the MAD by a binary search over the two sorted runs of deviations: the
+    very floats of sorting them all, with ties, duplicates, signed zeros, subnormals and near-overflow."""
+    rng = random.Random(7)
+    detector = SpikeDetector()
+    pools = [lambda: rng.choice([1.0, 2.0, 3.0]), lambda: float(rng.randint(-3, 3)),
+             lambda: rng.choice([1e308, -1e308, 1.7e308, 5e-324, -5e-324, 0.0, -0.0]),
+             lambda: rng.gauss(0, 1) * 10 ** rng.randint(-300, 300), lambda: rng.lognormvariate(0, 2)]
+    for _ in range(3000):
+        draw = rng.choice(pools)
+        values = [draw() for _ in range(rng.randint(1, 130))]
+        assert repr(detector._stats(values)) == repr(_stats_by_sorting(values)), values
+
+
+def _archive_rows(archive: str, table: str) -> list[tuple]:
+    import duckdb  # noqa: PLC0415 - lazy: a heavy reader, needed by this test alone
+
+    files = sorted(glob.glob(os.path.join(archive, table, "**", "*.parquet"), recursive=True))
+    # obs.log() values and events are stamped when the drainer writes them: their wall times differ per run
+    cols = ("step, name, value::VARCHAR, CASE WHEN name IN ('extra', 'count') THEN NULL ELSE wall_time END"
+            if table == "metrics" else "step, kind, message")
+    return sorted(duckdb.sql(f"SELECT {cols} FROM read_parquet({files!r}, hive_partitioning=false)").fetchall())
+
+
+@pytest.mark.parametrize("drain_sizes", [[1] * 10, [7, 40, 3, 150]])
+def test_a_writer_taking_columns_gets_the_rows_of_a_metrics_call_per_step(tmp_path, drain_sizes):
+    """The drainer hands a real Writer its columns (metrics_columns); a writer without that method gets one
+    metrics() call per step: the archives hold the same rows, NaN/Inf and steps without some names included."""
+    staged = _staged_steps(str(tmp_path / "staged"))
+    sizes = (drain_sizes * len(staged))[:len(staged)]
+    got = {}
+    for how in ("columns", "metrics"):
+        archive = str(tmp_path / how)
+        writer = Writer(archive, "replay", writer_config=WriterConfig(flush_interval_s=0.05))
+        if how == "metrics":
+            writer = _WithoutColumns(writer)
+        model = tiny_model()
+        obs = Observer(model, torch.optim.SGD(model.parameters(), lr=0.1), run="replay", writer=writer,
+                       sampler=_Sampler(), options=trainer_hooks.ObserverConfig(seed=3))
+        obs._buf.close()  # no drainer thread: this test drains
+        i = 0
+        for n in sizes:
+            obs._buf._pending.extend((None, v, p) for v, p in staged[i:i + n])
+            obs._buf._drain_all()
+            i += n
+        obs.close()
+        writer.close()
+        assert obs._errors == {}
+        got[how] = _archive_rows(archive, "metrics"), _archive_rows(archive, "events")
+    assert len(got["columns"][0]) > 5 * len(staged)
+    assert any(v in ("nan", "inf") for _, _, v, _ in got["columns"][0])
+    assert got["columns"] == got["metrics"]
+
+
+class _WithoutColumns:
+    """A Writer seen through an object that has no metrics_columns: what a framework's own writer may be."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._w = writer
+
+    def __getattr__(self, name: str) -> object:
+        if name == "metrics_columns":
+            raise AttributeError(name)
+        return getattr(self._w, name)
