@@ -53,17 +53,20 @@ def _install() -> None:
     @functools.wraps(original)
     def clip_grad_norm_(parameters: Any, max_norm: float, norm_type: float = 2.0, *args: Any, **kwargs: Any) -> Any:
         watchers = _watchers
-        if not watchers:
+        if not watchers or norm_type != 2.0:
             return original(parameters, max_norm, norm_type, *args, **kwargs)
         # clip_grad_norm_ itself turns an iterable into a list; doing it first lets us look at it too.
-        if not isinstance(parameters, (torch.Tensor, list, tuple)):
+        kind = type(parameters)  # type() first: isinstance against torch.Tensor costs its metaclass check
+        if kind is not list and kind is not tuple:
+            if isinstance(parameters, torch.Tensor):  # one tensor: never an optimizer's parameter list
+                return original(parameters, max_norm, norm_type, *args, **kwargs)
             parameters = list(parameters)
-        total = original(parameters, max_norm, norm_type, *args, **kwargs)
-        if norm_type == 2.0 and not isinstance(parameters, torch.Tensor):
-            for ref in watchers:
-                obs = ref()
-                if obs is not None:
-                    obs._clip_norm(parameters, total)
+        total = original(parameters, max_norm, norm_type, *args, **kwargs) if args or kwargs \
+            else original(parameters, max_norm, norm_type)
+        for ref in watchers:
+            obs = ref()
+            if obs is not None:
+                obs._clip_norm(parameters, total)
         return total
 
     clip_grad_norm_.__flightlog_original__ = original  # type: ignore[attr-defined]
