@@ -97,8 +97,7 @@ def _sidebar() -> None:
                 st.warning(f"{exc}. Showing another run instead.")
                 st.query_params.pop("run", None)
         if st.session_state.get("run_select") not in ids:
-            with_points = list(runs.loc[runs["steps"].notna(), "run_id"])  # the newest run that has a journey
-            st.session_state["run_select"] = (with_points or ids)[0]
+            st.session_state["run_select"] = state.default_run(runs)  # the newest run that has a journey
         run_id = st.selectbox("Run", ids, key="run_select",
                               format_func=lambda r: names[r] if names[r] == r else f"{names[r]} ({r})")
         st.session_state["_run_id"] = run_id

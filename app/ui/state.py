@@ -246,6 +246,15 @@ def x_bounds_for_steps(archive: Any, run_id: str, x: str, lo: int, hi: int) -> t
     return _read(archive, "x_bounds_for_steps", run_id, x, lo, hi)
 
 
+def default_run(runs: pd.DataFrame) -> str | None:
+    """The run the sidebar opens on without `?run=`: the newest run that has a journey (metric points),
+    else the newest run; None for an archive without runs. `runs` is Archive.runs() (newest first)."""
+    if runs.empty:
+        return None
+    with_points = list(runs.loc[runs["steps"].notna(), "run_id"])
+    return (with_points or list(runs["run_id"]))[0]
+
+
 # -- page plumbing ---------------------------------------------------------------------------
 def current_archive() -> Any:
     """The archive chosen in the sidebar, or None (main.py already showed why it could not open)."""

@@ -1,5 +1,6 @@
-"""The first visit's server work, done ahead by `flightlog ui` (see launch.py): open the sidebar's
-default archive and cache its runs list, so the first visitor finds both ready.
+"""The first visit's server work, done ahead by `flightlog ui` (see launch.py): open the sidebar's default
+archive, cache its runs list, then compute the journey page of the run the sidebar opens on (its default
+view: every query and chart spec, app/ui/journey_data.py), so the first visitor finds all of it ready.
 
 Importing this module is itself part of the work (pandas, altair, duckdb and the app's own modules):
 launch.py imports it on its warm-up thread, never on the thread that starts the server.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import altair  # noqa: F401 - importing is the warm-up: every page draws with altair
 import duckdb  # noqa: F401 - the archive's engine
@@ -16,19 +18,19 @@ import pandas  # noqa: F401
 import pyarrow  # noqa: F401
 from streamlit import runtime
 
-from app.ui import charts, state  # noqa: F401 - charts: the chart builders every page uses
+from app.ui import charts, journey_data, state  # noqa: F401 - charts: the chart builders every page uses
 
 log = logging.getLogger(__name__)
 RUNTIME_WAIT_S = 60.0  # Streamlit's runtime (the home of st.cache_data) exists within a second or two
 
 
 def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> str:
-    """Open the `--archive` of the app's `script_args` (st.cache_resource) and cache its runs list the
-    way the sidebar asks for it (st.cache_data, once Streamlit's runtime exists).
+    """Open the `--archive` of the app's `script_args` (st.cache_resource), then, once Streamlit's runtime
+    exists, cache its runs list the way the sidebar asks for it and the default run's journey (st.cache_data).
 
-    Returns how far it got: "failed" (the archive did not open), "opened" (no runtime to cache the runs
-    in within `runtime_wait_s`) or "ready". A failure is only logged at debug level: the page opens the
-    archive again and shows the user what went wrong.
+    Returns how far it got: "failed" (the archive did not open), "opened" (no runtime to cache in within
+    `runtime_wait_s`, or the runs list failed), "listed" (runs cached; the journey failed) or "ready". A
+    failure is only logged at debug level: the page runs the same queries again and shows what went wrong.
     """
     try:
         archive = state.get_archive(state.configured_archive_url(script_args))  # the sidebar's default archive
@@ -40,9 +42,23 @@ def warm_up(script_args: list[str], runtime_wait_s: float = RUNTIME_WAIT_S) -> s
         if time.monotonic() >= deadline:
             return "opened"
         time.sleep(0.05)
+    return warm_pages(archive)
+
+
+def warm_pages(archive: Any, run_id: str | None = None) -> str:
+    """Cache what a first visit of `archive` asks for: the sidebar's runs list, then the journey of `run_id`
+    (default: the run the sidebar opens on). Returns "opened", "listed" or "ready" (see warm_up)."""
     try:
-        state.query(archive, "runs")
+        runs = state.query(archive, "runs")
     except Exception as exc:  # noqa: BLE001 - same: the sidebar runs this query again and reports
         log.debug("warm-up could not list the runs: %s", exc)
         return "opened"
+    run_id = run_id or state.default_run(runs)
+    if run_id is None:
+        return "ready"
+    try:
+        journey_data.warm(archive, run_id)
+    except Exception as exc:  # noqa: BLE001 - same: the journey page runs these queries again and reports
+        log.debug("warm-up could not compute the journey of %s: %s", run_id, exc)
+        return "listed"
     return "ready"

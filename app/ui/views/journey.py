@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import functools
 
-import pandas as pd
 import streamlit as st
 
-from app.ui import chart_frames, chart_style, charts, state
-from telemetry.read import series
+from app.ui import chart_style, charts, journey_data, state
 
 picked = state.require_run()
 if picked is None:
     st.title("Journey")
     st.stop()
 archive, run_id = picked
-runs = state.query(archive, "runs", run_id).set_index("run_id")  # this run's row: reads only its files
-info = runs.loc[run_id]
+run = journey_data.run_facts(archive, run_id)  # this run's row: reads only its files; spans from footers: no scan
+info, spans, names = run.info, run.spans, run.names
 name = info["name"] if isinstance(info["name"], str) else run_id
 st.title(f"Journey of {name}")
 
-spans = state.step_spans(archive, run_id)  # {attempt: (first, last)} from file footers: no scan
 st.caption(" · ".join([
     f"**{info['status']}**", f"{chart_style.fmt_count(info['steps'])} steps",
     f"{chart_style.fmt_count(info['tokens'])} tokens",
@@ -32,8 +29,7 @@ if not spans:
             "segment interval (60 s by default); press *Re-scan the archive* in the sidebar.")
     st.stop()
 
-first, last = min(lo for lo, _ in spans.values()), max(hi for _, hi in spans.values())
-names = state.query(archive, "metric_names", run_id)
+first, last = run.first, run.last
 
 # -- controls ---------------------------------------------------------------------------------
 params = state.zoom_from_params()
@@ -56,12 +52,8 @@ def _zoom_to_brush(chart_key: str) -> None:
         st.session_state["zoom_lo"], st.session_state["zoom_hi"] = state.clamp_range(*picked, first, last)
 
 
-# one rule with the runs list and Compare (telemetry.read.series): losses first, whatever tool named them, then
-# grad norm, lr, throughput; series of a few points (sizes, final scores) go to a table, not near-empty charts
-points = state.metric_points(archive, run_id)
-counts = {r.name: (int(r.points), r.first_step, r.last_step) for r in points.itertuples()}
-curve_names, few_names = series.split_series(counts, names)
-default_metrics = series.default_charts(curve_names)
+points, curve_names, few_names = run.points, run.curve_names, run.few_names
+default_metrics = run.default_metrics
 c1, c2, c3, c4, c5, c6 = st.columns([2.2, 1.6, 1.6, 0.8, 1, 2], vertical_alignment="bottom")
 x = c1.segmented_control("x axis", ["step", "tokens", "time"], default="step", key="journey_x",
                          help="step, tokens seen, or wall time (UTC)") or "step"
@@ -91,22 +83,14 @@ else:
     st.query_params.pop("lo", None)
     st.query_params.pop("hi", None)
 rank = None if rank_label == "all ranks" else int(rank_label.split()[1])
-buckets = chart_style.buckets_for_width()  # about one bucket per 1.5 px of a half-width chart
+view = journey_data.JourneyView(run_id, lo, hi, zoomed=zoomed, x=x, rank=rank, overlay=tuple(overlay), log=log,
+                                smoothing=smoothing, line=line)
 
-# -- curves -----------------------------------------------------------------------------------
-if zoomed:
-    x_lo, x_hi = state.x_bounds_for_steps(archive, run_id, x, lo, hi)
-    if x_lo is None:
-        x_lo, x_hi = (lo, hi) if x == "step" else (None, None)
-else:
-    x_lo = x_hi = None
-events = state.query(archive, "events", run_id, kinds=overlay, lo=lo, hi=hi) if overlay else pd.DataFrame()
-tokens_curve = state.query(archive, "curve", run_id, "tokens_seen", x="step", buckets=buckets) if (
-    x == "tokens" and "tokens_seen" in names) else None
-events = chart_frames.events_on_x(events, x, tokens_curve) if not events.empty else events
+# -- curves (queries and charts cached per archive version: a first visit finds the warm-up's) --------------
+events = journey_data.events(archive, view, names)
 if x == "tokens" and "tokens_seen" not in names:
     st.warning("This run logged no `tokens_seen`: showing nothing against tokens. Pick step or time.")
-st.caption(f"Steps {lo:,}–{hi:,} · up to {buckets:,} buckets per chart · band: min–max of each bucket, line: "
+st.caption(f"Steps {lo:,}–{hi:,} · up to {view.buckets:,} buckets per chart · band: min–max of each bucket, line: "
            f"its {line} · red ▼: buckets holding NaN or ±Inf"
            + (" · drag across a chart to zoom" if x == "step" else ""))
 if not events.empty:
@@ -115,26 +99,19 @@ if not events.empty:
 
 grid = st.columns(2)
 for i, metric in enumerate(shown):
-    if x == "step":  # buckets of whole LOD blocks over the shown steps: served from the LOD alone (~20x faster)
-        curve = state.query(archive, "curve", run_id, metric, x=x, buckets=buckets, lo=lo, hi=hi, rank=rank,
-                            align=True)
-    else:
-        curve = state.query(archive, "curve", run_id, metric, x=x, buckets=buckets, lo=x_lo, hi=x_hi, rank=rank)
+    drawn = journey_data.chart(archive, view, metric, names)
     with grid[i % 2]:
-        if curve.empty:
+        if drawn.spec is None:
             st.info(f"No `{metric}` points in this range.")
             continue
-        chart = charts.envelope(curve, metric=metric, x=x, log=log, smoothing=smoothing, line=line, events=events,
-                                brush="zoom" if x == "step" else None)
         key = f"journey_chart_{metric}_{lo}_{hi}"  # a new zoom is a new chart: the old brush goes away
         if x == "step":  # drag across a chart to zoom into those steps
-            st.altair_chart(chart, width="stretch", key=key, on_select=functools.partial(_zoom_to_brush, key),
-                            selection_mode="zoom")
+            st.vega_lite_chart(spec=drawn.spec, width="stretch", key=key,
+                               on_select=functools.partial(_zoom_to_brush, key), selection_mode="zoom")
         else:
-            st.altair_chart(chart, width="stretch", key=key)
-        n_nan, n_pinf, n_ninf = (int(curve[c].sum()) for c in ("nan_count", "posinf_count", "neginf_count"))
-        if n_nan or n_pinf or n_ninf:
-            st.caption(f":red[{n_nan:,} NaN · {n_pinf:,} +Inf · {n_ninf:,} −Inf in view]")
+            st.vega_lite_chart(spec=drawn.spec, width="stretch", key=key)
+        if drawn.nan or drawn.posinf or drawn.neginf:
+            st.caption(f":red[{drawn.nan:,} NaN · {drawn.posinf:,} +Inf · {drawn.neginf:,} −Inf in view]")
 
 if few_names:
     st.subheader("Summary values")
@@ -149,16 +126,13 @@ if few_names:
 # -- attempts ---------------------------------------------------------------------------------
 st.subheader("Attempts")
 if len(spans) > 1:
-    lineage = state.query(archive, "attempt_lineage", run_id)
+    lineage = journey_data.lineage(archive, run_id)
     st.caption("The journey stitches attempts together: for each step the latest attempt that reached it wins; "
                "earlier attempts' re-run steps are abandoned branches (dashed).")
-    lineage_metric = series.loss_name(curve_names) or (curve_names or names)[0]
-    per_attempt = state.attempt_curves(archive, run_id, lineage_metric)
-    st.altair_chart(charts.lineage_chart(per_attempt, lineage, metric=lineage_metric, log=log), width="stretch",
-                    key="journey_lineage")
+    st.vega_lite_chart(spec=journey_data.lineage_chart(archive, run_id, run.lineage_metric, log), width="stretch",
+                       key="journey_lineage")
 else:
-    lineage = state.sql_df(archive, "SELECT attempt, started_at, ended_at, end_status, seed, reason FROM attempts "
-                                    "WHERE run_id = ? ORDER BY attempt", (run_id,))
+    lineage = journey_data.single_attempt(archive, run_id)
     st.caption("One attempt: the run was never restarted.")
 st.dataframe(lineage, hide_index=True, column_config={
     "first_step": st.column_config.NumberColumn("first step", format="localized"),
