@@ -226,6 +226,12 @@ def ci_verdict(m: tuple[float, float, float], budget: float, *, below: bool) -> 
     return "undecided (noise)"
 
 
+def ratio_verdict(m: tuple[float, float, float]) -> str:
+    """A ratio interval reaching 0 or below comes from resamples where a cost was at or below zero: noise, never
+    a miss."""
+    return "undecided (noise)" if m[1] <= 0 else ci_verdict(m, BUDGET_RATIO, below=False)
+
+
 def _fmt(m: tuple[float, float, float]) -> str:
     return f"{m[0]:.1f} [{m[1]:.1f}, {m[2]:.1f}]"
 
@@ -267,7 +273,7 @@ def report(per_arm: dict, rounds: int, block: int) -> str:
                         ci_verdict(book["wall"], BUDGET_US, below=True)]]
         if r:
             budget_rows.append(["wandb offline cost / bookkeeping (wall) >= 30x", _fmt_ratio(r["wall"]),
-                                ci_verdict(r["wall"], BUDGET_RATIO, below=False)])
+                                ratio_verdict(r["wall"])])
         lines += ["", md_table(["budget", "measured", "verdict"], budget_rows),
                   "", "A verdict needs the whole 95% interval on one side of the budget; otherwise the noise of "
                   "this machine cannot decide it (undecided: rerun on a quieter machine, or with more --rounds)."]
@@ -279,7 +285,7 @@ def report(per_arm: dict, rounds: int, block: int) -> str:
 
 def _decided(book: tuple, budget: float, below: bool, ratio: tuple | None) -> bool | None:
     """True/False when every verdict is decided and agrees; None (no verdict) when noise leaves one open."""
-    vs = [ci_verdict(book, budget, below=below)] + ([ci_verdict(ratio, BUDGET_RATIO, below=False)] if ratio else [])
+    vs = [ci_verdict(book, budget, below=below)] + ([ratio_verdict(ratio)] if ratio else [])
     if any(v.startswith("undecided") for v in vs):
         return None
     return all(v == verdict(True) for v in vs)
