@@ -6,7 +6,8 @@ archive of 1,000 runs read by range, and how open and curve times grow with file
 (a) Live: `--ranks` ranks (1,024) x `--intervals` segment intervals (100), simulated by real
     `telemetry.Writer` objects in `--procs` processes (4). Each interval every rank logs
     `--steps-per-interval` steps of 5 metrics, then flushes; with `segment_interval_s=0` one
-    interval is one segment per rank (>= 100 k segments offered). The compactor is the sidecar
+    interval is one segment per rank (>= 100 k segments offered), an interval at most every
+    `--min-interval-s` (3 s: 20x the default 60 s segment interval). The compactor is the sidecar
     `flightlog compact --follow` (telemetry.maintain.live_compactor.follow) in its own process; it
     starts after the first tenth of the intervals, which measure the writer with no compactor in the
     same run. Reported: files over time, compaction lag, peak memory, the writer's host cost per step.
@@ -101,7 +102,10 @@ class Sizes:
     intervals: int = 100
     steps_per_interval: int = 10
     procs: int = 4
-    min_interval_s: float = 0.0         # writers wait at least this long per interval (pacing for small sizes)
+    # writers take at least this long per interval: 20x faster than the default 60 s segment interval (at
+    # full speed 1,024 simulated writers on 2 shared cores write an interval every ~1.4 s, 40x, and starve the
+    # compactor of the CPU it has on a real rank 0 or sidecar host)
+    min_interval_s: float = 3.0
     pass_interval_s: float = 2.0        # the sidecar's seconds between passes
     grace_s: float = 30.0               # replaced files deleted this long after their swap
     remote_runs: int = 1000
@@ -467,7 +471,8 @@ def report_live(res: LiveResult, sizes: Sizes) -> tuple[str, list[list[str]], di
     out = [f"### (a) Live: {sizes.ranks:,} ranks × {sizes.intervals} segment intervals ({offered:,} metric "
            f"segments offered, {sizes.ranks * sizes.intervals * sizes.steps_per_interval * len(METRICS):,} points)\n",
            f"Writers: {len(ranks_per)} processes of real `telemetry.Writer`s ({sizes.steps_per_interval} steps × "
-           f"{len(METRICS)} metrics per interval, a flush per interval, `segment_interval_s=0`); compactor: the "
+           f"{len(METRICS)} metrics per interval, a flush per interval, `segment_interval_s=0`, an interval at most "
+           f"every {sizes.min_interval_s:g} s where the default segment interval is 60 s); compactor: the "
            f"sidecar `flightlog compact --follow` (`live_compactor.follow`, a pass every {sizes.pass_interval_s:g} s, "
            f"replaced files deleted {sizes.grace_s:g} s after their swap), started at {fmt_s(res.sidecar_start_s)}. "
            f"Writers done after {fmt_s(res.wall_s)}.\n"]
@@ -839,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intervals", type=int)
     ap.add_argument("--steps-per-interval", type=int)
     ap.add_argument("--procs", type=int)
+    ap.add_argument("--min-interval-s", type=float, help="writers' least seconds per interval (3; 0: full speed)")
     ap.add_argument("--remote-runs", type=int)
     ap.add_argument("--remote-steps", type=int)
     ap.add_argument("--files", help="comma-separated file counts for (d)")
@@ -850,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the figures as JSON here")
     args = ap.parse_args(argv)
     sizes = Sizes(**(QUICK if args.quick else {}))
-    for name in ("ranks", "intervals", "steps_per_interval", "procs", "remote_runs", "remote_steps"):
+    for name in ("ranks", "intervals", "steps_per_interval", "procs", "remote_runs", "remote_steps", "min_interval_s"):
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     sizes.procs = max(1, min(sizes.procs, sizes.ranks))

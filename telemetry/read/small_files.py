@@ -64,9 +64,12 @@ class SmallFiles:
         cols = ", ".join(qident(f.name) for f in schema(table))
         memory = f"SELECT {cols} FROM {_table_name(table)}"
         with self._lock:
-            whole = kept_paths == self._by_table.get(table, set()) and table not in self._leftovers
-        if not whole:  # another snapshot's or another run's files are in memory too
+            extra = self._by_table.get(table, set()) - kept_paths  # another run's, or files on their way out
+            leftovers = table in self._leftovers
+        if leftovers or len(extra) > len(kept_paths):
             memory += f" WHERE {FILE_COLUMN} IN ({', '.join(curves.quote_str(p) for p in sorted(kept_paths))})"
+        elif extra:  # the shorter list: a refresh leaves the files that just left in memory one install longer
+            memory += f" WHERE {FILE_COLUMN} NOT IN ({', '.join(curves.quote_str(p) for p in sorted(extra))})"
         if not rest:
             return memory
         return f"SELECT * FROM ({table_source_sql(table, rest)}) UNION ALL BY NAME {memory}"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from data_schema.layout import ROOT_FILE, join, temp_name
@@ -88,6 +90,8 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str, folder: str, *, detail:
     A missing folder is empty. Listing caches are dropped first: other processes write here.
     """
     base = join(root, folder)
+    if is_local(fs):
+        return _list_local(root, base, detail)
     try:
         fs.invalidate_cache(base)
     except Exception:  # noqa: BLE001 - a cache that cannot be invalidated is still a cache
@@ -104,6 +108,45 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str, folder: str, *, detail:
         path = path if not is_local(fs) else path.replace(os.sep, "/")
         rel = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
         out[rel] = info if detail else {}
+    return out
+
+
+def read_small_parquet(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> pa.Table:
+    """A whole small Parquet file (a part being compacted): ParquetFile.read, not read_table (no dataset
+    machinery: ~4x less CPU per small file), straight from the disk when local (fsspec's open costs as
+    much as the read)."""
+    path = join(root, rel)
+    source = path if is_local(fs) else pa.BufferReader(fs.cat_file(path))
+    return pq.ParquetFile(source).read(use_threads=False)
+
+
+def _list_local(root: str, base: str, detail: bool) -> dict[str, dict[str, Any]]:
+    """`list_files` on a local disk with os.scandir: fsspec's find stats every entry through several
+    layers (1 s for 10k files of a live run; this takes a tenth of that). Same keys as fsspec's info."""
+    prefix = root.rstrip("/") + "/"
+    out: dict[str, dict[str, Any]] = {}
+    stack = [base]
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                if not detail:
+                    info: dict[str, Any] = {}
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    info = {"name": entry.path, "size": st.st_size, "type": "file", "mtime": st.st_mtime,
+                            "created": st.st_ctime}
+            except OSError:
+                continue  # gone between the listing and the stat (compaction, recovery)
+            rel = entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path.lstrip("/")
+            out[rel] = info
     return out
 
 

@@ -13,7 +13,7 @@ import pytest
 from telemetry import Archive, SandboxedQuery, Writer, WriterConfig
 
 FAST = WriterConfig(flush_interval_s=0.05, segment_interval_s=0.1, segment_rows=500)
-READ_FOR_S = 1.5
+READ_FOR_S = 3.0  # each loop runs a sandboxed query (~0.4 s, a worker process): enough loops under load
 
 
 def read_while_written(url: str, is_writing) -> list[int]:

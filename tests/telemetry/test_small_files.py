@@ -123,3 +123,19 @@ def test_a_bound_on_memory_reads_the_files_beyond_it_as_files(tmp_path, monkeypa
     assert 0 < a._small.files_loaded < 32
     monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
     assert answers(Archive(url)) == got
+
+
+def test_two_runs_in_memory_each_query_reads_its_own_runs_rows(tmp_path, monkeypatch):
+    url = str(tmp_path / "a")
+    fs, root = open_fs(url)
+    write_segments(fs, root, "small", ranks=16, intervals=2)
+    write_segments(fs, root, "big", ranks=16, intervals=3, seed=3)
+    a = Archive(url)
+    # the second run's query names its own files, the other run's being in memory too: once the
+    # longer list (IN), once the shorter (NOT IN)
+    got = [(a.metrics(r, "loss")["value"].sum(), len(a.metrics(r))) for r in ("small", "big", "small")]
+    assert a._small.files_loaded == 32 + 48
+    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
+    ref = Archive(url)
+    assert got == [(ref.metrics(r, "loss")["value"].sum(), len(ref.metrics(r))) for r in ("small", "big", "small")]
+    assert [n for _, n in got] == [16 * 2 * 20, 16 * 3 * 20, 16 * 2 * 20]
