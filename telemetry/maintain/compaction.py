@@ -47,7 +47,7 @@ from data_schema.tables import TABLES
 from data_schema.validation import conform
 from telemetry.maintain.compaction_gc import collect_garbage
 from telemetry.maintain.lod_build import rebuild_lod
-from telemetry.maintain.manifest import refresh_manifest
+from telemetry.maintain.manifest import refresh_manifest, refresh_runs_reported
 from telemetry.maintain.recovery import recover
 from telemetry.store import encodings
 from telemetry.store.fs import atomic_write_bytes, list_files, open_fs, remove
@@ -211,10 +211,10 @@ def compact_closed_run(fs: fsspec.AbstractFileSystem, root: str, run_id: str, *,
                 rows += pq.ParquetFile(fh).metadata.num_rows
             if rows >= min_rows:
                 break
-        if rows < min_rows:
-            return None
-        report = compact_fs(fs, root, run_id, grace_s=grace_s)
-        for p in report.problems:
+        report = compact_fs(fs, root, run_id, grace_s=grace_s) if rows >= min_rows else None
+        problems = list(report.problems) if report is not None else []
+        refresh_runs_reported(fs, root, [run_id], problems)  # the run's last segments, when there is a manifest
+        for p in problems:
             _log.warning("flightlog: compaction of run %r: %s", run_id, p)
         return report
     except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the data is safe without it

@@ -286,3 +286,16 @@ def test_a_refreshed_manifest_leaves_out_staged_and_temp_files_and_compact_files
     assert compact in listed and not ({orphan, os.path.basename(staged)} | temps) & listed
     assert metrics_by_manifest(archive) == {(0, s): 1 for s in range(31)}
     w.close()
+
+
+def test_a_writer_closing_its_run_leaves_the_manifest_listing_its_last_segments(tmp_path):
+    root = str(tmp_path / "a")
+    cfg = WriterConfig(flush_interval_s=0.05, segment_interval_s=3600, live_compaction=False)
+    w = Writer(root, run="r", writer_config=cfg)
+    w.metrics(0, {"loss": 1.0})
+    w.flush(10)
+    write_manifest(root)  # an archive that has a manifest (e.g. published or indexed once)
+    for step in range(1, 50):
+        w.metrics(step, {"loss": 1.0 / step})
+    w.close()  # the close hook: too few rows to compact, but the manifest must list the final segments
+    assert sum(metrics_by_manifest(root).values()) == 50
