@@ -2,9 +2,10 @@
 server work done ahead (what `flightlog ui` starts, see server.py).
 
 Streamlit runs the page scripts inside its server process, so without this the first visitor waits
-for pandas, pyarrow, altair and duckdb to import (~0.8 s on a 2-core laptop) and for the archive to
-open and list its runs. A daemon thread does that (app/ui/warmup.py) while the server starts; a browser
-arriving later finds it done, and one arriving earlier just waits on the same import locks. A failure
+for pandas, pyarrow, altair and duckdb to import (~0.8 s on a 2-core laptop), for the archive to open
+and list its runs, and for the journey page's queries and charts (~1 s on a small archive, much more on a
+live 1,024-rank one). A daemon thread does that (app/ui/warmup.py) while the server starts; a browser
+arriving later finds it done, and one arriving earlier waits on the same import and cache locks. A failure
 there is only logged at debug level: the page opens the archive again and shows the user what went wrong.
 """
 
@@ -32,7 +33,8 @@ class _FromWarmupThread(logging.Filter):
 
 
 def warm_up(script_args: list[str], runtime_wait_s: float | None = None) -> str:
-    """Import the pages' modules and run `app.ui.warmup.warm_up` (open the archive, cache its runs list).
+    """Import the pages' modules and run `app.ui.warmup.warm_up` (open the archive, cache its runs list and
+    the default run's journey).
 
     The import is by name, here on the warm-up thread, on purpose: importing the app's modules (pandas,
     altair, duckdb, Streamlit's caches) is most of the work being moved off the server's start, and a
