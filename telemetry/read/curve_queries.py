@@ -64,8 +64,8 @@ class CurveQueries:
             fast = self._lod_curve(run_id, name, buckets=buckets, lo=lo, hi=hi, rank=rank)
             if fast is not None:
                 return fast
-        scan_started = time.perf_counter()
-        source = self._run_source("metrics", run_id)
+        source = self._run_source("metrics", run_id)  # small files are read into memory here, once
+        scan_started = time.perf_counter()  # a slow scan, not a first read of small files, asks for a tail LOD
         where = [f"name = {curves.quote_str(name)}"] + self._where(run_id, rank=rank, attempt=None, journey=journey)
         points = curves.points_sql(source, x=x, where=where)
         clip = lo is not None or hi is not None
