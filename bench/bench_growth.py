@@ -127,6 +127,9 @@ QUICK = dict(ranks=16, intervals=12, procs=2, min_interval_s=0.5, pass_interval_
 
 def child_writers(task: dict[str, Any]) -> dict[str, Any]:
     """Ranks [lo, hi) of the run, one Writer each; a progress line per interval."""
+    # The simulated ranks stand for 1,024 other hosts: on this machine they yield the CPU to the compactor and
+    # the readers (niced), as a real rank 0's compactor thread or sidecar does not share its CPU with them.
+    os.nice(10)
     root, lo, hi = task["root"], task["lo"], task["hi"]
     spi, gate = task["steps_per_interval"], task["gate"]
     cfg = WriterConfig(flush_interval_s=3600.0, segment_interval_s=0.0, live_compaction=False,
@@ -472,7 +475,8 @@ def report_live(res: LiveResult, sizes: Sizes) -> tuple[str, list[list[str]], di
            f"segments offered, {sizes.ranks * sizes.intervals * sizes.steps_per_interval * len(METRICS):,} points)\n",
            f"Writers: {len(ranks_per)} processes of real `telemetry.Writer`s ({sizes.steps_per_interval} steps × "
            f"{len(METRICS)} metrics per interval, a flush per interval, `segment_interval_s=0`, an interval at most "
-           f"every {sizes.min_interval_s:g} s where the default segment interval is 60 s); compactor: the "
+           f"every {sizes.min_interval_s:g} s where the default segment interval is 60 s, niced: they stand for "
+           "other hosts); compactor: the "
            f"sidecar `flightlog compact --follow` (`live_compactor.follow`, a pass every {sizes.pass_interval_s:g} s, "
            f"replaced files deleted {sizes.grace_s:g} s after their swap), started at {fmt_s(res.sidecar_start_s)}. "
            f"Writers done after {fmt_s(res.wall_s)}.\n"]
