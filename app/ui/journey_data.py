@@ -9,9 +9,11 @@ No widgets here: a view is a plain `JourneyView` (what the page's controls picke
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from streamlit.elements import vega_charts
@@ -157,6 +159,33 @@ def single_attempt(archive: Any, run_id: str) -> pd.DataFrame:
     """The one attempt of a run that was never restarted."""
     return state.sql_df(archive, "SELECT attempt, started_at, ended_at, end_status, seed, reason FROM attempts "
                                  "WHERE run_id = ? ORDER BY attempt", (run_id,))
+
+
+# the attempts table's column titles (as the page's former st.dataframe column_config named them)
+ATTEMPT_TITLES = {"first_step": "first step", "last_step": "last step", "resumed_from_step": "resumed from step",
+                  "abandoned_steps": "abandoned steps", "started_at": "started (UTC)", "ended_at": "ended (UTC)"}
+_MARKDOWN_SPECIALS = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|$<>:~"})
+
+
+def attempts_markdown(attempts: pd.DataFrame) -> str:
+    """The attempts as a Markdown table: a handful of rows, drawn without the data grid, whose JavaScript
+    (~1.4 MB of Streamlit's 4.9 MB) was the largest part of a first visit's browser work. Steps read 1,234,
+    times YYYY-MM-DD HH:MM:SS (UTC), text is escaped (a restart's reason is the user's words), missing is empty."""
+    def cell(value: Any, column: str) -> str:
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        if isinstance(value, pd.Timestamp):
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+            if float(value).is_integer():  # steps as 1,234; attempts and seeds as they are
+                return f"{int(value):,}" if column.endswith(("step", "steps")) else str(int(value))
+            return f"{float(value):.6g}"
+        return " ".join(str(value).split()).translate(_MARKDOWN_SPECIALS)
+
+    titles = [ATTEMPT_TITLES.get(c, c).translate(_MARKDOWN_SPECIALS) for c in attempts.columns]
+    rows = ["| " + " | ".join(cell(v, c) for v, c in zip(row, attempts.columns, strict=True)) + " |"
+            for row in attempts.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(titles) + " |", "|" + " --- |" * len(titles), *rows])
 
 
 def lineage_chart(archive: Any, run_id: str, metric: str, log: bool) -> dict[str, Any]:

@@ -134,11 +134,4 @@ if len(spans) > 1:
 else:
     lineage = journey_data.single_attempt(archive, run_id)
     st.caption("One attempt: the run was never restarted.")
-st.dataframe(lineage, hide_index=True, column_config={
-    "first_step": st.column_config.NumberColumn("first step", format="localized"),
-    "last_step": st.column_config.NumberColumn("last step", format="localized"),
-    "resumed_from_step": st.column_config.NumberColumn("resumed from step", format="localized"),
-    "abandoned_steps": st.column_config.NumberColumn("abandoned steps", format="localized"),
-    "started_at": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-    "ended_at": st.column_config.DatetimeColumn("ended (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-})
+st.markdown(journey_data.attempts_markdown(lineage))
