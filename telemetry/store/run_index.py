@@ -29,10 +29,13 @@ import pyarrow.parquet as pq
 from data_schema import TABLES, schema
 from data_schema.layout import MANIFEST_DIR, join, lod_dir, parse_lod_path, parse_path, partition_dir, validate_run_id
 from telemetry.store.fs import atomic_write_bytes, is_local, list_files
+from telemetry.store.liveness import live_filter, read_records
 
 log = logging.getLogger(__name__)
 
 INDEX_DIR = f"{MANIFEST_DIR}/runs"
+# compaction records read by this process, by archive root and path: a record never changes once written
+_RECORDS: dict[str, dict[str, dict]] = {}
 INDEX_FORMAT = 1
 COMPACTION_META = b"flightlog.compaction"
 LOD_META = b"flightlog.lod"
@@ -219,6 +222,12 @@ def update_run_index(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> d
     """
     try:
         listed = run_files(fs, root, run_id)
+        # parts a compaction replaced are not live: readers never need their facts, and during the grace
+        # period before their deletion they would make the index (and every reader's parse of it) ranks x
+        # intervals long
+        records = read_records(fs, root, run_id=run_id, cache=_RECORDS.setdefault(root, {}))
+        _, replaced = live_filter(list(listed), records)
+        listed = {rel: v for rel, v in listed.items() if rel not in replaced}
         old = read_run_index(fs, root, run_id)
         files: dict[str, dict[str, Any]] = {}
         for rel, (size, mtime_ns) in listed.items():

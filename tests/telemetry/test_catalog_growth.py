@@ -23,6 +23,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from data_schema import schema
 from data_schema.layout import ROOT_FILE, join, segment_path
+from telemetry.maintain.compaction import compact
 from telemetry.maintain.manifest import write_manifest
 from telemetry.read.archive import Archive
 from telemetry.read.remote_cache import FileCache
@@ -299,3 +300,16 @@ def test_an_http_archive_opens_from_its_manifest_without_reading_data_files(tmp_
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_the_index_leaves_out_parts_a_compaction_replaced_while_they_wait_for_deletion(tmp_path):
+    url = str(tmp_path / "a")
+    fs, root = open_fs(url)
+    write_run(fs, root, "r", ranks=4, segments=5)
+    compact(url, "r", grace_s=600)  # the 20 parts stay on disk for the grace period
+    assert len([p for p in fs.find(root) if "/metrics/run_id=r/part-" in p]) == 20
+    entries = update_run_index(fs, root, "r")
+    assert not [rel for rel in entries if rel.startswith("metrics/") and "/part-" in rel]
+    a = Archive(url)
+    assert a.sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py() == 4 * 5 * 10 * 2
+    assert a._catalog.footers_read == 0  # every live file's facts came from the index
