@@ -187,6 +187,13 @@ def lod_dir(run_id: str) -> str:
     return f"{LOD_DIR}/run_id={validate_run_id(run_id)}"
 
 
+def run_dirs(run_id: str, *, staged: bool = False) -> list[str]:
+    """The folders that hold a run's files: each table's partition, its LOD, and (`staged`) its staged
+    write-ahead."""
+    return ([partition_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]
+            + ([staging_dir(t, run_id) for t in TABLES] if staged else []))
+
+
 def lod_path(run_id: str, uid: str) -> str:
     return f"{lod_dir(run_id)}/lod-{uid}{SEGMENT_SUFFIX}"
 

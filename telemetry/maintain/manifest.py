@@ -20,14 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-import pyarrow.parquet as pq
 
-from data_schema.layout import MANIFEST_FILE, SEGMENT_SUFFIX, is_temp, join, lod_dir, parse_path, partition_dir
-from data_schema.tables import FORMAT_VERSION, TABLES
-from telemetry.store.fs import atomic_write_bytes, is_local, list_files, open_fs
+from data_schema.layout import (
+    MANIFEST_FILE,
+    SEGMENT_SUFFIX,
+    is_temp,
+    join,
+    parse_path,
+    run_dirs,
+)
+from data_schema.tables import FORMAT_VERSION
+from telemetry.store.fs import atomic_write_bytes, list_files, open_fs
 from telemetry.store.liveness import live_filter, read_records
 from telemetry.store.manifest_file import read_manifest
-from telemetry.store.run_index import file_facts, read_run_index, update_run_index
+from telemetry.store.run_index import footer_facts, read_run_index, update_run_index
 
 _TRIES = 3  # re-reads after a write another refresher (another run's compactor) overwrote at once
 _NOT_FACTS = ("path", "size", "rows", "table", "run_id", "mtime_ns")
@@ -81,7 +87,7 @@ def _entries(fs: fsspec.AbstractFileSystem, root: str, found: dict[str, dict], r
         else:
             out.footers_read += 1
             try:
-                facts = _footer_facts(fs, root, rel)
+                facts = footer_facts(fs, root, rel)
             except Exception as exc:  # noqa: BLE001 - one broken file must not stop indexing the rest (readers skip it too)
                 out.problems[rel] = f"not a readable Parquet file ({' '.join(str(exc).split())})"
                 continue
@@ -90,13 +96,6 @@ def _entries(fs: fsspec.AbstractFileSystem, root: str, found: dict[str, dict], r
         entries.append({"path": rel, "size": size, "rows": rows, "table": key.table if key else top,
                         "run_id": key.run_id if key else None, **facts})
     return entries
-
-
-def _footer_facts(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> dict[str, Any]:
-    if is_local(fs):
-        return file_facts(rel, pq.read_metadata(join(root, rel)))
-    with fs.open(join(root, rel), "rb") as f:  # footer only: a ranged read of the file's tail
-        return file_facts(rel, pq.ParquetFile(f).metadata)
 
 
 def _write(fs: fsspec.AbstractFileSystem, root: str, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,10 +149,6 @@ def refresh_manifest(url: str | os.PathLike | None, fs: fsspec.AbstractFileSyste
     return True
 
 
-def _run_folders(run_id: str) -> tuple[str, ...]:
-    return tuple(partition_dir(t, run_id) for t in TABLES) + (lod_dir(run_id),)
-
-
 def _run_of(rel: str, folders: dict[str, str]) -> str | None:
     parts = rel.split("/", 2)
     return folders.get("/".join(parts[:2])) if len(parts) == 3 else None
@@ -181,12 +176,12 @@ def refresh_runs(fs: fsspec.AbstractFileSystem, root: str, run_ids: Iterable[str
         _write(fs, root, _entries(fs, root, found, read_records(fs, root), {}, out))
         out.written, out.runs_changed = True, run_ids
         return out
-    folders = {f: run_id for run_id in run_ids for f in _run_folders(run_id)}
+    folders = {f: run_id for run_id in run_ids for f in run_dirs(run_id)}
     by_path = {e["path"]: e for e in old}
     ours: dict[str, list[dict[str, Any]]] = {}
     for run_id in run_ids:
         found: dict[str, dict] = {}
-        for folder in _run_folders(run_id):
+        for folder in run_dirs(run_id):
             found.update(list_files(fs, root, folder, detail=True))
         # the run index over the old manifest: the compactor updates it after its swaps
         known = {rel: e for rel, e in by_path.items() if _run_of(rel, folders) == run_id}

@@ -20,12 +20,10 @@ from data_schema.layout import (
     MANIFEST_DIR,
     STAGING_DIR,
     join,
-    lod_dir,
-    partition_dir,
-    staging_dir,
+    run_dirs,
     validate_run_id,
 )
-from telemetry.store.fs import is_local, list_files
+from telemetry.store.fs import is_local, list_files, walk_local
 from telemetry.store.run_index import INDEX_DIR, index_path
 
 Listing = dict[str, tuple[int | None, int | None]]
@@ -58,48 +56,22 @@ def list_archive(fs: Any, root: str) -> Listing:
         folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
         if folder and not _wanted_dir(folder):
             continue
-        size = info.get("size")
-        out[rel] = (int(size) if isinstance(size, (int, float)) else None, None)
+        out[rel] = (_size(info), None)
     return out
 
 
 def _list_local(root: str, folder: str = "") -> Listing:
-    out: Listing = {}
-    stack = [(folder, join(root, folder) if folder else root)]
-    while stack:
-        rel_dir, path = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if _wanted_dir(rel):
-                        stack.append((rel, entry.path))
-                    continue
-                st = entry.stat()
-            except OSError:
-                continue  # gone between the listing and the stat (compaction, recovery)
-            out[rel] = (st.st_size, st.st_mtime_ns)
-    return out
+    return {rel: (st.st_size, st.st_mtime_ns) for rel, st in walk_local(root, folder, enter=_wanted_dir)
+            if st is not None}
 
 
 # -- one run's files, and the runs an archive holds ------------------------------------------------
-def run_folders(run_id: str, *, staged: bool) -> list[str]:
-    """The folders that hold a run's files: each table's partition, its LOD, and (`staged`) its staged
-    write-ahead (only a live view reads that)."""
-    return ([partition_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]
-            + ([staging_dir(t, run_id) for t in TABLES] if staged else []))
-
-
 def list_runs(fs: Any, root: str, runs: Iterable[str], *, staged: bool = True) -> Listing:
     """The files of these runs only (and their index files), as `list_archive` would list them: what a
     query about one run reads, whatever the number of runs in the archive. A remote store is asked for
     the folders concurrently (one listing request each)."""
     runs = sorted(set(runs))
-    folders = [f for r in runs for f in run_folders(r, staged=staged)]
+    folders = [f for r in runs for f in run_dirs(r, staged=staged)]
     out: Listing = {}
     if is_local(fs):
         for folder in folders:

@@ -26,8 +26,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_schema import TABLES, schema
-from data_schema.layout import MANIFEST_DIR, join, lod_dir, parse_lod_path, parse_path, partition_dir, validate_run_id
+from data_schema import schema
+from data_schema.layout import (
+    MANIFEST_DIR,
+    join,
+    parse_lod_path,
+    parse_path,
+    run_dirs,
+    validate_run_id,
+)
 from telemetry.store.fs import atomic_write_bytes, is_local, list_files
 from telemetry.store.liveness import live_filter, read_records
 
@@ -183,7 +190,7 @@ def run_files(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> dict[str
     files as listed now (no staged files)."""
     out: dict[str, tuple[int | None, int | None]] = {}
     local = is_local(fs)
-    for folder in [partition_dir(t, run_id) for t in TABLES] + [lod_dir(run_id)]:
+    for folder in run_dirs(run_id):
         for rel, info in list_files(fs, root, folder, detail=True).items():
             key = parse_path(rel)
             if (key is None or key.kind == "staged") and parse_lod_path(rel) is None:
@@ -246,13 +253,18 @@ def update_run_index(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> d
         return {}
 
 
-def _read_facts(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> dict[str, Any] | None:
+def footer_facts(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> dict[str, Any]:
+    """The index entry facts of one file from its footer (raises when the footer does not open)."""
     path = join(root, rel)
+    if is_local(fs):
+        return file_facts(rel, pq.read_metadata(path))
+    with fs.open(path, "rb") as fh:  # footer only: a ranged read of the file's tail
+        return file_facts(rel, pq.ParquetFile(fh).metadata)
+
+
+def _read_facts(fs: fsspec.AbstractFileSystem, root: str, rel: str) -> dict[str, Any] | None:
     try:
-        if is_local(fs):
-            return file_facts(rel, pq.read_metadata(path))
-        with fs.open(path, "rb") as fh:  # footer only: a ranged read of the file's tail
-            return file_facts(rel, pq.ParquetFile(fh).metadata)
+        return footer_facts(fs, root, rel)
     except Exception as exc:  # noqa: BLE001 - an unreadable footer is left out of the index; readers report it
         log.debug("index: footer of %s does not open: %s", rel, exc)
         return None
