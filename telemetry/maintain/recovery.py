@@ -83,12 +83,11 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
     for path in dead:  # a dead writer's lease goes with its recovery
         remove(fs, path)
     # one listing of the staging folder (it holds only live writers' last batches), filtered to `runs`
-    staged = [rel for rel in list_files(fs, root, STAGING_DIR)
-              if runs is None or (parse_path(rel) or _NO_RUN).run_id in runs]
+    staged = list_files(fs, root, STAGING_DIR)
     groups: dict[tuple[str, str, int, int], list[tuple[FileKey, str]]] = {}
     for rel in staged:
         key = parse_path(rel)
-        if key is not None and key.kind == "staged":
+        if key is not None and key.kind == "staged" and (runs is None or key.run_id in runs):
             groups.setdefault((key.table, key.run_id, key.attempt, key.rank), []).append((key, rel))
     partitions: dict[tuple[str, str], dict[str, Any]] = {}
     for (table, run_id, attempt, rank), files in sorted(groups.items()):
@@ -104,9 +103,6 @@ def recover(url: str | os.PathLike | None = None, *, storage_options: dict | Non
     if remove_temp:
         _remove_old_temps(fs, root, temp_age_s, report)
     return report
-
-
-_NO_RUN = FileKey("", "", "staged", None, None, None)
 
 
 def _max_segment_seq(files: dict[str, Any], attempt: int, rank: int) -> int:

@@ -107,8 +107,7 @@ class Archive(CurveQueries, LazyViews):
         if not may_be_a_broken_file(exc):
             return
         snap = self._snap
-        gone = [rel for rel, local in [(f.rel, f.local) for f in snap.all_files()]
-                + [(i.rel, i.local) for i in snap.lod.values()] if local and not os.path.exists(local)]
+        gone = [rel for rel, local in snap.local_paths() if local and not os.path.exists(local)]
         if gone:  # deleted since the snapshot (grace period over, a LOD rebuilt): look again, run again
             self.refresh()
             raise FilesGoneError(gone) from None

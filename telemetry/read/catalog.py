@@ -130,8 +130,7 @@ class Catalog:
         Each file's pages are decoded at most once per (size, mtime): a second failing query
         costs nothing more. Returns the newly found {relative path: what is wrong}.
         """
-        files = [(f.rel, f.local) for f in snap.all_files()]
-        files += [(i.rel, i.local) for i in snap.lod.values() if i.local]
+        files = snap.local_paths()
         named = [(rel, local) for rel, local in files if local and local in message]
         found: dict[str, str] = {}
         for rel, local in named or files:

@@ -36,6 +36,10 @@ class Snapshot:
     def all_files(self) -> list[LiveFile]:
         return [f for table in TABLES for f in self.files.get(table, [])]
 
+    def local_paths(self) -> list[tuple[str, str]]:
+        """(relative path, local path DuckDB reads) of every data file and level-of-detail table in use."""
+        return [(f.rel, f.local) for f in self.all_files()] + [(i.rel, i.local) for i in self.lod.values() if i.local]
+
     def run_version(self, run_id: str) -> str:
         """Hash of one run's live files (a cache key that changes only when that run's files do)."""
         got = self._run_versions.get(run_id)
