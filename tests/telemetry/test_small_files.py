@@ -8,7 +8,6 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from data_schema import schema
 from data_schema.layout import ROOT_FILE, join, segment_path
@@ -56,12 +55,10 @@ def answers(a: Archive) -> tuple:
             round(float(a.metrics("r", "loss")["value"].sum()), 9), a.runs("r")[["steps", "ranks"]].to_dict("list"))
 
 
-@pytest.fixture
-def files_only(monkeypatch):
-    """A reader that reads every small file as a file (the reference)."""
-    def read_as_files():
-        monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    return read_as_files
+def reference(url: str, monkeypatch) -> Archive:
+    """A reader of the same archive that reads every small file as a file: what the answers must equal."""
+    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
+    return Archive(url)
 
 
 def test_many_small_files_are_read_once_and_answer_what_the_files_answer(tmp_path, monkeypatch):
@@ -72,9 +69,8 @@ def test_many_small_files_are_read_once_and_answer_what_the_files_answer(tmp_pat
     got = answers(a)
     assert a._small.files_loaded == 32 + 16  # the metric segments and the ranks rows, once
     assert answers(a) == got and a._small.files_loaded == 48  # again: nothing read again
-    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    reference = Archive(url)
-    assert answers(reference) == got and reference._small.files_loaded == 0
+    ref = reference(url, monkeypatch)
+    assert answers(ref) == got and ref._small.files_loaded == 0
 
 
 def test_a_refresh_reads_only_the_new_small_files_and_compaction_drops_the_old_rows(tmp_path, monkeypatch):
@@ -88,8 +84,7 @@ def test_a_refresh_reads_only_the_new_small_files_and_compaction_drops_the_old_r
     assert a.refresh()
     got = answers(a)
     assert a._small.files_loaded == 24 + 16
-    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    assert answers(Archive(url)) == got
+    assert answers(reference(url, monkeypatch)) == got
     monkeypatch.undo()
     compact(url, "r", grace_s=0)  # the segments are replaced by a compact file (kept as a file)
     assert a.refresh()
@@ -109,8 +104,7 @@ def test_files_with_columns_outside_the_schema_are_read_as_files(tmp_path, monke
     got = answers(a)
     assert a._small.files_loaded == 16  # the 8 files with a `note` column stay files
     assert a.sql("SELECT count(*) AS n FROM metrics WHERE note = 'x'").column("n")[0].as_py() == 4 * 2 * 20
-    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    assert answers(Archive(url)) == got
+    assert answers(reference(url, monkeypatch)) == got
 
 
 def test_a_bound_on_memory_reads_the_files_beyond_it_as_files(tmp_path, monkeypatch):
@@ -121,8 +115,7 @@ def test_a_bound_on_memory_reads_the_files_beyond_it_as_files(tmp_path, monkeypa
     a = Archive(url)
     got = answers(a)
     assert 0 < a._small.files_loaded < 32
-    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    assert answers(Archive(url)) == got
+    assert answers(reference(url, monkeypatch)) == got
 
 
 def test_two_runs_in_memory_each_query_reads_its_own_runs_rows(tmp_path, monkeypatch):
@@ -135,7 +128,6 @@ def test_two_runs_in_memory_each_query_reads_its_own_runs_rows(tmp_path, monkeyp
     # longer list (IN), once the shorter (NOT IN)
     got = [(a.metrics(r, "loss")["value"].sum(), len(a.metrics(r))) for r in ("small", "big", "small")]
     assert a._small.files_loaded == 32 + 48
-    monkeypatch.setattr(small_files, "MIN_FILES", 10**9)
-    ref = Archive(url)
+    ref = reference(url, monkeypatch)
     assert got == [(ref.metrics(r, "loss")["value"].sum(), len(ref.metrics(r))) for r in ("small", "big", "small")]
     assert [n for _, n in got] == [16 * 2 * 20, 16 * 3 * 20, 16 * 2 * 20]
