@@ -213,12 +213,18 @@ def cfg() -> WriterConfig:
                         live_compaction=False)
 
 
-def test_an_archive_without_a_manifest_gets_none_from_the_live_compactor(archive):
+def write_six_parts(archive: str) -> Writer:
+    """Run r's writer, still open, after 30 steps of loss flushed into six parts (a flush every 5 steps)."""
     w = Writer(archive, "r", writer_config=cfg())
     for s in range(30):
         w.metric(s, "loss", 1.0)
         if s % 5 == 4:
             w.flush()
+    return w
+
+
+def test_an_archive_without_a_manifest_gets_none_from_the_live_compactor(archive):
+    w = write_six_parts(archive)
     fs, root = open_fs(archive)
     live = compact_live_run(fs, root, "r", policy=EAGER, config=NO_LOD)
     assert live.files_written and not live.problems
@@ -228,12 +234,7 @@ def test_an_archive_without_a_manifest_gets_none_from_the_live_compactor(archive
 
 
 def test_a_manifest_that_cannot_be_rewritten_is_reported_and_compaction_goes_on(archive):
-    w = Writer(archive, "r", writer_config=cfg())
-    for s in range(30):
-        w.metric(s, "loss", 1.0)
-        if s % 5 == 4:
-            w.flush()
-    w.close()
+    write_six_parts(archive).close()
     os.makedirs(os.path.join(archive, "_manifest"), exist_ok=True)
     with open(os.path.join(archive, MANIFEST_FILE), "w") as fh:  # not JSON: every reader of it fails
         fh.write("{not json")
@@ -245,12 +246,7 @@ def test_a_manifest_that_cannot_be_rewritten_is_reported_and_compaction_goes_on(
 
 @pytest.mark.parametrize("grace_s", [0.0, 3600.0])
 def test_replaced_parts_leave_the_manifest_at_the_swap_whatever_the_grace_period(archive, grace_s):
-    w = Writer(archive, "r", writer_config=cfg())
-    for s in range(30):
-        w.metric(s, "loss", 1.0)
-        if s % 5 == 4:
-            w.flush()
-    w.close()
+    write_six_parts(archive).close()
     write_manifest(archive)
     fs, root = open_fs(archive)
     policy = LivePolicy(interval_s=0.0, min_parts=1, fanout=2, settle_s=0.0, grace_s=grace_s)
@@ -259,12 +255,7 @@ def test_replaced_parts_leave_the_manifest_at_the_swap_whatever_the_grace_period
 
 
 def test_a_refreshed_manifest_leaves_out_staged_and_temp_files_and_compact_files_without_a_record(archive):
-    w = Writer(archive, "r", writer_config=cfg())
-    for s in range(30):
-        w.metric(s, "loss", 1.0)
-        if s % 5 == 4:
-            w.flush()
-    w.close()
+    write_six_parts(archive).close()
     write_manifest(archive)
     fs, root = open_fs(archive)
     assert compact_live_run(fs, root, "r", policy=EAGER, config=NO_LOD).parts_merged >= 6
